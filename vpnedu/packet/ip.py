@@ -1,0 +1,145 @@
+"""Just enough IPv4/IPv6 to route, trim and show packets that cross the tunnel.
+
+A VPN moves whole IP packets.  The tunnel itself needs only three facts from
+each one: its **destination** (to choose the peer whose AllowedIPs holds it),
+its **source** (to check that a decrypted packet really comes from an address
+that peer may use), and its **length** (the sender pads every packet to a
+multiple of 16 bytes before encrypting, to hide its exact size; the receiver
+cuts the padding off using the length in the IP header).
+
+IPv4 header (RFC 791), the fields used here::
+
+     0                   1                   2                   3
+     0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+    |Version|  IHL  |Type of Service|          Total Length         |
+    |         Identification        |Flags|      Fragment Offset    |
+    |  Time to Live |    Protocol   |         Header Checksum       |
+    |                       Source Address                          |
+    |                    Destination Address                        |
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from ..errors import MessageError
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMPV6 = 58
+PROTO_NAMES = {PROTO_ICMP: "ICMP", PROTO_TCP: "TCP", PROTO_UDP: "UDP", PROTO_ICMPV6: "ICMPv6"}
+
+
+def ip_version(packet: bytes) -> int:
+    return packet[0] >> 4 if packet else 0
+
+
+def ip_length(packet: bytes) -> int | None:
+    """The length the IP header claims, or None if this is not a plausible IP packet."""
+    n = len(packet)
+    if n >= 20 and packet[0] >> 4 == 4:
+        length = (packet[2] << 8) | packet[3]
+        return length if 20 <= length <= n else None
+    if n >= 40 and packet[0] >> 4 == 6:
+        length = 40 + ((packet[4] << 8) | packet[5])
+        return length if length <= n else None
+    return None
+
+
+def source_address(packet: bytes) -> bytes:
+    """The raw source address (4 or 16 bytes)."""
+    return packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
+
+
+def destination_address(packet: bytes) -> bytes:
+    """The raw destination address (4 or 16 bytes)."""
+    return packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071): one's complement of the one's complement sum."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@dataclass(slots=True)
+class IPv4Packet:
+    """A decoded IPv4 packet."""
+
+    src: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address
+    protocol: int
+    ttl: int
+    ident: int
+    header_length: int
+    total_length: int
+    payload: bytes
+
+    @classmethod
+    def parse(cls, packet: bytes) -> "IPv4Packet":
+        if len(packet) < 20:
+            raise MessageError(f"IPv4 packet of {len(packet)} bytes is shorter than a header")
+        if packet[0] >> 4 != 4:
+            raise MessageError(f"not IPv4 (version {packet[0] >> 4})")
+        ihl = (packet[0] & 0xF) * 4
+        total = (packet[2] << 8) | packet[3]
+        if ihl < 20 or total < ihl or total > len(packet):
+            raise MessageError("IPv4 header length fields are inconsistent with the packet size")
+        return cls(ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20]),
+                   packet[9], packet[8], (packet[4] << 8) | packet[5], ihl, total,
+                   bytes(packet[ihl:total]))
+
+
+def build_ipv4(src: str, dst: str, protocol: int, payload: bytes, *, ttl: int = 64, ident: int = 0) -> bytes:
+    """An IPv4 packet with a correct header checksum."""
+    total = 20 + len(payload)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ident, 0x4000, ttl, protocol, 0,
+                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return header + payload
+
+
+def build_icmp_echo(src: str, dst: str, ident: int = 1, seq: int = 1, payload: bytes = b"vpnedu ping",
+                    reply: bool = False) -> bytes:
+    """An ICMP echo request (or reply): what ``ping`` sends."""
+    icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + payload
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    return build_ipv4(src, dst, PROTO_ICMP, icmp)
+
+
+def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
+    """An IPv4/UDP packet (checksum 0, which IPv4 allows)."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return build_ipv4(src, dst, PROTO_UDP, udp)
+
+
+def describe(packet: bytes) -> str:
+    """A one-line, tcpdump-like description of an IP packet."""
+    v = ip_version(packet)
+    if v == 4:
+        try:
+            p = IPv4Packet.parse(packet)
+        except MessageError as e:
+            return f"malformed IPv4 ({e})"
+        proto = PROTO_NAMES.get(p.protocol, f"proto {p.protocol}")
+        extra = ""
+        if p.protocol == PROTO_ICMP and len(p.payload) >= 8:
+            t, _, _, ident, seq = struct.unpack("!BBHHH", p.payload[:8])
+            kind = {8: "echo request", 0: "echo reply"}.get(t, f"type {t}")
+            extra = f" {kind} id={ident} seq={seq}"
+        elif p.protocol in (PROTO_TCP, PROTO_UDP) and len(p.payload) >= 4:
+            sport, dport = struct.unpack("!HH", p.payload[:4])
+            return f"IPv4 {p.src}:{sport} > {p.dst}:{dport} {proto} len={p.total_length}"
+        return f"IPv4 {p.src} > {p.dst} {proto}{extra} len={p.total_length}"
+    if v == 6 and len(packet) >= 40:
+        src = ipaddress.IPv6Address(packet[8:24])
+        dst = ipaddress.IPv6Address(packet[24:40])
+        return f"IPv6 {src} > {dst} next-header {packet[6]} len={40 + ((packet[4] << 8) | packet[5])}"
+    return f"not an IP packet ({len(packet)} bytes)"

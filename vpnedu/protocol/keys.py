@@ -1,0 +1,104 @@
+"""X25519 keys in WireGuard's text form.
+
+WireGuard writes every key -- private, public, pre-shared -- as 32 bytes in
+standard base64 (44 characters ending in ``=``).  ``wg genkey`` draws 32
+random bytes and *clamps* them as Curve25519 requires (clear the 3 low bits,
+clear the top bit, set bit 254: RFC 7748 section 5), ``wg pubkey`` computes
+the X25519 public key, and ``wg genpsk`` draws 32 random bytes.  These
+functions do the same, so their output is interchangeable with ``wg``'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from ..errors import KeyFormatError
+
+KEY_SIZE = 32
+
+
+def clamp(secret: bytes) -> bytes:
+    """Curve25519 clamping (RFC 7748, section 5), as ``wg genkey`` does."""
+    b = bytearray(secret)
+    b[0] &= 248
+    b[31] = (b[31] & 127) | 64
+    return bytes(b)
+
+
+def generate_private_key() -> bytes:
+    """32 random bytes, clamped: a WireGuard private key."""
+    return clamp(os.urandom(KEY_SIZE))
+
+
+def generate_psk() -> bytes:
+    """32 random bytes: a pre-shared key (mixed in as Noise's psk2)."""
+    return os.urandom(KEY_SIZE)
+
+
+def public_key(private: bytes) -> bytes:
+    """The X25519 public key of a private key."""
+    return (
+        X25519PrivateKey.from_private_bytes(private)
+        .public_key()
+        .public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+
+
+def encode(key: bytes) -> str:
+    """Raw 32 bytes -> WireGuard's base64 text."""
+    return base64.b64encode(key).decode("ascii")
+
+
+def decode(text: str, what: str = "key") -> bytes:
+    """WireGuard's base64 text -> raw 32 bytes, or a :class:`KeyFormatError`."""
+    s = text.strip()
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        raw = None
+    if raw is None or len(raw) != KEY_SIZE or len(s) != 44:
+        shown = s if len(s) <= 48 else s[:45] + "..."
+        raise KeyFormatError(
+            f"{what} {shown!r} is not 32 bytes of base64",
+            "a WireGuard key is 44 characters ending in '=', as printed by "
+            "'vpnedu genkey' or 'wg genkey'",
+        )
+    return raw
+
+
+class KeyPair:
+    """A static or ephemeral X25519 key pair, with Diffie-Hellman.
+
+    ``dh`` refuses an all-zero shared secret (a low-order public key), as the
+    Noise spec allows and WireGuard does: such a result would give an attacker a
+    known key.
+    """
+
+    __slots__ = ("private", "public", "_key")
+
+    def __init__(self, private: bytes | None = None):
+        self.private = private if private is not None else generate_private_key()
+        self._key = X25519PrivateKey.from_private_bytes(self.private)
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def dh(self, public: bytes) -> bytes:
+        try:
+            return self._key.exchange(X25519PublicKey.from_public_bytes(public))
+        except ValueError:
+            # cryptography refuses an all-zero result: a low-order point.
+            raise DHError("Diffie-Hellman with a low-order public key") from None
+
+    def private_bytes(self) -> bytes:
+        return self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+    def __repr__(self) -> str:
+        return f"KeyPair(public={encode(self.public)})"
+
+
+class DHError(Exception):
+    """X25519 produced an all-zero shared secret."""

@@ -1,0 +1,128 @@
+"""Everything one side remembers about one peer.
+
+A :class:`Peer` is mostly state: its public key and pre-shared key, where it
+was last heard from (its *endpoint*: WireGuard follows a peer that moves),
+the handshake in flight, up to three keypairs, packets waiting for a
+handshake, counters, and the deadlines of its five timers.  The
+:class:`~vpnedu.protocol.device.Device` drives it.
+
+The five timers (paper, section 6; wireguard-go ``device/timers.go``):
+
+=====================  ==============================================================
+``retransmit``          REKEY_TIMEOUT (+jitter) after sending an initiation: send a new one,
+                        until REKEY_ATTEMPT_TIME has passed; then give up.
+``keepalive``           KEEPALIVE_TIMEOUT after receiving data if we sent nothing since:
+                        send an empty keepalive, so the sender knows we are alive.
+``new_handshake``       KEEPALIVE_TIMEOUT + REKEY_TIMEOUT after sending data if nothing came
+                        back: the session may be dead, start a new handshake.
+``zero_keys``           3 x REJECT_AFTER_TIME after the last new session: erase all keys.
+``persistent``          PersistentKeepalive seconds after the last packet either way: send a
+                        keepalive to keep NAT mappings on the path open (optional).
+=====================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from typing import TYPE_CHECKING
+
+from . import keys as _keys
+from .cookie import Endpoint, MacKeys
+from .handshake import NO_PSK, InitiatorState
+from .session import Keypair
+from .timers import MAX_STAGED_PACKETS
+
+if TYPE_CHECKING:
+    from .device import Device
+
+NEVER = float("-inf")
+
+
+class Peer:
+    """One remote peer, as seen from one device."""
+
+    def __init__(self, device: "Device", public_key: bytes, *, preshared_key: bytes | None = None,
+                 endpoint: Endpoint | None = None, persistent_keepalive: int = 0,
+                 allowed_ips: tuple | list = (), name: str | None = None):
+        self.device = device
+        self.public_key = public_key
+        self.psk = preshared_key or NO_PSK
+        self.endpoint = endpoint
+        self.persistent_keepalive = int(persistent_keepalive or 0)
+        self.allowed_ips = [ipaddress.ip_network(n, strict=False) for n in allowed_ips]
+        self.name = name
+        #: Short label used in events and status: the name, else the key's first characters.
+        self.label = name or _keys.encode(public_key)[:10]
+        #: mac1/cookie keys for messages *we send to this peer* (derived from its public key).
+        self.mac_keys = MacKeys(device.suite, public_key)
+
+        # handshake state
+        self.handshake: InitiatorState | None = None
+        self.last_initiation_sent = NEVER
+        self.handshake_attempts = 0
+        self.last_received_timestamp: bytes | None = None
+        self.last_initiation_consumed = NEVER
+        self.cookie: bytes | None = None
+        self.cookie_time = NEVER
+        self.last_mac1: bytes | None = None
+
+        # sessions
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+        self.staged: deque[bytes] = deque()
+        self.max_staged = MAX_STAGED_PACKETS
+
+        # timer deadlines (None = not armed)
+        self.t_retransmit: float | None = None
+        self.t_keepalive: float | None = None
+        self.t_new_handshake: float | None = None
+        self.t_zero_keys: float | None = None
+        self.t_persistent: float | None = None
+        self.need_another_keepalive = False
+        self.sent_last_minute_handshake = False
+
+        # counters (always kept, for `vpnedu status`)
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self.tx_packets = 0
+        self.rx_packets = 0
+        #: Wall-clock time of the latest completed handshake (like `wg show`'s "latest handshake").
+        self.last_handshake: float | None = None
+
+    @property
+    def public_key_b64(self) -> str:
+        return _keys.encode(self.public_key)
+
+    def keypairs(self) -> list[Keypair]:
+        return [k for k in (self.current, self.previous, self.next) if k is not None]
+
+    def deadlines(self) -> list[float]:
+        return [t for t in (self.t_retransmit, self.t_keepalive, self.t_new_handshake,
+                            self.t_zero_keys, self.t_persistent) if t is not None]
+
+    def status(self) -> dict:
+        """A `wg show`-like summary (JSON-friendly)."""
+        cur = self.current
+        return {
+            "name": self.name,
+            "public_key": self.public_key_b64,
+            "endpoint": f"{self.endpoint[0]}:{self.endpoint[1]}" if self.endpoint else None,
+            "allowed_ips": [str(n) for n in self.allowed_ips],
+            "latest_handshake": self.last_handshake,
+            "transfer_rx": self.rx_bytes,
+            "transfer_tx": self.tx_bytes,
+            "packets_rx": self.rx_packets,
+            "packets_tx": self.tx_packets,
+            "persistent_keepalive": self.persistent_keepalive or None,
+            "session": None if cur is None else {
+                "local_index": cur.local_index, "remote_index": cur.remote_index,
+                "initiator": cur.initiator, "sent": cur.send_counter,
+                "received_up_to": cur.replay.greatest,
+            },
+            "staged_packets": len(self.staged),
+        }
+
+    def __repr__(self) -> str:
+        return f"Peer({self.label}, endpoint={self.endpoint})"
