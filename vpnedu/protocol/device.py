@@ -205,6 +205,8 @@ class Device:
             reply = msgs.CookieReply(sender_index, nonce, sealed).to_bytes()
             out.datagrams.append((reply, source))
             self.counters["cookie_replies_sent"] += 1
+            self._drop("under-load", "no valid mac2 while under load: answered with a cookie reply",
+                       source=source, size=len(data))
             self.events.emit("handshake.cookie.sent", None, receiver_index=sender_index,
                              to=f"{source[0]}:{source[1]}", nonce=nonce)
             return False

@@ -129,9 +129,15 @@ class CipherSuite:
     initial_hash: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Paper 5.4.2: Ci = HASH(CONSTRUCTION), Hi = HASH(Ci || IDENTIFIER).
-        # Both are constants, so compute them once.
-        ck = self.hash(self.construction)
+        # Paper 5.4.2: Ci = HASH(CONSTRUCTION), Hi = HASH(Ci || IDENTIFIER).  Both are
+        # constants, so compute them once.  Noise (section 5.2, InitializeSymmetric) hashes
+        # the protocol name only when it is longer than HASHLEN; a name of 32 bytes or less is
+        # used as it is, zero-padded.  WireGuard's name is 37 bytes, so the paper always
+        # hashes; "Noise_IKpsk2_25519_AESGCM_SHA256" is exactly 32 bytes and is not hashed.
+        if len(self.construction) <= KEY_LEN:
+            ck = self.construction.ljust(KEY_LEN, b"\0")
+        else:
+            ck = self.hash(self.construction)
         object.__setattr__(self, "initial_chain_key", ck)
         object.__setattr__(self, "initial_hash", self.hash(ck, self.identifier))
 

@@ -1,0 +1,38 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from vpnedu.sim import make_pair
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture(params=["wireguard", "aes256gcm", "null-teaching"])
+def any_suite(request):
+    return request.param
+
+
+@pytest.fixture
+def pair_factory(recwarn):
+    def make(suite="wireguard", **kw):
+        return make_pair(suite, allow_insecure=(suite == "null-teaching"), **kw)
+    return make
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool; in CI a missing tool is a failure, elsewhere a skip."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not installed (the test command installs it from Debian when run as root)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vpnedu", *args], input=input, capture_output=True,
+                          text=True, timeout=60)
