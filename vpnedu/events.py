@@ -270,7 +270,7 @@ class EventBus:
             self._wants[kind] = w
         return w
 
-    def emit(self, kind: str, peer: str | None = None, **fields: Any) -> Event | None:
+    def emit(self, kind: str, peer: str | None = None, /, **fields: Any) -> Event | None:
         """Build and deliver an event if anyone wants it; returns it (or None)."""
         if not self.wants(kind):
             return None

@@ -620,7 +620,7 @@ class Device:
             if peer.t_keepalive is not None and now >= peer.t_keepalive:
                 peer.t_keepalive = None
                 again = peer.need_another_keepalive
-                self.events.emit("timer.keepalive", peer.label, kind="passive")
+                self.events.emit("timer.keepalive", peer.label, mode="passive")
                 out.extend(self.send(peer, b"", now))
                 if again:
                     peer.t_keepalive = now + timers.keepalive_timeout
@@ -635,7 +635,7 @@ class Device:
             if peer.t_persistent is not None and now >= peer.t_persistent:
                 peer.t_persistent = None
                 if peer.persistent_keepalive:
-                    self.events.emit("timer.keepalive", peer.label, kind="persistent")
+                    self.events.emit("timer.keepalive", peer.label, mode="persistent")
                     out.extend(self.send(peer, b"", now))
         return out
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Shared set-up for scripts/demo.sh and scripts/test.sh, sourced by both:
+# Debian packages (installed when root, else listed), then a virtualenv in .venv with vpnedu.
+set -euo pipefail
+
+# System tools the tests and the lab drive for real.
+VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools iproute2)
+
+vpnedu_setup() {
+  local extras="${1:-test}" missing=() p
+  for p in "${VPNEDU_DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "setup: installing Debian packages: ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "setup: missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})"
+    fi
+  fi
+  local py="${PYTHON:-python3}"
+  if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "setup: vpnedu needs Python 3.11 or newer; $("$py" --version 2>&1) found" >&2
+    exit 1
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+}

@@ -1,0 +1,103 @@
+"""Event hooks: filters, async streams, threads, and no cost when nobody listens."""
+
+import asyncio
+import threading
+
+from vpnedu import events as ev
+from vpnedu.events import CATALOGUE, EventBus, EventLog
+from vpnedu.packet.ip import build_icmp_echo
+
+PING = build_icmp_echo("10.0.0.2", "10.0.0.1")
+
+
+def test_filters_by_kind_prefix_and_layer():
+    bus = EventBus()
+    hs, data, drops = EventLog(bus, kinds="handshake"), EventLog(bus, layers=["data"]), \
+        EventLog(bus, kinds=["packet.dropped"])
+    bus.emit("handshake.initiation.sent", "p", sender_index=1)
+    bus.emit("data.encrypted", "p", counter=0)
+    bus.emit("packet.dropped", None, reason="replay")
+    bus.emit("handshakes.bogus")  # a prefix must end at a dot
+    assert hs.kinds() == ["handshake.initiation.sent"]
+    assert data.kinds() == ["data.encrypted"]
+    assert drops.events[0]["reason"] == "replay" and drops.events[0].layer == "packet"
+
+
+def test_every_emitted_kind_is_in_the_catalogue(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.handshake()
+    pair.client_sends(PING)
+    pair.net.advance(30)
+    assert set(log.kinds()) <= set(CATALOGUE)
+    assert all(isinstance(e.to_json(), str) for e in log.events)
+
+
+def test_per_packet_events_are_not_built_when_nobody_listens(pair_factory, monkeypatch):
+    pair = pair_factory()
+    control = EventLog(pair.events, kinds="session")  # a listener, but not for per-packet kinds
+    pair.handshake()
+    built = []
+    real_event = ev.Event
+    monkeypatch.setattr(ev, "Event", lambda *a, **k: built.append(a[0]) or real_event(*a, **k))
+    calls = []
+    real_emit = pair.events.emit
+    monkeypatch.setattr(pair.events, "emit", lambda kind, *a, **k: calls.append(kind) or real_emit(kind, *a, **k))
+    for _ in range(50):
+        pair.client_sends(PING)
+    assert [k for k in calls if k in ev.PER_PACKET] == []
+    assert built == []
+    # Counters are kept regardless.
+    assert pair.server_peer.tx_packets == 51 and pair.client_peer.rx_packets == 51
+    control.close()
+
+
+def test_subscriber_errors_never_reach_the_datapath(pair_factory):
+    pair = pair_factory()
+    pair.events.subscribe(lambda e: 1 / 0)
+    pair.handshake()
+    pair.client_sends(PING)
+    assert pair.net.delivered[pair.server_ep]
+    assert pair.events.subscriber_errors > 0
+
+
+def test_async_stream_receives_events_from_another_thread():
+    bus = EventBus()
+
+    async def main():
+        got = []
+        async with bus.stream(kinds="data") as stream:
+            t = threading.Thread(target=lambda: [bus.emit("data.encrypted", "p", counter=i) for i in range(5)]
+                                 + [bus.emit("tun.read")])
+            t.start()
+            async for e in stream:
+                got.append(e["counter"])
+                if len(got) == 5:
+                    break
+            t.join()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == [0, 1, 2, 3, 4]
+
+
+def test_async_stream_is_bounded_and_counts_what_it_missed():
+    bus = EventBus()
+
+    async def main():
+        s = bus.stream(maxsize=10)
+        for i in range(25):
+            bus.emit("timer.keepalive", "p", n=i)
+        first = await s.__anext__()
+        s.close()
+        return first["n"], s.missed
+
+    assert asyncio.run(main()) == (15, 15)
+
+
+def test_unsubscribe_stops_delivery():
+    bus = EventBus()
+    log = EventLog(bus)
+    bus.emit("tun.read")
+    log.close()
+    bus.emit("tun.read")
+    assert len(log.events) == 1 and not bus.wants("tun.read")

@@ -1,0 +1,131 @@
+"""The timer state machine, driven by a fake clock: rekey, reject, retries, keepalives."""
+
+from vpnedu.events import EventLog
+from vpnedu.packet.ip import build_icmp_echo
+from vpnedu.protocol import messages as m
+from vpnedu.protocol.timers import Timers
+
+PING = build_icmp_echo("10.0.0.2", "10.0.0.1")
+PONG = build_icmp_echo("10.0.0.1", "10.0.0.2", reply=True)
+
+
+def handshakes_sent(log):
+    return len(log.of("handshake.initiation.sent"))
+
+
+def test_initiator_rekeys_after_120_seconds_of_use(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.handshake()
+    first = pair.server_peer.current
+    pair.net.clock.advance(119)
+    pair.client_sends(PING)
+    assert handshakes_sent(log) == 1 and pair.server_peer.current is first
+    pair.net.clock.advance(2)  # 121 s: the next packet triggers a new handshake
+    pair.client_sends(PING)
+    assert handshakes_sent(log) == 2
+    assert any(e["reason"].startswith("REKEY_AFTER_TIME") for e in log.of("timer.rekey"))
+    assert pair.server_peer.current is not first and pair.server_peer.previous is first
+    pair.client_sends(PING)
+    pair.server_sends(PONG)
+    got = [p for _, p in pair.net.delivered[pair.server_ep]]
+    assert got == [PING, PING, PING] and [p for _, p in pair.net.delivered[pair.client_ep]] == [PONG]
+
+
+def test_keys_are_rejected_after_180_seconds(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.handshake()
+    pair.net.clock.advance(179)
+    # Encrypted at 179 s (with the old keys, plus a rekey initiation we throw away) ...
+    late, rekey = pair.client.send(pair.server_peer, PING)
+    assert late[0][0] == m.TRANSPORT_DATA and rekey[0][0] == m.INITIATION
+    pair.net.clock.advance(2)
+    # ... and delivered at 181 s: too late.
+    assert pair.server.receive(late[0], pair.client_ep).packets == []
+    assert log.drops("expired-session")
+    # Sending at 181 s never uses the old keys: the packet waits for a new handshake.
+    pair.server_peer.last_initiation_sent = float("-inf")
+    sent = pair.client.send(pair.server_peer, PING)
+    assert [d[0] for d, _ in sent] == [m.INITIATION]
+    assert log.of("session.expired") and len(pair.server_peer.staged) == 1
+
+
+def test_retransmits_every_rekey_timeout_and_gives_up_after_90_seconds(pair_factory):
+    pair = pair_factory(jitter=lambda limit: 0.0)
+    log = EventLog(pair.events)
+    pair.net.on_wire = lambda data, s, d: None if d == pair.server_ep else data  # server unreachable
+    pair.client_sends(PING)
+    pair.net.advance(60, step=1)
+    times = [e.time for e in log.of("handshake.initiation.sent")]
+    gaps = {round(b - a, 3) for a, b in zip(times, times[1:])}
+    assert gaps == {5.0}
+    pair.net.advance(40, step=1)
+    assert len(log.of("handshake.timeout")) == 1
+    assert handshakes_sent(log) == 18  # REKEY_ATTEMPT_TIME / REKEY_TIMEOUT
+    assert log.of("handshake.timeout")[0]["dropped_packets"] == 1 and not pair.server_peer.staged
+    pair.net.advance(30, step=1)
+    assert handshakes_sent(log) == 18  # and then it stays quiet
+
+
+def test_passive_keepalive_after_receiving_data_and_sending_nothing(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.handshake()
+    pair.client_sends(PING)
+    pair.net.advance(9.5)
+    assert not log.of("timer.keepalive")
+    pair.net.advance(1)
+    ka = log.of("timer.keepalive")
+    assert len(ka) == 1 and ka[0]["mode"] == "passive" and ka[0].peer == "client"
+    assert [e["keepalive"] for e in log.of("data.decrypted")][-1] is True
+
+
+def test_no_reply_for_15_seconds_starts_a_new_handshake(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.handshake()
+    pair.net.on_wire = lambda data, s, d: None if d == pair.client_ep else data  # replies are lost
+    pair.client_sends(PING)
+    pair.net.advance(14)
+    assert handshakes_sent(log) == 1
+    pair.net.advance(2)
+    assert handshakes_sent(log) == 2
+    assert any("KEEPALIVE + REKEY_TIMEOUT" in e["reason"] for e in log.of("timer.rekey"))
+
+
+def test_persistent_keepalive(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.server_peer.persistent_keepalive = 25
+    pair.handshake()
+    pair.net.advance(80, step=1)
+    kinds = [e["mode"] for e in log.of("timer.keepalive")]
+    assert kinds.count("persistent") == 3
+
+
+def test_keys_are_zeroed_after_three_reject_times(pair_factory):
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    pair.handshake()
+    pair.net.advance(541, step=5)
+    assert log.of("session.zeroed")
+    assert pair.server_peer.current is None and not pair.client._index
+
+
+def test_shortened_timers_rekey_repeatedly_without_loss(pair_factory):
+    fast = Timers(rekey_after_time=2, reject_after_time=3, rekey_timeout=0.5, keepalive_timeout=1)
+    pair = pair_factory(timers=fast)
+    log = EventLog(pair.events)
+    pair.handshake()
+    sent = 0
+    for _ in range(100):  # 10 s of traffic at 10 packets/s in both directions
+        pair.net.clock.advance(0.1)
+        pair.net.tick()
+        pair.client_sends(PING)
+        pair.server_sends(PONG)
+        sent += 1
+    assert len(log.of("session.established")) >= 8
+    assert len(pair.net.delivered[pair.server_ep]) == sent
+    assert len(pair.net.delivered[pair.client_ep]) == sent
+    assert not log.drops()
