@@ -6,6 +6,7 @@ wrong>; <how to fix it>`` -- and exit status 1, never a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -60,6 +61,220 @@ def handshake_demo(suite: str, allow_null_teaching: bool) -> None:
         raise VpneduError("the demo's ping did not get through", "please report this as a bug")
 
 
+# ---------------------------------------------------------------------------- daemons
+def _load_config(path: str, allow_null_teaching: bool):
+    from . import config as _config
+    cfg = _config.load(path)
+    if allow_null_teaching:
+        cfg.interface.allow_null_teaching = True
+    return cfg
+
+
+def _print_events(bus, kinds: tuple[str, ...]) -> None:
+    if kinds:
+        bus.subscribe(lambda ev: click.echo(str(ev)), kinds=list(kinds))
+
+
+def _node_options(f):
+    f = click.option("--interface", "ifname", default="vpnedu0", show_default=True,
+                     help="Name of the TUN device.")(f)
+    f = click.option("--show", "show", multiple=True, metavar="KIND",
+                     help="Print events of this kind (or prefix, e.g. handshake) as they happen.")(f)
+    f = click.option("--allow-null-teaching", is_flag=True,
+                     help="Permit CipherSuite = null-teaching (tunnel data NOT encrypted).")(f)
+    return f
+
+
+@cli.group(invoke_without_command=True)
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="Server config file.")
+@click.option("--forwarding", type=click.Choice(["nat", "none"]), default="nat", show_default=True,
+              help="How clients reach the outside world: kernel NAT (masquerade), or not at all.")
+@_node_options
+@click.pass_context
+def server(ctx, config_path, forwarding, ifname, show, allow_null_teaching) -> None:
+    """Run the VPN server (or provision it: 'server init', 'server add-client')."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not config_path:
+        raise VpneduError("no config given", "run 'vpnedu server -c server.conf' "
+                          "(create one with 'vpnedu server init')")
+    from .node.server import Server
+    node = Server(_load_config(config_path, allow_null_teaching), ifname=ifname, forwarding=forwarding,
+                  log=click.echo)
+    _print_events(node.events, show)
+
+    def ready(n):
+        click.echo(f"vpnedu server up: interface {n.ifname} {', '.join(map(str, n.cfg.interface.addresses))}, "
+                   f"UDP port {n.listen_port}, {len(n.device.peers)} peer(s), suite {n.suite.name}")
+        for c in n.changes:
+            click.echo(f"  {c}")
+    node.run(ready)
+    click.echo("vpnedu server stopped; host restored")
+
+
+@server.command("init")
+@click.option("-c", "--config", "config_path", default="server.conf", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--endpoint", help="HOST[:PORT] where clients will reach this server.")
+@click.option("--port", default=51820, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--subnet", default="10.0.0.0/24", show_default=True)
+@click.option("--suite", type=click.Choice(list(SUITES)), default="wireguard", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing config.")
+def server_init(config_path, endpoint, port, subnet, suite, force) -> None:
+    """Write a server config with fresh keys."""
+    from .provision import init_server
+    ep = _endpoint(endpoint, port) if endpoint else None
+    cfg = init_server(config_path, endpoint=ep, port=port, subnet=subnet, force=force, suite=suite)
+    click.echo(f"wrote {config_path} (mode 0600): address {cfg.interface.addresses[0]}, UDP port {port}")
+    click.echo(f"server public key: {_keys.encode(cfg.interface.public_key)}")
+
+
+@server.command("add-client")
+@click.argument("name")
+@click.option("-c", "--config", "config_path", default="server.conf", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--endpoint", help="HOST[:PORT] of the server, if 'server init' was not told.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write NAME.conf.")
+@click.option("--split", is_flag=True, help="Route only the tunnel subnet through the VPN (split tunnel).")
+@click.option("--dns", multiple=True, help="DNS server for the client config.")
+def server_add_client(name, config_path, endpoint, out_dir, split, dns) -> None:
+    """Add a client: next free address, fresh keys, NAME.conf written."""
+    from .node import control
+    from .provision import add_client
+    ep = _endpoint(endpoint, 51820) if endpoint else None
+    path, peer, _ = add_client(config_path, name, out_dir=out_dir, endpoint=ep, split=split, dns=list(dns))
+    click.echo(f"wrote {path} (mode 0600): {name} gets {peer.allowed_ips[0]}")
+    click.echo(f"added [Peer] {name} to {config_path}")
+    for sock in control.find_sockets():
+        try:
+            st = control.request(sock, {"cmd": "status"})
+            if st.get("role") == "server":
+                r = control.request(sock, {"cmd": "reload"})
+                click.echo(f"told the running server ({st['interface']}): {r['added']} peer(s) added")
+        except VpneduError:
+            pass
+
+
+def _endpoint(text: str, default_port: int) -> tuple[str, int]:
+    from .config import parse_endpoint
+    try:
+        return parse_endpoint(text) if ":" in text else (text, default_port)
+    except ValueError as e:
+        raise VpneduError(f"--endpoint: {e}", "write HOST or HOST:PORT, e.g. 203.0.113.2:51820") from None
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Client config file (wg-quick format).")
+@click.option("--handshake-timeout", default=20.0, show_default=True, type=float,
+              help="Give up if the server has not answered after this many seconds.")
+@_node_options
+def client(config_path, handshake_timeout, ifname, show, allow_null_teaching) -> None:
+    """Connect to a VPN server: TUN device, handshake, routes through the tunnel."""
+    from .node.client import Client
+    node = Client(_load_config(config_path, allow_null_teaching), ifname=ifname,
+                  handshake_timeout=handshake_timeout, log=click.echo)
+    _print_events(node.events, show)
+
+    def ready(n):
+        click.echo(f"vpnedu client up: interface {n.ifname} {', '.join(map(str, n.cfg.interface.addresses))}, "
+                   f"server {n.server.endpoint[0]}:{n.server.endpoint[1]}, suite {n.suite.name}")
+    node.run(ready)
+    click.echo("vpnedu client stopped; host restored")
+
+
+# ---------------------------------------------------------------------------- watching
+def _ago(t: float | None) -> str:
+    import time
+    if not t:
+        return "never"
+    s = int(time.time() - t)
+    return f"{s} second{'s' if s != 1 else ''} ago" if s < 120 else f"{s // 60} minutes ago"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def format_status(st: dict) -> str:
+    lines = [f"interface: {st['interface']} ({st['role']}, pid {st['pid']})",
+             f"  public key: {st['public_key']}",
+             f"  listening port: {st['listen_port']}",
+             f"  address: {', '.join(st['addresses'])}",
+             f"  cipher suite: {st['suite']}"]
+    for p in st["peers"]:
+        lines.append("")
+        lines.append(f"peer: {p['public_key']}" + (f" ({p['name']})" if p.get("name") else ""))
+        if p.get("endpoint"):
+            lines.append(f"  endpoint: {p['endpoint']}")
+        lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
+        lines.append(f"  latest handshake: {_ago(p.get('latest_handshake'))}")
+        lines.append(f"  transfer: {_bytes(p['transfer_rx'])} received, {_bytes(p['transfer_tx'])} sent")
+        if p.get("persistent_keepalive"):
+            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
+    drops = {k[8:]: v for k, v in st.get("counters", {}).items() if k.startswith("dropped.")}
+    if drops:
+        lines.append("")
+        lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--interface", "ifname", help="Which daemon (default: every one in this network namespace).")
+@click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(ifname, sock, as_json) -> None:
+    """Show running daemons like 'wg show': peers, endpoints, latest handshake, transfer."""
+    import json
+    from .node import control
+    paths = [control.pick_socket(ifname, sock)] if (sock or ifname) else control.find_sockets()
+    if not paths:
+        control.pick_socket()  # raises the friendly error
+    for i, path in enumerate(paths):
+        st = control.request(path, {"cmd": "status"})
+        if i:
+            click.echo("")
+        click.echo(json.dumps(st, indent=2, default=str) if as_json else format_status(st))
+
+
+@cli.command()
+@click.option("--kind", "kinds", multiple=True, help="Only events of this kind or prefix (repeatable).")
+@click.option("--layer", "layers", multiple=True, help="Only events of this layer (repeatable).")
+@click.option("--interface", "ifname", help="Which daemon.")
+@click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--count", type=int, default=0, help="Stop after this many events.")
+@click.option("--list", "list_kinds", is_flag=True, help="List every event kind and what it means.")
+def events(kinds, layers, ifname, sock, as_json, count, list_kinds) -> None:
+    """Tail a running daemon's live event stream."""
+    import json
+    from .events import CATALOGUE, Event
+    if list_kinds:
+        for k, v in CATALOGUE.items():
+            click.echo(f"{k:<32} {v}")
+        return
+    from .node import control
+    path = control.pick_socket(ifname, sock)
+    n = 0
+    for d in control.stream(path, list(kinds) or None, list(layers) or None):
+        click.echo(json.dumps(d) if as_json else str(Event.from_dict(d)))
+        n += 1
+        if count and n >= count:
+            break
+
+
+@cli.command()
+def cleanup() -> None:
+    """Undo whatever a crashed vpnedu left in this network namespace (routes, devices, NAT...)."""
+    from .net.journal import recover_all
+    n = recover_all(click.echo)
+    click.echo(f"cleanup: undid {n} change(s)" if n else "cleanup: nothing to undo")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     prefix = "WARNING" if issubclass(category, InsecureSuiteWarning) else "warning"
     click.echo(f"vpnedu: {prefix}: {message}", err=True)
@@ -83,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("vpnedu: interrupted", err=True)
         return 130
+    except Exception as e:  # a bug: still one line, with the traceback on request
+        if os.environ.get("VPNEDU_DEBUG"):
+            raise
+        click.echo(f"vpnedu: internal error: {type(e).__name__}: {e} (this is a bug; set VPNEDU_DEBUG=1 "
+                   "to see the traceback and please report it)", err=True)
+        return 70
     return 0
 
 

@@ -21,6 +21,7 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
 ``CipherSuite`` (Interface)        ``wireguard`` (default), ``aes256gcm`` or ``null-teaching``
 ``AllowNullTeaching`` (Interface)  must be ``true`` before ``null-teaching`` is accepted
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
+``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
 The vpnedu keys are only written when they differ from the defaults, so a file
 for the ``wireguard`` suite stays a pure wg-quick file.
@@ -78,6 +79,8 @@ class InterfaceConfig:
     dns: list[str] = field(default_factory=list)
     cipher_suite: str = "wireguard"
     allow_null_teaching: bool = False
+    #: Where clients reach this server (a server's own note, written as a comment line).
+    public_endpoint: tuple[str, int] | None = None
     #: wg-quick keys vpnedu does not act on, kept so that a round trip loses nothing.
     extra: list[tuple[str, str]] = field(default_factory=list)
 
@@ -135,12 +138,19 @@ def loads(text: str, source: str = "<config>") -> Config:
 
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        m = re.match(r"#+\s*name\s*=\s*(.+?)\s*$", line, re.IGNORECASE)
+        m = re.match(r"#+\s*(name|publicendpoint)\s*=\s*(.+?)\s*$", line, re.IGNORECASE)
         if m:
-            if section == "peer" and peer is not None:
-                peer.name = m.group(1)
+            key, value = m.group(1).lower(), m.group(2)
+            if key == "publicendpoint":
+                if section == "interface":
+                    try:
+                        cfg.interface.public_endpoint = parse_endpoint(value)
+                    except ValueError as e:
+                        raise err(lineno, f"PublicEndpoint: {e}", _FIXES["Endpoint"]) from None
+            elif section == "peer" and peer is not None:
+                peer.name = value
             else:
-                pending_name = m.group(1)
+                pending_name = value
             continue
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -292,6 +302,8 @@ def dumps(cfg: Config) -> str:
     """Write a config as wg-quick INI text (vpnedu-only keys only when not default)."""
     itf = cfg.interface
     lines = ["[Interface]"]
+    if itf.public_endpoint:
+        lines.append(f"# PublicEndpoint = {format_endpoint(itf.public_endpoint)}")
     if itf.private_key:
         lines.append(f"PrivateKey = {_keys.encode(itf.private_key)}")
     if itf.addresses:

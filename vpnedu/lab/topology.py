@@ -1,0 +1,220 @@
+"""The namespace lab: the seed's two-VM demo on one machine.
+
+Four network namespaces stand in for four machines.  Each has its own
+interfaces, addresses, routing table and firewall, exactly like a separate
+host; veth pairs are the cables between them::
+
+     client(s)                internet (router)                server
+     eth0 198.51.100.2 --- br0 198.51.100.1                  eth0 203.0.113.2
+                               s0 203.0.113.1 ----------------'
+                               a0 192.0.2.1 ----- app  eth0 192.0.2.80 (HTTP, logs source addresses)
+
+All addresses are documentation ranges (RFC 5737), and every command runs
+inside the lab's own namespaces (``ip -n NS ...`` / ``ip netns exec NS ...``),
+so the host's own interfaces and routes are never touched.  Every command the
+lab runs is printed when ``verbose`` is on: a student can replay them by hand
+on two real VMs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import VpneduError
+from ..net import journal
+
+CLIENT_NET = "198.51.100"
+SERVER_NET = "203.0.113"
+APP_NET = "192.0.2"
+SERVER_PUBLIC = f"{SERVER_NET}.2"
+APP_ADDRESS = f"{APP_NET}.80"
+APP_PORT = 80
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}")
+                                       if os.path.exists(p)), None)
+    if path is None:
+        raise VpneduError(f"'{name}' is not installed", f"install it: apt-get install {package}")
+    return path
+
+
+@dataclass
+class Lab:
+    """A lab instance; ``prefix`` keeps several labs (and tests) apart."""
+
+    prefix: str = "vpnedu-"
+    clients: int = 1
+    verbose: bool = False
+    log: Callable[[str], None] = print
+    base_dir: Path | None = None
+    _procs: dict[str, int] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- naming
+    @property
+    def dir(self) -> Path:
+        return (self.base_dir or journal.run_dir()) / f"lab-{self.prefix.rstrip('-') or 'default'}"
+
+    def ns(self, host: str) -> str:
+        return f"{self.prefix}{host}"
+
+    def client_names(self) -> list[str]:
+        return ["client"] + [f"client{i}" for i in range(2, self.clients + 1)]
+
+    def client_address(self, name: str) -> str:
+        i = 1 if name == "client" else int(name[len("client"):])
+        return f"{CLIENT_NET}.{1 + i}"
+
+    def hosts(self) -> list[str]:
+        return ["internet", "server", "app", *self.client_names()]
+
+    # ---------------------------------------------------------------- running commands
+    def _ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [require_tool("ip", "iproute2"), *args]
+        if self.verbose:
+            self.log("  $ " + " ".join(cmd))
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise VpneduError(f"'{' '.join(cmd)}' failed: {r.stderr.strip()}")
+        return r
+
+    def run(self, host: str, *cmd: str, check: bool = False, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command on a lab host and wait for it."""
+        full = [require_tool("ip", "iproute2"), "netns", "exec", self.ns(host), *cmd]
+        r = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and r.returncode != 0:
+            raise VpneduError(f"[{host}] '{' '.join(cmd)}' failed: {(r.stderr or r.stdout).strip()}")
+        return r
+
+    def spawn(self, host: str, name: str, *cmd: str, env: dict | None = None) -> subprocess.Popen:
+        """Start a long-running process on a lab host, its output in the lab dir."""
+        out = open(self.dir / f"{name}.log", "ab")
+        full = [require_tool("ip", "iproute2"), "netns", "exec", self.ns(host), *cmd]
+        p = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env={**os.environ, **(env or {})}, start_new_session=True)
+        out.close()
+        self._procs[name] = p.pid
+        self._save()
+        return p
+
+    def vpnedu(self, *args: str) -> list[str]:
+        """The command line that runs this vpnedu (same interpreter) with ``args``."""
+        return [sys.executable, "-m", "vpnedu", *args]
+
+    # ---------------------------------------------------------------- state
+    def exists(self) -> bool:
+        r = subprocess.run([require_tool("ip", "iproute2"), "netns", "list"], capture_output=True, text=True)
+        names = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
+        return self.ns("internet") in names
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "lab.json").write_text(json.dumps({"prefix": self.prefix, "clients": self.clients,
+                                                       "procs": self._procs}))
+
+    @classmethod
+    def load(cls, prefix: str = "vpnedu-", **kw) -> "Lab":
+        lab = cls(prefix=prefix, **kw)
+        p = lab.dir / "lab.json"
+        if p.exists():
+            d = json.loads(p.read_text())
+            lab.clients = d.get("clients", 1)
+            lab._procs = d.get("procs", {})
+        return lab
+
+    # ---------------------------------------------------------------- up / down
+    def up(self) -> None:
+        """Create the namespaces, cables, addresses and routes, and start the app server."""
+        if os.geteuid() != 0:
+            raise VpneduError("the lab creates network namespaces and needs root", "run it with sudo")
+        require_tool("ip", "iproute2")
+        if self.exists():
+            raise VpneduError(f"the lab '{self.prefix}' is already up", "run 'vpnedu lab down' first")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._save()
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+
+    def _build(self) -> None:
+        inet, server, app = self.ns("internet"), self.ns("server"), self.ns("app")
+        for h in self.hosts():
+            self._ip("netns", "add", self.ns(h))
+            self._ip("-n", self.ns(h), "link", "set", "lo", "up")
+        # The internet router: a bridge for the clients' LAN, a cable each to server and app.
+        self._ip("-n", inet, "link", "add", "br0", "type", "bridge")
+        self._ip("-n", inet, "addr", "add", f"{CLIENT_NET}.1/24", "dev", "br0")
+        self._ip("-n", inet, "link", "set", "br0", "up")
+        for i, c in enumerate(self.client_names()):
+            port = f"c{i}"
+            self._ip("-n", inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns(c))
+            self._ip("-n", inet, "link", "set", port, "master", "br0", "up")
+            self._ip("-n", self.ns(c), "addr", "add", f"{self.client_address(c)}/24", "dev", "eth0")
+            self._ip("-n", self.ns(c), "link", "set", "eth0", "up")
+            self._ip("-n", self.ns(c), "route", "add", "default", "via", f"{CLIENT_NET}.1")
+        for port, host, net, addr in (("s0", server, SERVER_NET, SERVER_PUBLIC), ("a0", app, APP_NET, APP_ADDRESS)):
+            self._ip("-n", inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host)
+            self._ip("-n", inet, "addr", "add", f"{net}.1/24", "dev", port)
+            self._ip("-n", inet, "link", "set", port, "up")
+            self._ip("-n", host, "addr", "add", f"{addr}/24", "dev", "eth0")
+            self._ip("-n", host, "link", "set", "eth0", "up")
+            self._ip("-n", host, "route", "add", "default", "via", f"{net}.1")
+        self.run("internet", "sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+        # The application server, logging who connects.
+        (self.dir / "app-access.log").write_text("")
+        self.spawn("app", "app", sys.executable, "-m", "vpnedu.lab.app", "serve", "--port", str(APP_PORT),
+                   "--log", str(self.dir / "app-access.log"))
+        self.wait_for_port("app", APP_PORT)
+
+    def wait_for_port(self, host: str, port: int, timeout: float = 10) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            r = self.run(host, "ss", "-Htln", f"sport = :{port}")
+            if r.stdout.strip():
+                return
+            time.sleep(0.05)
+        raise VpneduError(f"[{host}] nothing listens on TCP port {port} after {timeout} s")
+
+    def down(self) -> None:
+        """Stop every lab process and delete the namespaces (and their cables) and lab files."""
+        for h in self.hosts():
+            ns = self.ns(h)
+            r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in r.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+        deadline = time.time() + 5
+        for h in self.hosts():
+            ns = self.ns(h)
+            while time.time() < deadline:
+                r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+                if not r.stdout.split():
+                    break
+                time.sleep(0.05)
+            r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in r.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def app_log(self) -> list[str]:
+        p = self.dir / "app-access.log"
+        return p.read_text().splitlines() if p.exists() else []

@@ -1,0 +1,38 @@
+"""Kernel switches under /proc/sys, changed and put back.
+
+A Linux host drops packets that arrive on one interface for an address
+reachable through another unless it is told to act as a router:
+``net.ipv4.ip_forward = 1``.  The VPN server needs that to pass clients'
+packets from the tunnel to the internet; vpnedu remembers the old value and
+restores it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .journal import UNDO, Journal
+
+
+def _path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def read(key: str) -> str:
+    return _path(key).read_text().strip()
+
+
+def set_value(journal: Journal, key: str, value: str) -> str:
+    """Set a sysctl, recording the old value; returns the old value."""
+    old = read(key)
+    if old != value:
+        journal.record("sysctl", key=key, value=old)
+        _path(key).write_text(value + "\n")
+    return old
+
+
+def _undo_sysctl(key: str, value: str) -> None:
+    _path(key).write_text(value + "\n")
+
+
+UNDO["sysctl"] = _undo_sysctl

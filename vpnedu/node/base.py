@@ -1,0 +1,331 @@
+"""What the server and the client share: a TUN device, a UDP socket, the protocol core
+between them, and an asyncio loop that moves packets.
+
+::
+
+      applications                                     the network
+           |                                                |
+      [ kernel ] --route--> TUN --read--> Device.send_packet --> UDP sendto
+      [ kernel ] <--write-- TUN <--------- Device.receive <----- UDP recvfrom
+                                   Device.tick  (timers: retries, keepalives, rekeys)
+
+Setting up changes the host (a device, addresses, routes, NAT, sysctls).
+Every change goes through a :class:`~vpnedu.net.journal.Journal` first and is
+undone on exit, on Ctrl-C, on SIGTERM, and after a crash at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..config import Config
+from ..errors import ConfigError, VpneduError
+from ..events import EventBus
+from ..net import journal as _journal
+from ..net import links
+from ..net.tun import Tun
+from ..packet.ip import describe
+from ..protocol.device import Device
+from ..protocol.timers import DEFAULT_TIMERS, Timers
+
+#: How many packets to take from the TUN device or the socket per wakeup before yielding.
+BATCH = 64
+CAP_NET_ADMIN = 12
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def has_net_admin() -> bool:
+    """Root, or at least the CAP_NET_ADMIN capability (needed for TUN, routes, nftables)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+class Node:
+    """A running vpnedu endpoint (see :class:`~vpnedu.node.server.Server` and
+    :class:`~vpnedu.node.client.Client`)."""
+
+    role = "node"
+
+    def __init__(self, cfg: Config, *, ifname: str = "vpnedu0", events: EventBus | None = None,
+                 log: Callable[[str], None] = print, control: bool = True,
+                 timers: Timers = DEFAULT_TIMERS, control_path: str | None = None):
+        if cfg.interface.private_key is None:
+            raise ConfigError(f"{cfg.source}: [Interface] has no PrivateKey",
+                              "add 'PrivateKey = ...' (make one with 'vpnedu genkey')")
+        if not cfg.interface.addresses:
+            raise ConfigError(f"{cfg.source}: [Interface] has no Address",
+                              "add the tunnel address, e.g. 'Address = 10.0.0.2/24'")
+        self.cfg = cfg
+        self.suite = cfg.suite()
+        self.ifname = ifname
+        self.log = log
+        self.events = events or EventBus()
+        self.device = Device(cfg.interface.private_key, suite=self.suite,
+                             allow_insecure=cfg.interface.allow_null_teaching, events=self.events,
+                             timers=timers, mtu=cfg.interface.mtu or 1420, name=ifname)
+        for p in cfg.peers:
+            self.device.add_peer(p.public_key, preshared_key=p.preshared_key, endpoint=self._resolve(p.endpoint),
+                                 persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
+                                 name=p.name)
+        self.journal = _journal.Journal(ifname)
+        self.control_enabled = control
+        self.control_path = Path(control_path) if control_path else None
+        self.tun: Tun | None = None
+        self.sock: socket.socket | None = None
+        self.started = time.time()
+        self.changes: list[str] = []  # human-readable list of what we changed on the host
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._control = None
+        self._exit_error: BaseException | None = None
+
+    # ------------------------------------------------------------------ config helpers
+    @staticmethod
+    def _resolve(endpoint: tuple[str, int] | None) -> tuple[str, int] | None:
+        if endpoint is None:
+            return None
+        host, port = endpoint
+        try:
+            info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+        except socket.gaierror:
+            raise ConfigError(f"cannot resolve endpoint host {host!r}",
+                              "check the Endpoint in the config, or use an IP address") from None
+        return info[0][4][0], port
+
+    @property
+    def listen_port(self) -> int:
+        return self.sock.getsockname()[1] if self.sock else (self.cfg.interface.listen_port or 0)
+
+    # ------------------------------------------------------------------ set-up and tear-down
+    def check_privileges(self) -> None:
+        if not has_net_admin():
+            raise VpneduError(f"the vpnedu {self.role} needs root (or CAP_NET_ADMIN) to create a TUN device "
+                              "and change routes", f"run it with sudo: sudo vpnedu {self.role} ...")
+
+    def open_socket(self) -> socket.socket:
+        port = self.cfg.interface.listen_port or 0
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as e:
+            s.close()
+            if e.errno == errno.EADDRINUSE:
+                raise VpneduError(f"UDP port {port} is already in use",
+                                  "stop the program using it (ss -ulpn), or set another ListenPort") from None
+            raise VpneduError(f"cannot listen on UDP port {port}: {e.strerror}") from None
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        return s
+
+    def setup(self) -> None:
+        """Make every host change, each recorded in the journal first."""
+        self.check_privileges()
+        self.journal.recover(self.log)
+        self.sock = self.open_socket()
+        links.check_no_clash(self.cfg.interface.addresses, self.ifname)
+        self.journal.start()
+        self.journal.record("link", ifname=self.ifname)
+        self.tun = Tun(self.ifname)
+        links.configure(self.journal, self.ifname, self.cfg.interface.addresses, self.device.mtu)
+        addrs = ", ".join(str(a) for a in self.cfg.interface.addresses)
+        self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
+        self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
+        self.setup_role()
+
+    def setup_role(self) -> None:
+        """Role-specific host changes (routes for the client, NAT for the server)."""
+
+    def teardown(self) -> None:
+        if self.tun is not None:
+            self.tun.close()
+            self.events.emit("device.down", None, interface=self.ifname)
+        n = self.journal.undo_all(self.log)
+        if n:
+            self.log(f"restored the host: undid {n} change(s)")
+        if self.sock is not None:
+            self.sock.close()
+
+    # ------------------------------------------------------------------ the datapath
+    def _send(self, datagrams) -> None:
+        sock = self.sock
+        ev = self.events
+        for data, ep in datagrams:
+            try:
+                sock.sendto(data, ep)
+            except BlockingIOError:
+                self.device.counters["dropped.socket-full"] += 1
+                continue
+            except OSError as e:
+                self.device.counters["dropped.send-error"] += 1
+                if ev.wants("packet.dropped"):
+                    ev.emit("packet.dropped", None, reason="send-error", detail=e.strerror,
+                            source=None, size=len(data))
+                continue
+            if ev.wants("udp.sent"):
+                ev.emit("udp.sent", None, to=f"{ep[0]}:{ep[1]}", size=len(data), type=data[0])
+
+    def _on_tun_readable(self) -> None:
+        tun, dev, ev = self.tun, self.device, self.events
+        for _ in range(BATCH):
+            try:
+                pkt = tun.read()
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if ev.wants("tun.read"):
+                ev.emit("tun.read", None, size=len(pkt), packet=describe(pkt))
+            self._send(dev.send_packet(pkt))
+        self._schedule_tick()
+
+    def _on_udp_readable(self) -> None:
+        sock, dev, tun, ev = self.sock, self.device, self.tun, self.events
+        for _ in range(BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if ev.wants("udp.received"):
+                ev.emit("udp.received", None, source=f"{addr[0]}:{addr[1]}", size=len(data),
+                        type=data[0] if data else None)
+            got = dev.receive(data, addr[:2])
+            if got.datagrams:
+                self._send(got.datagrams)
+            for peer, pkt in got.packets:
+                try:
+                    tun.write(pkt)
+                except OSError:
+                    dev.counters["dropped.tun-write"] += 1
+                    continue
+                if ev.wants("tun.write"):
+                        ev.emit("tun.write", peer.label, size=len(pkt), packet=describe(pkt))
+        self._schedule_tick()
+
+    # Timers: sleep until the core's next deadline (at most 1 s), then tick.
+    _tick_handle: asyncio.TimerHandle | None = None
+    _tick_at: float | None = None
+
+    def _schedule_tick(self) -> None:
+        loop = self._loop
+        deadline = self.device.next_deadline()
+        now = time.monotonic()
+        at = min(deadline, now + 1.0) if deadline is not None else now + 1.0
+        if self._tick_handle is not None and self._tick_at is not None and self._tick_at <= at:
+            return
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._tick_at = at
+        self._tick_handle = loop.call_later(max(0.0, at - now), self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        self._tick_at = None
+        self._send(self.device.tick())
+        self._schedule_tick()
+
+    # ------------------------------------------------------------------ running
+    def stop(self) -> None:
+        """Ask the node to shut down (thread-safe)."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def after_start(self) -> None:
+        """Role-specific start-up work once packets flow (the client's first handshake)."""
+
+    def fail(self, err: BaseException) -> None:
+        """Stop the node with an error that :meth:`run` will raise."""
+        self._exit_error = err
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, ready: Callable[["Node"], None] | None = None) -> None:
+        """Move packets until stopped.  :meth:`setup` must have run (outside the event loop:
+        pyroute2's netlink calls run their own loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        loop = self._loop
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+            except (ValueError, RuntimeError):  # not the main thread
+                pass
+        try:
+            if self.control_enabled:
+                from .control import ControlServer
+                self._control = ControlServer(self, self.control_path)
+                await self._control.start()
+            loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+            loop.add_reader(self.sock.fileno(), self._on_udp_readable)
+            self._schedule_tick()
+            start = asyncio.ensure_future(self.after_start())
+            if ready is not None:
+                ready(self)
+            await self._stop.wait()
+            start.cancel()
+        finally:
+            if self._tick_handle is not None:
+                self._tick_handle.cancel()
+            for obj in (self.tun, self.sock):
+                if obj is not None and obj.fileno() >= 0:
+                    loop.remove_reader(obj.fileno())
+            if self._control is not None:
+                await self._control.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (ValueError, RuntimeError):
+                    pass
+        if self._exit_error is not None:
+            raise self._exit_error
+
+    def run(self, ready: Callable[["Node"], None] | None = None) -> None:
+        """Set up, run until SIGINT/SIGTERM or :meth:`stop`, and always restore the host."""
+        # SIGTERM during set-up must also lead to a clean tear-down: turn it into an exception.
+        def _interrupt(signum, frame):
+            raise KeyboardInterrupt
+        old = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+        try:
+            try:
+                self.setup()
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
+            asyncio.run(self.serve(ready))
+        finally:
+            self.teardown()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        st = self.device.status()
+        st.update({
+            "role": self.role,
+            "interface": self.ifname,
+            "pid": os.getpid(),
+            "listen_port": self.listen_port,
+            "addresses": [str(a) for a in self.cfg.interface.addresses],
+            "mtu": self.device.mtu,
+            "started": self.started,
+            "changes": list(self.changes),
+        })
+        return st

@@ -1,0 +1,101 @@
+"""The VPN client: one peer (the server), and the routes that send traffic to it.
+
+After its TUN device is up the client changes the routing table so that the
+kernel hands it the traffic that should go through the tunnel:
+
+* **full tunnel** (the server's ``AllowedIPs`` contain ``0.0.0.0/0``): a host
+  route to the server's public address via the original gateway, and
+  ``0.0.0.0/1`` + ``128.0.0.0/1`` via the server's tunnel address (10.0.0.1).
+  The default gateway is now the server; the old default route stays in the
+  table and takes over again when these routes go.
+* **split tunnel**: only the prefixes in ``AllowedIPs`` go into the tunnel.
+
+Then it starts the handshake and waits for it; if no response comes within the
+handshake timeout, it says what to check and restores the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..errors import ConfigError, VpneduError
+from ..net import routes
+from .base import Node
+
+
+class Client(Node):
+    role = "client"
+
+    def __init__(self, cfg, *, handshake_timeout: float = 20.0, **kw):
+        super().__init__(cfg, **kw)
+        if len(cfg.peers) != 1:
+            raise ConfigError(f"{cfg.source}: a client config needs exactly one [Peer] (the server), "
+                              f"found {len(cfg.peers)}", "keep only the server's [Peer] section")
+        self.server = next(iter(self.device.peers.values()))
+        if self.server.endpoint is None:
+            raise ConfigError(f"{cfg.source}: the server's [Peer] has no Endpoint",
+                              "add 'Endpoint = <server address>:51820'")
+        self.handshake_timeout = handshake_timeout
+        self.routes_before: list[routes.Route] = []
+        self.routes_after: list[routes.Route] = []
+
+    def gateway(self) -> str | None:
+        """The server's tunnel address: the first host of our tunnel subnet (10.0.0.1)."""
+        for a in self.cfg.interface.addresses:
+            if a.version == 4 and a.network.prefixlen < 31:
+                first = next(a.network.hosts())
+                return str(first) if first != a.ip else None
+        return None
+
+    def setup_role(self) -> None:
+        self.routes_before = routes.table()
+        gw = self.gateway()
+        v4 = [n for n in self.server.allowed_ips if n.version == 4]
+        own = [a.network for a in self.cfg.interface.addresses]
+        if any(n.prefixlen == 0 for n in v4):
+            via = routes.route_to(self.server.endpoint[0])
+            if via.dev == self.ifname:
+                raise VpneduError("the server's endpoint is routed into the tunnel itself",
+                                  "remove stale vpnedu routes with 'vpnedu cleanup'")
+            routes.add(self.journal, f"{self.server.endpoint[0]}/32", via.gateway, via.dev)
+            for half in routes.FULL_TUNNEL_HALVES:
+                routes.add(self.journal, half, gw, self.ifname)
+        else:
+            for net in v4:
+                if not any(net.subnet_of(o) for o in own if o.version == 4):
+                    routes.add(self.journal, str(net), gw, self.ifname)
+        self.routes_after = routes.table()
+        added = [r for r in self.routes_after if r not in self.routes_before]
+        removed = [r for r in self.routes_before if r not in self.routes_after]
+        self.changes.append("routes added: " + "; ".join(str(r) for r in added))
+        self.log("routing table change:")
+        for r in removed:
+            self.log(f"  - {r}")
+        for r in added:
+            self.log(f"  + {r}")
+            self.events.emit("route.added", None, route=str(r))
+
+    async def after_start(self) -> None:
+        """Start the handshake and wait for it."""
+        self._send(self.device.initiate(self.server))
+        self._schedule_tick()
+        waited = 0.0
+        while self.server.current is None:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+            if waited >= self.handshake_timeout:
+                ep = self.server.endpoint
+                self.fail(VpneduError(
+                    f"no handshake response from {ep[0]}:{ep[1]} after {self.handshake_timeout:g} s",
+                    "check the server's public key, endpoint and firewall (UDP port "
+                    f"{ep[1]}), and that both sides use the same CipherSuite"))
+                return
+        self.log(f"handshake complete with the server {self.server.endpoint[0]}:{self.server.endpoint[1]}")
+        if self.server.persistent_keepalive:
+            self._send(self.device.keepalive(self.server))
+
+    def status(self) -> dict:
+        st = super().status()
+        st["routes_before"] = [str(r) for r in self.routes_before]
+        st["routes_after"] = [str(r) for r in self.routes_after]
+        return st
