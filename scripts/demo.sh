@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 vpnedu_setup test
-exec .venv/bin/vpnedu handshake-demo "$@"
+exec .venv/bin/vpnedu lab demo "$@"

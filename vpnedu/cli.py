@@ -267,6 +267,70 @@ def events(kinds, layers, ifname, sock, as_json, count, list_kinds) -> None:
             break
 
 
+# ---------------------------------------------------------------------------- the lab
+@cli.group()
+def lab() -> None:
+    """The namespace lab: client, internet router, server and app server on one machine (root)."""
+
+
+def _lab_options(f):
+    f = click.option("--prefix", default="vpnedu-", show_default=True,
+                     help="Namespace name prefix (keeps several labs apart).")(f)
+    return f
+
+
+@lab.command("up")
+@_lab_options
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 50))
+@click.option("-v", "--verbose", is_flag=True, help="Print every ip command.")
+def lab_up(prefix, clients, verbose) -> None:
+    """Create the lab's namespaces, cables, addresses and app server."""
+    from .lab.topology import Lab
+    lb = Lab(prefix=prefix, clients=clients, verbose=verbose, log=click.echo)
+    lb.up()
+    click.echo(f"lab up: namespaces {', '.join(lb.ns(h) for h in lb.hosts())}")
+    click.echo(f"run commands on a host with: ip netns exec {lb.ns('client')} <command>")
+
+
+@lab.command("down")
+@_lab_options
+def lab_down(prefix) -> None:
+    """Stop the lab's processes and delete its namespaces."""
+    from .lab.topology import Lab
+    lb = Lab.load(prefix)
+    existed = lb.exists()
+    lb.down()
+    click.echo("lab down" if existed else "no lab was up; nothing left behind")
+
+
+@lab.command("status")
+@_lab_options
+def lab_status(prefix) -> None:
+    """Show the lab's hosts and their addresses."""
+    from .lab.topology import Lab
+    lb = Lab.load(prefix)
+    if not lb.exists():
+        raise VpneduError(f"the lab '{prefix}' is not up", "start it with 'vpnedu lab up'")
+    for h in lb.hosts():
+        addrs = lb.run(h, "ip", "-brief", "-4", "addr").stdout.split("\n")
+        shown = "; ".join(" ".join(a.split()[::2]) for a in addrs if a.strip() and not a.startswith("lo"))
+        click.echo(f"{h:<9} {lb.ns(h):<20} {shown}")
+
+
+@lab.command("demo")
+@_lab_options
+@click.option("--suite", type=click.Choice(list(SUITES)), default="wireguard", show_default=True)
+@click.option("--keep", is_flag=True, help="Leave the lab up afterwards.")
+def lab_demo(prefix, suite, keep) -> None:
+    """The seed's demo, narrated step by step: routes, TUN, pings, HTTP via the server, capture."""
+    from .lab.demo import Demo
+    from .lab.topology import Lab
+    res = Demo(Lab(prefix=prefix, log=click.echo), out=click.echo, suite=suite, keep=keep).run()
+    if not res.ok:
+        raise VpneduError("the demo did not show what it should (see the steps above)",
+                          "run 'vpnedu lab down' and try again; report it if it persists")
+
+
 @cli.command()
 def cleanup() -> None:
     """Undo whatever a crashed vpnedu left in this network namespace (routes, devices, NAT...)."""

@@ -107,6 +107,10 @@ class Lab:
         self._save()
         return p
 
+    def python(self, *args: str) -> list[str]:
+        """The command line that runs this Python interpreter with ``args``."""
+        return [sys.executable, *args]
+
     def vpnedu(self, *args: str) -> list[str]:
         """The command line that runs this vpnedu (same interpreter) with ``args``."""
         return [sys.executable, "-m", "vpnedu", *args]

@@ -1,0 +1,224 @@
+"""``vpnedu lab demo``: the seed's demo, step by step, on one machine.
+
+Each step prints what it does and what it shows, and records the facts in a
+:class:`DemoResult` so the test suite can check every claim the narration makes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import VpneduError
+from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool
+
+
+@dataclass
+class DemoResult:
+    routes_before: list[str] = field(default_factory=list)
+    routes_during: list[str] = field(default_factory=list)
+    routes_after: list[str] = field(default_factory=list)
+    client_tun: str = ""
+    server_tun: str = ""
+    ping_client_to_server: bool = False
+    ping_server_to_client: bool = False
+    http_body: str = ""
+    app_sources: list[str] = field(default_factory=list)
+    marker: str = ""
+    outer_packets: list[str] = field(default_factory=list)
+    marker_in_client_capture: bool = True
+    marker_in_server_capture: bool = False
+    ok: bool = False
+
+
+def _ping_ok(r: subprocess.CompletedProcess) -> bool:
+    return r.returncode == 0 and " 0% packet loss" in r.stdout
+
+
+class Demo:
+    def __init__(self, lab: Lab, out: Callable[[str], None] = print, suite: str = "wireguard",
+                 keep: bool = False):
+        self.lab = lab
+        self.out = out
+        self.suite = suite
+        self.keep = keep
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.result = DemoResult()
+
+    # ---------------------------------------------------------------- helpers
+    def step(self, title: str) -> None:
+        self.out("")
+        self.out(f"=== {title}")
+
+    def show(self, text: str, indent: str = "    ") -> None:
+        for line in text.rstrip().splitlines():
+            self.out(indent + line)
+
+    def vpnedu(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.lab.run(host, *self.lab.vpnedu(*args), check=check)
+
+    def wait_status(self, host: str, want: Callable[[dict], bool], what: str, timeout: float = 25) -> dict:
+        end = time.time() + timeout
+        last = ""
+        while time.time() < end:
+            r = self.vpnedu(host, "status", "--json", check=False)
+            if r.returncode == 0:
+                st = json.loads(r.stdout)
+                if want(st):
+                    return st
+            last = r.stderr.strip()
+            p = self.procs.get(host)
+            if p is not None and p.poll() is not None:
+                break
+            time.sleep(0.1)
+        log = (self.lab.dir / f"vpn-{host}.log")
+        tail = log.read_text()[-800:] if log.exists() else last
+        raise VpneduError(f"[{host}] {what} did not happen; its log ends with: {tail.strip()}")
+
+    def routes(self, host: str) -> list[str]:
+        return [line.strip() for line in self.lab.run(host, "ip", "route").stdout.splitlines() if line.strip()]
+
+    # ---------------------------------------------------------------- the steps
+    def run(self) -> DemoResult:
+        lab, res = self.lab, self.result
+        try:
+            self.step("1. The lab: four hosts in network namespaces, joined by veth cables")
+            if not lab.exists():
+                lab.up()
+            self.show(f"client  {lab.client_address('client')}/24  (a laptop on some LAN)\n"
+                      f"internet router between them\n"
+                      f"server  {SERVER_PUBLIC}/24  (the VPN server's public address)\n"
+                      f"app     {APP_ADDRESS}:{APP_PORT}  (an HTTP server that logs who connects)")
+
+            self.step("2. The client's routing table before the VPN")
+            res.routes_before = self.routes("client")
+            self.show("\n".join(res.routes_before))
+            self.show("-> the default gateway is the LAN router 198.51.100.1")
+
+            self.step("3. Provisioning: server keys, then a client config (like PiVPN)")
+            d = lab.dir
+            self.show(self.vpnedu("server", "server", "init", "-c", f"{d}/server.conf", "--force",
+                                  "--endpoint", SERVER_PUBLIC, "--suite", self.suite).stdout)
+            self.show(self.vpnedu("server", "server", "add-client", "client", "-c", f"{d}/server.conf").stdout)
+
+            self.step("4. Start the VPN server and the client")
+            extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
+            self.procs["server"] = lab.spawn("server", "vpn-server",
+                                             *lab.vpnedu("server", "-c", f"{d}/server.conf", *extra))
+            self.wait_status("server", lambda st: True, "server start")
+            self.procs["client"] = lab.spawn("client", "vpn-client",
+                                             *lab.vpnedu("client", "-c", f"{d}/client.conf", *extra))
+            st = self.wait_status("client", lambda st: st["peers"][0].get("latest_handshake"), "the handshake")
+            self.show(f"handshake complete; client {st['addresses'][0]}, server endpoint "
+                      f"{st['peers'][0]['endpoint']}")
+
+            self.step("5. A new TUN interface on both hosts")
+            res.client_tun = lab.run("client", "ip", "-brief", "addr", "show", "vpnedu0").stdout.strip()
+            res.server_tun = lab.run("server", "ip", "-brief", "addr", "show", "vpnedu0").stdout.strip()
+            self.show(f"client: {res.client_tun}\nserver: {res.server_tun}")
+
+            self.step("6. The client's routing table now: the default gateway is the server, 10.0.0.1")
+            res.routes_during = self.routes("client")
+            for r in res.routes_during:
+                self.out(("  + " if r not in res.routes_before else "    ") + r)
+            self.show("-> 0.0.0.0/1 and 128.0.0.0/1 cover every address and beat the old default route;\n"
+                      f"   the host route keeps the encrypted packets to {SERVER_PUBLIC} on the LAN")
+
+            self.step("7. Ping over the tunnel, both ways")
+            r = lab.run("client", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.1")
+            res.ping_client_to_server = _ping_ok(r)
+            self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
+            r = lab.run("server", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.2")
+            res.ping_server_to_client = _ping_ok(r)
+            self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
+
+            self.step("8. Browse the app server through the VPN, capturing both sides of the server")
+            res.marker = "vpnedu-marker-" + secrets.token_hex(6)
+            caps = {h: self.capture(h) for h in ("client", "server")}
+            r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
+                                                     f"http://{APP_ADDRESS}:{APP_PORT}/{res.marker}"))
+            time.sleep(0.3)
+            files = {h: self.stop_capture(h, p) for h, p in caps.items()}
+            res.http_body = r.stdout.strip()
+            self.show(f"client got: {res.http_body or r.stderr.strip()}")
+            res.app_sources = [line.split()[0] for line in lab.app_log() if res.marker in line]
+            self.show(f"app's log: request from {', '.join(res.app_sources) or 'nobody'} "
+                      f"(the server's public address, not the client's)")
+            res.outer_packets = self.describe_capture("client", files["client"])
+            res.marker_in_client_capture = res.marker.encode() in files["client"].read_bytes()
+            res.marker_in_server_capture = res.marker.encode() in files["server"].read_bytes()
+            self.show("the client's outer link carried only:")
+            for line in sorted(set(res.outer_packets))[:6]:
+                self.show(line, "      ")
+            self.show(f"marker text in the client's capture: {res.marker_in_client_capture}; "
+                      f"on the server's public side (after decryption and NAT): {res.marker_in_server_capture}")
+            if self.suite == "null-teaching":
+                self.show("(null-teaching: the tunnel is NOT encrypted, so the marker shows on the client's link)")
+
+            self.step("9. Stop the client and the server: every change is undone")
+            self.stop()
+            res.routes_after = self.routes("client")
+            self.show("\n".join(res.routes_after))
+            self.show("-> identical to step 2" if res.routes_after == res.routes_before else "-> DIFFERENT from step 2!")
+            hidden = res.marker_in_client_capture == (self.suite == "null-teaching")
+            res.ok = (res.ping_client_to_server and res.ping_server_to_client and SERVER_PUBLIC in res.http_body
+                      and res.app_sources == [SERVER_PUBLIC] and res.routes_after == res.routes_before
+                      and hidden and res.marker_in_server_capture)
+            self.out("")
+            self.out("demo " + ("complete: every step did what it says" if res.ok else "FAILED: see above"))
+            return res
+        finally:
+            self.stop()
+            if not self.keep:
+                lab.down()
+
+    def stop(self) -> None:
+        for host in ("client", "server"):
+            p = self.procs.pop(host, None)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    # ---------------------------------------------------------------- captures
+    def capture(self, host: str) -> subprocess.Popen:
+        """tcpdump on a host's eth0, writing the pcap to our stdout pipe (tcpdump's AppArmor
+        profile may forbid it to write files outside a few directories)."""
+        tcpdump = require_tool("tcpdump", "tcpdump")
+        path = self.lab.dir / f"{host}-eth0.pcap"
+        log = self.lab.dir / f"tcpdump-{host}.log"
+        with open(path, "wb") as out, open(log, "wb") as err:
+            p = subprocess.Popen(["ip", "netns", "exec", self.lab.ns(host), tcpdump, "-i", "eth0", "-U", "--immediate-mode", "-n",
+                                  "-s", "0", "-w", "-"], stdout=out, stderr=err, start_new_session=True)
+        end = time.time() + 5
+        while time.time() < end and b"listening on" not in log.read_bytes():
+            time.sleep(0.05)
+        return p
+
+    def stop_capture(self, host: str, p: subprocess.Popen):
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        return self.lab.dir / f"{host}-eth0.pcap"
+
+    def describe_capture(self, host: str, path) -> list[str]:
+        r = subprocess.run([require_tool("tcpdump", "tcpdump"), "-r", str(path), "-nn", "-q", "-t"],
+                           capture_output=True, text=True)
+        out = []
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 5 and parts[0] == "IP":
+                src, dst = parts[1].rsplit(".", 1), parts[3].rstrip(":").rsplit(".", 1)
+                out.append(f"{parts[4].rstrip(',')} {src[0]} -> {dst[0]}:{dst[1] if len(dst) > 1 else ''}")
+            elif parts:
+                out.append(" ".join(parts[:4]))
+        return out
