@@ -36,3 +36,34 @@ def require_tool(name: str) -> str:
 def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vpnedu", *args], input=input, capture_output=True,
                           text=True, timeout=60)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, TUN); CI runs it as root")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+_lab_counter = [0]
+
+
+@pytest.fixture
+def lab_factory():
+    """Labs with names unique to this test run; always torn down, even when the test fails."""
+    from vpnedu.lab.topology import Lab
+    made = []
+
+    def make(clients: int = 1, up: bool = True) -> Lab:
+        _lab_counter[0] += 1
+        lab = Lab(prefix=f"vt{os.getpid() % 10000}x{_lab_counter[0]}-", clients=clients, log=lambda s: None)
+        made.append(lab)
+        if up:
+            lab.up()
+        return lab
+
+    yield make
+    for lab in made:
+        lab.down()

@@ -36,6 +36,12 @@ class DemoResult:
     ok: bool = False
 
 
+def _host_port(tcpdump_addr: str) -> str:
+    """tcpdump writes 198.51.100.2.51536; show it as 198.51.100.2:51536."""
+    host, _, port = tcpdump_addr.rpartition(".")
+    return f"{host}:{port}" if host.count(".") == 3 else tcpdump_addr
+
+
 def _ping_ok(r: subprocess.CompletedProcess) -> bool:
     return r.returncode == 0 and " 0% packet loss" in r.stdout
 
@@ -217,8 +223,8 @@ class Demo:
         for line in r.stdout.splitlines():
             parts = line.split()
             if len(parts) >= 5 and parts[0] == "IP":
-                src, dst = parts[1].rsplit(".", 1), parts[3].rstrip(":").rsplit(".", 1)
-                out.append(f"{parts[4].rstrip(',')} {src[0]} -> {dst[0]}:{dst[1] if len(dst) > 1 else ''}")
+                src, dst = (_host_port(x.rstrip(":")) for x in (parts[1], parts[3]))
+                out.append(f"{parts[4].rstrip(',')} {src} -> {dst}")
             elif parts:
                 out.append(" ".join(parts[:4]))
         return out

@@ -54,8 +54,9 @@ class Journal:
 
     def __init__(self, name: str):
         self.name = name
-        self.path = run_dir() / f"{name}@{netns_id()}.journal"
+        self.path = RUN_DIR / f"{name}@{netns_id()}.journal"
         self.entries: list[dict] = []
+        self.started = False
 
     def recover(self, log: Callable[[str], None] = lambda s: None) -> int:
         """Undo what a dead process left behind under this name.  Returns how many steps."""
@@ -79,6 +80,8 @@ class Journal:
         return n
 
     def start(self) -> None:
+        run_dir()
+        self.started = True
         with open(self.path, "w") as f:
             f.write(json.dumps({"pid": os.getpid(), "name": self.name}) + "\n")
             f.flush()
@@ -95,13 +98,17 @@ class Journal:
             os.fsync(f.fileno())
 
     def undo_all(self, log: Callable[[str], None] = lambda s: None) -> int:
+        if not self.started:
+            return 0
         n = _undo(self.entries, log)
         self.entries.clear()
         self.path.unlink(missing_ok=True)
+        self.started = False
         return n
 
 
 def _undo(entries: list[dict], log: Callable[[str], None]) -> int:
+    from . import links, nat, routes, sysctl  # noqa: F401  (each registers its UNDO functions)
     n = 0
     for entry in reversed(entries):
         params = dict(entry)

@@ -1,0 +1,81 @@
+"""Helpers for tests that drive the real tunnel in a namespace lab."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from vpnedu.lab.topology import SERVER_PUBLIC, Lab
+
+
+def vpnedu(*args: str) -> list[str]:
+    return [sys.executable, "-m", "vpnedu", *args]
+
+
+def provision(lab: Lab, clients=("client",), suite: str = "wireguard") -> None:
+    d = lab.dir
+    subprocess.run(vpnedu("server", "init", "-c", f"{d}/server.conf", "--endpoint", SERVER_PUBLIC,
+                          "--suite", suite, "--force"), check=True, capture_output=True)
+    for c in clients:
+        subprocess.run(vpnedu("server", "add-client", c, "-c", f"{d}/server.conf"), check=True,
+                       capture_output=True)
+
+
+def status(lab: Lab, host: str) -> dict | None:
+    r = lab.run(host, *vpnedu("status", "--json"))
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def wait_for(pred, timeout: float = 20, what: str = "condition", proc: subprocess.Popen | None = None,
+             log=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    extra = log.read_text()[-1500:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{extra}")
+
+
+def start_server(lab: Lab, *extra: str) -> subprocess.Popen:
+    p = lab.spawn("server", "vpn-server", *vpnedu("server", "-c", f"{lab.dir}/server.conf", *extra))
+    wait_for(lambda: status(lab, "server"), what="server start", proc=p, log=lab.dir / "vpn-server.log")
+    return p
+
+
+def start_client(lab: Lab, host: str = "client", conf: str | None = None, *extra: str) -> subprocess.Popen:
+    conf = conf or f"{lab.dir}/{host}.conf"
+    p = lab.spawn(host, f"vpn-{host}", *vpnedu("client", "-c", conf, *extra))
+    wait_for(lambda: (st := status(lab, host)) and st["peers"][0].get("latest_handshake"),
+             what=f"{host} handshake", proc=p, log=lab.dir / f"vpn-{host}.log")
+    return p
+
+
+def stop(p: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int:
+    if p.poll() is None:
+        p.send_signal(sig)
+    return p.wait(timeout)
+
+
+def snapshot(lab: Lab, host: str) -> dict:
+    """What a user would compare: routes, addresses, links, nftables, forwarding."""
+    def out(*cmd):
+        return lab.run(host, *cmd).stdout
+    return {
+        "routes": out("ip", "route"),
+        "addrs": out("ip", "-brief", "addr"),
+        "links": out("ip", "-brief", "link").replace("UNKNOWN", "").split(),
+        "nft": out("nft", "list", "ruleset"),
+        "forwarding": out("sysctl", "-n", "net.ipv4.ip_forward"),
+    }
+
+
+def ping(lab: Lab, host: str, dst: str, count: int = 3) -> bool:
+    r = lab.run(host, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dst)
+    return r.returncode == 0 and " 0% packet loss" in r.stdout
