@@ -103,9 +103,12 @@ def sys_python():
 
 def test_two_clients_ping_each_other_through_the_server(lab_factory):
     lab = lab_factory(clients=2)
-    provision(lab, clients=("client", "client2"))
+    provision(lab, clients=("client",))
     start_server(lab)
     start_client(lab, "client")
+    # A client added while the server runs is picked up without a restart.
+    r = lab.run("server", *vpnedu("server", "add-client", "client2", "-c", f"{lab.dir}/server.conf"))
+    assert "1 peer(s) added" in r.stdout, r.stdout + r.stderr
     start_client(lab, "client2")
     assert ping(lab, "client", "10.0.0.3")
     assert ping(lab, "client2", "10.0.0.2")
@@ -239,3 +242,24 @@ def test_bad_situations_get_one_line_and_leave_the_host_unchanged(lab_factory):
     lab.run("client", "ip", "link", "del", "dummy9", check=True)
 
     assert {h: snapshot(lab, h) for h in ("client", "server")} == before
+
+
+def test_roaming_client_keeps_its_session(lab_factory):
+    lab = lab_factory()
+    provision(lab)
+    start_server(lab)
+    start_client(lab)
+    assert ping(lab, "client", "10.0.0.1")
+    first = status(lab, "server")["peers"][0]
+    assert first["endpoint"].startswith("198.51.100.2:")
+    # The client's outer address changes (a new Wi-Fi network, a new DHCP lease).
+    lab.run("client", "ip", "addr", "del", "198.51.100.2/24", "dev", "eth0", check=True)
+    lab.run("client", "ip", "addr", "add", "198.51.100.77/24", "dev", "eth0", check=True)
+    lab.run("client", "ip", "route", "replace", "default", "via", "198.51.100.1", check=True)
+    lab.run("client", "ip", "route", "replace", f"{SERVER_PUBLIC}/32", "via", "198.51.100.1", check=True)
+    assert ping(lab, "client", "10.0.0.1")
+    now = status(lab, "server")["peers"][0]
+    assert now["endpoint"].startswith("198.51.100.77:")
+    # ... with the same session: no new handshake was needed.
+    assert now["session"]["local_index"] == first["session"]["local_index"]
+    assert now["latest_handshake"] == first["latest_handshake"]

@@ -151,8 +151,8 @@ def server_add_client(name, config_path, endpoint, out_dir, split, dns) -> None:
             if st.get("role") == "server":
                 r = control.request(sock, {"cmd": "reload"})
                 click.echo(f"told the running server ({st['interface']}): {r['added']} peer(s) added")
-        except VpneduError:
-            pass
+        except VpneduError as e:
+            click.echo(f"note: could not tell the daemon on {sock} ({e}); restart it to use the new client")
 
 
 def _endpoint(text: str, default_port: int) -> tuple[str, int]:

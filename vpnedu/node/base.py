@@ -315,6 +315,25 @@ class Node:
         finally:
             self.teardown()
 
+    def reload(self) -> dict:
+        """Re-read the config file: add new peers and remove deleted ones, keeping live sessions."""
+        from ..config import load
+        cfg = load(self.cfg.source)
+        wanted = {p.public_key: p for p in cfg.peers}
+        added = removed = 0
+        for key in list(self.device.peers):
+            if key not in wanted:
+                self.device.remove_peer(key)
+                removed += 1
+        for key, p in wanted.items():
+            if key not in self.device.peers:
+                self.device.add_peer(key, preshared_key=p.preshared_key, endpoint=self._resolve(p.endpoint),
+                                     persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
+                                     name=p.name)
+                added += 1
+        self.cfg.peers = cfg.peers
+        return {"added": added, "removed": removed}
+
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         st = self.device.status()

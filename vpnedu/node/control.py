@@ -101,6 +101,11 @@ class ControlServer:
                 await _reply(writer, {"error": f"unknown command {cmd!r}: use status, events, reload or stop"})
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except Exception as e:  # a bug must not kill the daemon; tell the client
+            try:
+                await _reply(writer, {"error": f"internal error: {type(e).__name__}: {e}"})
+            except Exception:
+                pass
         finally:
             self._tasks.discard(task)
             try:

@@ -1,0 +1,56 @@
+"""PiVPN-style provisioning: no root needed."""
+
+import os
+import stat
+
+import pytest
+
+from vpnedu import config
+from vpnedu.errors import VpneduError
+from vpnedu.provision import add_client, init_server
+
+from .conftest import run_cli
+
+
+def test_init_and_add_clients(tmp_path):
+    sc = tmp_path / "server.conf"
+    r = run_cli("server", "init", "-c", str(sc), "--endpoint", "203.0.113.2")
+    assert r.returncode == 0 and "server public key:" in r.stdout
+    for name, ip in (("alice", "10.0.0.2"), ("bob", "10.0.0.3")):
+        r = run_cli("server", "add-client", name, "-c", str(sc))
+        assert r.returncode == 0, r.stderr
+        assert f"{name} gets {ip}/32" in r.stdout
+        c = config.load(tmp_path / f"{name}.conf")
+        assert str(c.interface.addresses[0]) == f"{ip}/24"
+        assert c.peers[0].endpoint == ("203.0.113.2", 51820)
+        assert [str(n) for n in c.peers[0].allowed_ips] == ["0.0.0.0/0"]
+        assert c.peers[0].preshared_key and c.peers[0].persistent_keepalive == 25
+    s = config.load(sc)
+    assert [p.name for p in s.peers] == ["alice", "bob"]
+    assert s.peers[0].public_key == config.load(tmp_path / "alice.conf").interface.public_key
+    for f in ("server.conf", "alice.conf", "bob.conf"):
+        assert stat.S_IMODE(os.stat(tmp_path / f).st_mode) == 0o600
+    # The client file is plain wg-quick: no vpnedu-only keys for the default suite.
+    text = (tmp_path / "alice.conf").read_text()
+    assert "CipherSuite" not in text and "PublicEndpoint" not in text
+
+
+def test_provisioning_errors(tmp_path):
+    sc = tmp_path / "server.conf"
+    init_server(sc, endpoint=None)
+    with pytest.raises(VpneduError, match="already exists"):
+        init_server(sc, endpoint=None)
+    with pytest.raises(VpneduError, match="public endpoint is unknown"):
+        add_client(sc, "alice")
+    add_client(sc, "alice", endpoint=("203.0.113.2", 51820))
+    with pytest.raises(VpneduError, match="already exists"):
+        add_client(sc, "alice", endpoint=("203.0.113.2", 51820))
+    with pytest.raises(VpneduError, match="not usable as a file name"):
+        add_client(sc, "../evil", endpoint=("203.0.113.2", 51820))
+    small = tmp_path / "small.conf"
+    init_server(small, endpoint=("203.0.113.2", 51820), subnet="10.9.0.0/30")
+    add_client(small, "one")
+    with pytest.raises(VpneduError, match="no free address"):
+        add_client(small, "two")
+    r = run_cli("server", "init", "-c", str(tmp_path / "x.conf"), "--subnet", "banana")
+    assert r.returncode == 1 and r.stderr.startswith("vpnedu: error: 'banana' is not a subnet")
