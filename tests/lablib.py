@@ -79,3 +79,23 @@ def snapshot(lab: Lab, host: str) -> dict:
 def ping(lab: Lab, host: str, dst: str, count: int = 3) -> bool:
     r = lab.run(host, "ping", "-c", str(count), "-i", "0.2", "-W", "2", dst)
     return r.returncode == 0 and " 0% packet loss" in r.stdout
+
+
+def iperf(lab: Lab, server_host: str, server_addr: str, client_host: str, nbytes: str = "50M",
+          reverse: bool = False) -> dict:
+    """Move ``nbytes`` with iperf3 over TCP; returns iperf3's JSON result."""
+    srv = lab.spawn(server_host, f"iperf3-{server_host}", "iperf3", "-s", "-1", "-B", server_addr)
+    wait_for(lambda: lab.run(server_host, "ss", "-Htln", "sport = :5201").stdout.strip(), what="iperf3 server")
+    args = ["iperf3", "-c", server_addr, "-n", nbytes, "-J"] + (["-R"] if reverse else [])
+    r = lab.run(client_host, *args, timeout=120)
+    srv.wait(30)
+    assert r.returncode == 0, r.stdout[-800:] + r.stderr
+    return json.loads(r.stdout)
+
+
+def ping_count(lab: Lab, host: str, dst: str, count: int = 20) -> tuple[int, int]:
+    """(sent, received) for ``count`` pings."""
+    r = lab.run(host, "ping", "-c", str(count), "-i", "0.05", "-W", "2", dst, timeout=60)
+    import re
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", r.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else (count, 0)

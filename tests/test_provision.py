@@ -54,3 +54,19 @@ def test_provisioning_errors(tmp_path):
         add_client(small, "two")
     r = run_cli("server", "init", "-c", str(tmp_path / "x.conf"), "--subnet", "banana")
     assert r.returncode == 1 and r.stderr.startswith("vpnedu: error: 'banana' is not a subnet")
+
+
+def test_conf_check_export_and_import(tmp_path):
+    sc = tmp_path / "server.conf"
+    run_cli("server", "init", "-c", str(sc), "--endpoint", "203.0.113.2")
+    run_cli("server", "add-client", "alice", "-c", str(sc))
+    r = run_cli("conf", "check", str(tmp_path / "alice.conf"))
+    assert r.returncode == 0 and "OK, suite wireguard, address 10.0.0.2/24" in r.stdout
+    wg = run_cli("conf", "export", "--wg", str(tmp_path / "alice.conf")).stdout
+    assert "Address" not in wg and "PrivateKey" in wg and "Endpoint = 203.0.113.2:51820" in wg
+    assert run_cli("conf", "export", str(tmp_path / "alice.conf")).stdout == (tmp_path / "alice.conf").read_text()
+    r = run_cli("conf", "import", "-", "--address", "10.0.0.9/24", "-o", str(tmp_path / "imp.conf"), input=wg)
+    assert r.returncode == 0, r.stderr
+    assert str(config.load(tmp_path / "imp.conf").interface.addresses[0]) == "10.0.0.9/24"
+    r = run_cli("conf", "import", "-", input="[Interface]\nPrivateKey = nope\n")
+    assert r.returncode == 1 and r.stderr.startswith("vpnedu: error: <stdin>:2: PrivateKey")

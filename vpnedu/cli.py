@@ -82,6 +82,10 @@ def _node_options(f):
                      help="Print events of this kind (or prefix, e.g. handshake) as they happen.")(f)
     f = click.option("--allow-null-teaching", is_flag=True,
                      help="Permit CipherSuite = null-teaching (tunnel data NOT encrypted).")(f)
+    f = click.option("--keylog", type=click.Path(dir_okay=False),
+                     help="Write session secrets for Wireshark's WireGuard dissector (wg.keylog_file).")(f)
+    f = click.option("--timers", "timers", metavar="NAME=S,...",
+                     help="Shorten WireGuard's timers for a lab, e.g. rekey_after_time=5.")(f)
     return f
 
 
@@ -91,16 +95,17 @@ def _node_options(f):
               help="How clients reach the outside world: kernel NAT (masquerade), or not at all.")
 @_node_options
 @click.pass_context
-def server(ctx, config_path, forwarding, ifname, show, allow_null_teaching) -> None:
+def server(ctx, config_path, forwarding, ifname, show, allow_null_teaching, keylog, timers) -> None:
     """Run the VPN server (or provision it: 'server init', 'server add-client')."""
     if ctx.invoked_subcommand is not None:
         return
     if not config_path:
         raise VpneduError("no config given", "run 'vpnedu server -c server.conf' "
                           "(create one with 'vpnedu server init')")
+    from .node.base import parse_timers
     from .node.server import Server
     node = Server(_load_config(config_path, allow_null_teaching), ifname=ifname, forwarding=forwarding,
-                  log=click.echo)
+                  log=click.echo, keylog=keylog, timers=parse_timers(timers))
     _print_events(node.events, show)
 
     def ready(n):
@@ -169,11 +174,13 @@ def _endpoint(text: str, default_port: int) -> tuple[str, int]:
 @click.option("--handshake-timeout", default=20.0, show_default=True, type=float,
               help="Give up if the server has not answered after this many seconds.")
 @_node_options
-def client(config_path, handshake_timeout, ifname, show, allow_null_teaching) -> None:
+def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, keylog, timers) -> None:
     """Connect to a VPN server: TUN device, handshake, routes through the tunnel."""
+    from .node.base import parse_timers
     from .node.client import Client
     node = Client(_load_config(config_path, allow_null_teaching), ifname=ifname,
-                  handshake_timeout=handshake_timeout, log=click.echo)
+                  handshake_timeout=handshake_timeout, log=click.echo, keylog=keylog,
+                  timers=parse_timers(timers))
     _print_events(node.events, show)
 
     def ready(n):
@@ -239,6 +246,18 @@ def status(ifname, sock, as_json) -> None:
         if i:
             click.echo("")
         click.echo(json.dumps(st, indent=2, default=str) if as_json else format_status(st))
+
+
+@cli.command()
+@click.option("--interface", "ifname", help="Which daemon (default: the only one in this network namespace).")
+@click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
+def reload(ifname, sock) -> None:
+    """Re-read a running daemon's config file, keeping live sessions (like 'wg syncconf')."""
+    from .node import control
+    r = control.request(control.pick_socket(ifname, sock), {"cmd": "reload"})
+    if "error" in r:
+        raise VpneduError(f"reload failed: {r['error']}", "fix the config file, then run 'vpnedu reload' again")
+    click.echo(f"reloaded: {r['added']} peer(s) added, {r['removed']} removed, {r.get('updated', 0)} updated")
 
 
 @cli.command()
@@ -329,6 +348,85 @@ def lab_demo(prefix, suite, keep) -> None:
     if not res.ok:
         raise VpneduError("the demo did not show what it should (see the steps above)",
                           "run 'vpnedu lab down' and try again; report it if it persists")
+
+
+# ---------------------------------------------------------------------------- configs and captures
+@cli.group()
+def conf() -> None:
+    """Read, check and convert wg-quick configuration files."""
+
+
+@conf.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def conf_check(path) -> None:
+    """Check a config and summarise it."""
+    from . import config as _config
+    c = _config.load(path)
+    pub = c.interface.public_key
+    click.echo(f"{path}: OK, suite {c.interface.cipher_suite}, "
+               f"address {', '.join(map(str, c.interface.addresses)) or '(none)'}, "
+               f"public key {_keys.encode(pub) if pub else '(no private key)'}, {len(c.peers)} peer(s)")
+
+
+@conf.command("import")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (mode 0600) instead of stdout.")
+@click.option("--address", multiple=True, help="Tunnel address to add (wg showconf output has none).")
+def conf_import(path, output, address) -> None:
+    """Take a wg-quick file or 'wg showconf' output and write it as a vpnedu config."""
+    import ipaddress
+    from . import config as _config
+    text = sys.stdin.read() if path == "-" else None
+    c = _config.loads(text, "<stdin>") if text is not None else _config.load(path)
+    for a in address:
+        try:
+            c.interface.addresses.append(ipaddress.ip_interface(a))
+        except ValueError:
+            raise VpneduError(f"--address {a!r} is not an address with prefix", "e.g. --address 10.0.0.2/24") from None
+    if output:
+        _config.save(c, output)
+        click.echo(f"wrote {output} (mode 0600)")
+    else:
+        click.echo(_config.dumps(c), nl=False)
+
+
+@conf.command("export")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--wg", "wg_format", is_flag=True, help="Only what 'wg setconf' reads (like 'wg-quick strip').")
+def conf_export(path, wg_format) -> None:
+    """Print a vpnedu config in wg-quick format (or wg(8) format)."""
+    from . import config as _config
+    c = _config.load(path)
+    if c.interface.cipher_suite != "wireguard":
+        click.echo(f"vpnedu: warning: CipherSuite {c.interface.cipher_suite} is vpnedu-only; "
+                   "WireGuard peers cannot use this config", err=True)
+    click.echo(_config.dumps_wg(c) if wg_format else _config.dumps(c), nl=False)
+
+
+@cli.command()
+@click.option("-i", "--interface", "iface", default="eth0", show_default=True, help="Outer interface to record.")
+@click.option("-w", "--write", "out", type=click.Path(dir_okay=False), help="Record to this pcap file.")
+@click.option("-r", "--read", "pcap", type=click.Path(exists=True, dir_okay=False), help="Decode this pcap file.")
+@click.option("--port", default=51820, show_default=True, help="The tunnel's UDP port.")
+@click.option("--keylog", type=click.Path(exists=True, dir_okay=False),
+              help="With -r: decrypt using a key log from --keylog.")
+@click.option("-c", "--count", default=0, help="With -w: stop after this many packets.")
+@click.option("--duration", default=0.0, help="With -w: stop after this many seconds.")
+def capture(iface, out, pcap, port, keylog, count, duration) -> None:
+    """Record the tunnel's outer packets (tcpdump), or decode a recording (tshark's WireGuard dissector)."""
+    import subprocess as sp
+    from . import capture as cap
+    if pcap:
+        for row in cap.decode(pcap, port, keylog):
+            click.echo(cap.describe(row))
+        return
+    if not out:
+        raise VpneduError("nothing to do", "record with -w FILE, or decode with -r FILE [--keylog KEYLOG]")
+    cmd = cap.record_command(iface, out, port, count, duration)
+    click.echo("$ " + " ".join(cmd))
+    r = sp.run(cmd)
+    if r.returncode not in (0, 124):
+        raise VpneduError(f"tcpdump failed (exit {r.returncode})", "are you root, and does the interface exist?")
 
 
 @cli.command()

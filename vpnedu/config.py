@@ -344,3 +344,23 @@ def save(cfg: Config, path: str | os.PathLike) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(dumps(cfg))
     os.chmod(p, 0o600)
+
+
+#: The keys `wg setconf` understands; everything else in a wg-quick file is for wg-quick itself.
+_WG_INTERFACE_KEYS = ("PrivateKey", "ListenPort", "FwMark")
+
+
+def dumps_wg(cfg: Config) -> str:
+    """The part of a config that `wg setconf` reads (like `wg-quick strip`)."""
+    itf = cfg.interface
+    lines = ["[Interface]"]
+    if itf.private_key:
+        lines.append(f"PrivateKey = {_keys.encode(itf.private_key)}")
+    if itf.listen_port:
+        lines.append(f"ListenPort = {itf.listen_port}")
+    for k, v in itf.extra:
+        if k in _WG_INTERFACE_KEYS:
+            lines.append(f"{k} = {v}")
+    text = "\n".join(lines) + "\n"
+    peers = dumps(Config(InterfaceConfig(), cfg.peers))
+    return text + peers[len("[Interface]\n"):]

@@ -40,6 +40,40 @@ BATCH = 64
 CAP_NET_ADMIN = 12
 
 
+def _keylog_writer(path: str) -> Callable[[str], None]:
+    """Append Wireshark key-log lines to ``path`` (created 0600: it holds private keys)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as e:
+        raise VpneduError(f"cannot write the key log {path}: {e.strerror}", "choose a writable path") from None
+    f = os.fdopen(fd, "a")
+
+    def write(lines: str) -> None:
+        f.write(lines)
+        f.flush()
+    return write
+
+
+def parse_timers(text: str | None) -> Timers:
+    """``rekey_after_time=5,reject_after_time=8`` -> Timers (shortened timers for labs and tests)."""
+    if not text:
+        return DEFAULT_TIMERS
+    import dataclasses
+    names = {f.name: f.type for f in dataclasses.fields(Timers)}
+    kw = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in names or not value:
+            raise VpneduError(f"--timers: {part.strip()!r} is not NAME=SECONDS",
+                              "names: " + ", ".join(names))
+        try:
+            kw[key] = int(value) if "messages" in key else float(value)
+        except ValueError:
+            raise VpneduError(f"--timers: {value!r} is not a number") from None
+    return Timers(**kw)
+
+
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
@@ -66,7 +100,8 @@ class Node:
 
     def __init__(self, cfg: Config, *, ifname: str = "vpnedu0", events: EventBus | None = None,
                  log: Callable[[str], None] = print, control: bool = True,
-                 timers: Timers = DEFAULT_TIMERS, control_path: str | None = None):
+                 timers: Timers = DEFAULT_TIMERS, control_path: str | None = None,
+                 keylog: str | None = None):
         if cfg.interface.private_key is None:
             raise ConfigError(f"{cfg.source}: [Interface] has no PrivateKey",
                               "add 'PrivateKey = ...' (make one with 'vpnedu genkey')")
@@ -86,6 +121,8 @@ class Node:
                                  persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
                                  name=p.name)
         self.journal = _journal.Journal(ifname)
+        if keylog:
+            self.device.keylog = _keylog_writer(keylog)
         self.control_enabled = control
         self.control_path = Path(control_path) if control_path else None
         self.tun: Tun | None = None
@@ -325,14 +362,22 @@ class Node:
             if key not in wanted:
                 self.device.remove_peer(key)
                 removed += 1
+        updated = 0
         for key, p in wanted.items():
             if key not in self.device.peers:
                 self.device.add_peer(key, preshared_key=p.preshared_key, endpoint=self._resolve(p.endpoint),
                                      persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
                                      name=p.name)
                 added += 1
+            else:
+                live = self.device.peers[key]
+                if (live.persistent_keepalive != p.persistent_keepalive
+                        or [str(n) for n in live.allowed_ips] != [str(n) for n in p.allowed_ips]):
+                    self.device.update_peer(key, persistent_keepalive=p.persistent_keepalive,
+                                            allowed_ips=p.allowed_ips, name=p.name)
+                    updated += 1
         self.cfg.peers = cfg.peers
-        return {"added": added, "removed": removed}
+        return {"added": added, "removed": removed, "updated": updated}
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:

@@ -109,6 +109,8 @@ class Device:
         self._other_suites = [(s, MacKeys(s, self.static.public)) for s in SUITES.values() if s is not suite]
         #: Always-on counters: drops by reason, handshakes, messages by type.
         self.counters: Counter[str] = Counter()
+        #: If set, called with Wireshark key-log lines for every handshake (``--keylog``).
+        self.keylog: Callable[[str], None] | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -128,6 +130,23 @@ class Device:
         self.peers[public_key] = peer
         for net in peer.allowed_ips:
             self.routes.insert(net, peer)
+        return peer
+
+    def update_peer(self, public_key: bytes, *, persistent_keepalive: int = 0,
+                    allowed_ips: tuple | list = (), name: str | None = None) -> Peer:
+        """Change a live peer's settings without touching its session, as ``wg syncconf`` does:
+        new AllowedIPs take over cryptokey routing at once, and a new PersistentKeepalive starts
+        (or stops) the keepalive timer."""
+        peer = self.peers[public_key]
+        self.routes.remove_value(peer)
+        peer.allowed_ips = [ipaddress.ip_network(n, strict=False) for n in allowed_ips]
+        for net in peer.allowed_ips:
+            self.routes.insert(net, peer)
+        peer.persistent_keepalive = int(persistent_keepalive or 0)
+        peer.t_persistent = (self.clock() + peer.persistent_keepalive
+                             if peer.persistent_keepalive and peer.current is not None else None)
+        if name:
+            peer.name = name
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -260,6 +279,7 @@ class Device:
 
         # Answer with message 2 and derive the keys.
         e = KeyPair()
+        self._log_secrets(peer, e)
         idx = self._new_index(peer, None)
         try:
             resp, keys = hs.create_response(self.suite, self.static, init, peer.psk, idx, e)
@@ -534,8 +554,10 @@ class Device:
             self._forget(peer.handshake.local_index)
         idx = self._new_index(peer, None)
         stamp = tai64n.encode(self.wallclock())
+        e = KeyPair()
+        self._log_secrets(peer, e)
         try:
-            msg, state = hs.create_initiation(self.suite, self.static, peer.public_key, peer.psk, idx, stamp)
+            msg, state = hs.create_initiation(self.suite, self.static, peer.public_key, peer.psk, idx, stamp, e)
         except hs.HandshakeError as e:
             self._forget(idx)
             self._drop(e.reason, e.detail, peer)
@@ -554,6 +576,17 @@ class Device:
                          mac1=mac1.hex(), mac2=mac2.hex(), attempt=peer.handshake_attempts + 1,
                          to=f"{peer.endpoint[0]}:{peer.endpoint[1]}")
         return [(packed, peer.endpoint)]
+
+    def _log_secrets(self, peer: Peer, ephemeral: KeyPair) -> None:
+        """Key-log lines in the format of Wireshark's WireGuard dissector (wg.keylog_file):
+        with our static and ephemeral private keys it can decrypt the handshake and, from it,
+        every transport message of the session."""
+        if self.keylog is None:
+            return
+        self.keylog(f"LOCAL_STATIC_PRIVATE_KEY = {_encode(self.static.private)}\n"
+                    f"REMOTE_STATIC_PUBLIC_KEY = {_encode(peer.public_key)}\n"
+                    f"LOCAL_EPHEMERAL_PRIVATE_KEY = {_encode(ephemeral.private)}\n"
+                    f"PRESHARED_KEY = {_encode(peer.psk)}\n")
 
     # ------------------------------------------------------------ timers
     def _authenticated_sent(self, peer: Peer, now: float) -> None:
