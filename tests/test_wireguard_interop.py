@@ -26,7 +26,9 @@ def moved_50mb(result: dict) -> None:
     end = result["end"]
     assert end["sum_sent"]["bytes"] >= MB50
     assert end["sum_received"]["bytes"] >= 0.9 * MB50
-    assert end["sum_sent"].get("retransmits", 0) < 1000
+    # Queues between a fast sender and the tunnel overflow now and then, and TCP retransmits;
+    # a broken tunnel (lost or corrupted packets) shows up as far more than a few percent.
+    assert end["sum_sent"].get("retransmits", 0) < 0.05 * end["sum_sent"]["bytes"] / 1400
 
 
 @pytest.fixture(autouse=True)
