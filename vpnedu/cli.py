@@ -91,11 +91,14 @@ def _node_options(f):
 
 @cli.group(invoke_without_command=True)
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False), help="Server config file.")
-@click.option("--forwarding", type=click.Choice(["nat", "none"]), default="nat", show_default=True,
-              help="How clients reach the outside world: kernel NAT (masquerade), or not at all.")
+@click.option("--forwarding", type=click.Choice(["nat", "proxy", "none"]), default=None,
+              help="How clients reach the outside world: kernel NAT (masquerade, the default), the "
+                   "server's transport-layer proxy, or not at all. Overrides 'Forwarding =' in the config.")
+@click.option("--proxy-idle", metavar="PROTO=S,...",
+              help="Proxy idle timeouts, e.g. tcp=600,udp=30,icmp=30 (the defaults).")
 @_node_options
 @click.pass_context
-def server(ctx, config_path, forwarding, ifname, show, allow_null_teaching, keylog, timers) -> None:
+def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_teaching, keylog, timers) -> None:
     """Run the VPN server (or provision it: 'server init', 'server add-client')."""
     if ctx.invoked_subcommand is not None:
         return
@@ -104,13 +107,15 @@ def server(ctx, config_path, forwarding, ifname, show, allow_null_teaching, keyl
                           "(create one with 'vpnedu server init')")
     from .node.base import parse_timers
     from .node.server import Server
+    from .proxy import parse_idle
     node = Server(_load_config(config_path, allow_null_teaching), ifname=ifname, forwarding=forwarding,
-                  log=click.echo, keylog=keylog, timers=parse_timers(timers))
+                  proxy_idle=parse_idle(proxy_idle), log=click.echo, keylog=keylog, timers=parse_timers(timers))
     _print_events(node.events, show)
 
     def ready(n):
         click.echo(f"vpnedu server up: interface {n.ifname} {', '.join(map(str, n.cfg.interface.addresses))}, "
-                   f"UDP port {n.listen_port}, {len(n.device.peers)} peer(s), suite {n.suite.name}")
+                   f"UDP port {n.listen_port}, {len(n.device.peers)} peer(s), suite {n.suite.name}, "
+                   f"forwarding {n.forwarding}")
         for c in n.changes:
             click.echo(f"  {c}")
     node.run(ready)
@@ -230,11 +235,35 @@ def format_status(st: dict) -> str:
     return "\n".join(lines)
 
 
+def format_flows(st: dict) -> str:
+    """The flow table as a text table: one line per flow, both legs and the bytes each way."""
+    mode = st.get("forwarding")
+    if mode is None:
+        return "flows: this daemon is a client; flows are kept by the server"
+    if mode == "none":
+        return "flows: forwarding is off (--forwarding none)"
+    if st.get("flows_error"):
+        return f"flows: cannot read the kernel's conntrack table: {st['flows_error']}"
+    rows = st.get("flows", [])
+    kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
+    lines = [f"flows: {len(rows)} via {kind}"]
+    if rows:
+        head = ("proto", "client", "server end", "destination", "state", "up", "down", "age")
+        table = [head] + [(f["proto"], f["client"], f["proxy"], f["destination"], f["state"],
+                           _bytes(f["bytes_up"]), _bytes(f["bytes_down"]),
+                           "" if f.get("age") is None else f"{f['age']:.0f}s") for f in rows]
+        widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
+        for r in table:
+            lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
 @cli.command()
 @click.option("--interface", "ifname", help="Which daemon (default: every one in this network namespace).")
 @click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(ifname, sock, as_json) -> None:
+@click.option("--flows", is_flag=True, help="Also list the server's forwarded flows (proxy or NAT).")
+def status(ifname, sock, as_json, flows) -> None:
     """Show running daemons like 'wg show': peers, endpoints, latest handshake, transfer."""
     import json
     from .node import control
@@ -246,6 +275,9 @@ def status(ifname, sock, as_json) -> None:
         if i:
             click.echo("")
         click.echo(json.dumps(st, indent=2, default=str) if as_json else format_status(st))
+        if flows and not as_json:
+            click.echo("")
+            click.echo(format_flows(st))
 
 
 @cli.command()

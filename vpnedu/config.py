@@ -20,6 +20,7 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
 
 ``CipherSuite`` (Interface)        ``wireguard`` (default), ``aes256gcm`` or ``null-teaching``
 ``AllowNullTeaching`` (Interface)  must be ``true`` before ``null-teaching`` is accepted
+``Forwarding`` (Interface)         a server's way out for clients: ``nat`` (default), ``proxy`` or ``none``
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
@@ -48,6 +49,7 @@ _INTERFACE_KEYS = {
     "address": "Address", "dns": "DNS", "mtu": "MTU", "table": "Table",
     "preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown",
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
+    "forwarding": "Forwarding",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
@@ -79,6 +81,8 @@ class InterfaceConfig:
     dns: list[str] = field(default_factory=list)
     cipher_suite: str = "wireguard"
     allow_null_teaching: bool = False
+    #: A server's forwarding mode for clients' traffic to the outside (None: not set, i.e. nat).
+    forwarding: str | None = None
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
     #: wg-quick keys vpnedu does not act on, kept so that a round trip loses nothing.
@@ -214,6 +218,7 @@ _FIXES = {
     "PersistentKeepalive": "use seconds from 1 to 65535, or 'off'",
     "CipherSuite": "choose one of: " + ", ".join(SUITES),
     "AllowNullTeaching": "use true or false",
+    "Forwarding": "choose one of: nat, proxy, none",
 }
 
 
@@ -259,6 +264,10 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         itf.cipher_suite = value.lower()
     elif key == "AllowNullTeaching":
         itf.allow_null_teaching = _bool(value)
+    elif key == "Forwarding":
+        if value.lower() not in ("nat", "proxy", "none"):
+            raise ValueError(f"unknown forwarding mode {value!r}")
+        itf.forwarding = value.lower()
     else:
         itf.extra.append((key, value))
 
@@ -320,6 +329,8 @@ def dumps(cfg: Config) -> str:
         lines.append(f"CipherSuite = {itf.cipher_suite}")
     if itf.allow_null_teaching:
         lines.append("AllowNullTeaching = true")
+    if itf.forwarding:
+        lines.append(f"Forwarding = {itf.forwarding}")
     for p in cfg.peers:
         lines.append("")
         lines.append("[Peer]")

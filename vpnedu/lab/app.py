@@ -3,7 +3,13 @@
 ``python -m vpnedu.lab.app serve --port 80 --log access.log`` runs an HTTP
 server that writes the *source address* of every request to its log -- the
 proof that the application server sees the VPN server, not the client.
-``GET /`` answers with the address it saw; ``GET /bytes/N`` sends N bytes.
+``GET /`` answers with the address it saw; ``GET /bytes/N`` sends N bytes;
+``GET /random/N`` sends N pseudo-random bytes whose SHA-256 :func:`random_bytes`
+can recompute (to check a big download arrived intact).
+
+Beside HTTP it runs two more services, so the proxy can be tried on each protocol:
+a TCP echo service (port 7, RFC 862) and a DNS-like UDP name service (port 53):
+a datagram ``<id> <name>`` is answered with ``<id> <name> A <address> seen-from <source>``.
 
 ``python -m vpnedu.lab.app fetch URL`` prints the response body (so the lab needs
 no curl).
@@ -12,10 +18,29 @@ no curl).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import socket
 import sys
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def random_chunks(n: int, chunk: int = 65536):
+    """N deterministic pseudo-random bytes, in chunks (SHAKE-128 of the chunk's number)."""
+    i = 0
+    while n > 0:
+        size = min(chunk, n)
+        yield hashlib.shake_128(i.to_bytes(8, "big")).digest(chunk)[:size]
+        n -= size
+        i += 1
+
+
+def random_sha256(n: int) -> str:
+    h = hashlib.sha256()
+    for c in random_chunks(n):
+        h.update(c)
+    return h.hexdigest()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -26,6 +51,17 @@ class _Handler(BaseHTTPRequestHandler):
         src = self.client_address[0]
         with self._lock, open(self.log_path or "/dev/null", "a") as f:
             f.write(f"{src} GET {self.path}\n")
+        if self.path.startswith("/random/"):
+            try:
+                n = int(self.path.split("/")[2])
+            except ValueError:
+                n = 0
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            for c in random_chunks(n):
+                self.wfile.write(c)
+            return
         if self.path.startswith("/bytes/"):
             try:
                 n = int(self.path.split("/")[2])
@@ -50,9 +86,38 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(port: int, log: str) -> None:
+def _echo_service(port: int) -> None:
+    """TCP echo (RFC 862): send back whatever arrives, until the client closes its side."""
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(4096)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def _name_service(port: int, answer: str) -> None:
+    """A DNS-like request/response service on UDP."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, src = s.recvfrom(2048)
+        s.sendto(data.strip() + f" A {answer} seen-from {src[0]}".encode(), src)
+
+
+def serve(port: int, log: str, echo_port: int = 7, dns_port: int = 53, answer: str = "192.0.2.80") -> None:
     _Handler.log_path = log
     ThreadingHTTPServer.allow_reuse_address = True
+    if echo_port:
+        threading.Thread(target=_echo_service, args=(echo_port,), daemon=True).start()
+    if dns_port:
+        threading.Thread(target=_name_service, args=(dns_port, answer), daemon=True).start()
     with ThreadingHTTPServer(("0.0.0.0", port), _Handler) as srv:
         srv.serve_forever()
 
@@ -68,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=80)
     s.add_argument("--log", required=True)
+    s.add_argument("--echo-port", type=int, default=7)
+    s.add_argument("--dns-port", type=int, default=53)
     f = sub.add_parser("fetch")
     f.add_argument("url")
     f.add_argument("--timeout", type=float, default=10.0)
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        serve(a.port, a.log)
+        serve(a.port, a.log, a.echo_port, a.dns_port)
         return 0
     try:
         sys.stdout.buffer.write(fetch(a.url, a.timeout))

@@ -108,7 +108,7 @@ class Journal:
 
 
 def _undo(entries: list[dict], log: Callable[[str], None]) -> int:
-    from . import links, nat, routes, sysctl  # noqa: F401  (each registers its UNDO functions)
+    from . import links, nat, routes, sysctl, tproxy  # noqa: F401  (each registers its UNDO functions)
     n = 0
     for entry in reversed(entries):
         params = dict(entry)

@@ -33,6 +33,11 @@ def addresses() -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Inter
     return out
 
 
+def local_addresses() -> set[str]:
+    """This host's own IPv4 addresses (traffic to them is the server's, not the proxy's)."""
+    return {str(a.ip) for _, a in addresses() if a.version == 4}
+
+
 def check_no_clash(wanted: list, ifname: str) -> None:
     """Refuse an address (or subnet) that another interface already uses."""
     for other, have in addresses():

@@ -133,6 +133,8 @@ class Node:
         self._stop: asyncio.Event | None = None
         self._control = None
         self._exit_error: BaseException | None = None
+        #: Called for each decrypted packet before it goes to the kernel; True means "taken".
+        self.intercept: Callable[[str | None, bytes], bool] | None = None
 
     # ------------------------------------------------------------------ config helpers
     @staticmethod
@@ -249,7 +251,10 @@ class Node:
             got = dev.receive(data, addr[:2])
             if got.datagrams:
                 self._send(got.datagrams)
+            intercept = self.intercept
             for peer, pkt in got.packets:
+                if intercept is not None and intercept(peer.label, pkt):
+                    continue  # the server's proxy took it (see vpnedu.proxy)
                 try:
                     tun.write(pkt)
                 except OSError:
@@ -287,6 +292,12 @@ class Node:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
+    async def start_services(self) -> None:
+        """Role-specific services inside the event loop (the server's proxy)."""
+
+    async def stop_services(self) -> None:
+        """Stop what :meth:`start_services` started."""
+
     async def after_start(self) -> None:
         """Role-specific start-up work once packets flow (the client's first handshake)."""
 
@@ -312,6 +323,7 @@ class Node:
                 from .control import ControlServer
                 self._control = ControlServer(self, self.control_path)
                 await self._control.start()
+            await self.start_services()
             loop.add_reader(self.tun.fileno(), self._on_tun_readable)
             loop.add_reader(self.sock.fileno(), self._on_udp_readable)
             self._schedule_tick()
@@ -326,6 +338,7 @@ class Node:
             for obj in (self.tun, self.sock):
                 if obj is not None and obj.fileno() >= 0:
                     loop.remove_reader(obj.fileno())
+            await self.stop_services()
             if self._control is not None:
                 await self._control.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -380,6 +393,10 @@ class Node:
         return {"added": added, "removed": removed, "updated": updated}
 
     # ------------------------------------------------------------------ status
+    async def status_async(self) -> dict:
+        """The status, for the control socket (roles may gather more, e.g. the kernel's flows)."""
+        return self.status()
+
     def status(self) -> dict:
         st = self.device.status()
         st.update({

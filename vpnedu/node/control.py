@@ -80,15 +80,25 @@ class ControlServer:
                 return
             cmd = req.get("cmd")
             if cmd == "status":
-                await _reply(writer, self.node.status())
+                await _reply(writer, await self.node.status_async())
             elif cmd == "events":
                 async with self.node.events.stream(kinds=req.get("kinds"), layers=req.get("layers"),
                                                    maxsize=10_000) as stream:
                     writer.write(b'{"subscribed": true}\n')
                     await writer.drain()
-                    async for ev in stream:
-                        writer.write(ev.to_json().encode() + b"\n")
-                        await writer.drain()
+
+                    async def pump():
+                        async for ev in stream:
+                            writer.write(ev.to_json().encode() + b"\n")
+                            await writer.drain()
+                    # Stop as soon as the subscriber hangs up, not at the next event we fail to write.
+                    tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(reader.read())]
+                    try:
+                        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for t in tasks:
+                            t.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
             elif cmd == "reload":
                 try:
                     await _reply(writer, self.node.reload())

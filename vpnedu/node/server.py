@@ -6,27 +6,40 @@ On top of what every node does, the server
 * routes between clients: a packet from 10.0.0.2 to 10.0.0.3 comes out of the
   tunnel, goes back into the kernel, which routes it to the TUN device again, and
   the core encrypts it for the peer whose AllowedIPs hold 10.0.0.3;
-* forwards clients' traffic to the outside world under its own address:
-  ``net.ipv4.ip_forward = 1`` plus an nftables masquerade rule (``--forwarding nat``).
+* forwards clients' traffic to the outside world under its own address, in one
+  of two ways (``--forwarding`` or ``Forwarding =`` in the config):
+
+  ``nat``    the kernel forwards the packets (``net.ipv4.ip_forward = 1``) and an
+             nftables masquerade rule rewrites their source; connection tracking
+             keeps the flows (``vpnedu status --flows`` lists them);
+  ``proxy``  the server terminates each TCP/UDP flow and ICMP echo itself and opens
+             its own towards the destination (:mod:`vpnedu.proxy`), with TPROXY
+             handing it the packets (:mod:`vpnedu.net.tproxy`);
+  ``none``   clients reach only the server and each other.
 """
 
 from __future__ import annotations
 
 from ..config import DEFAULT_PORT
+from ..errors import VpneduError
 from ..net import nat, sysctl
 from .base import Node
 
-FORWARDING_MODES = ("nat", "none")
+FORWARDING_MODES = ("nat", "proxy", "none")
 
 
 class Server(Node):
     role = "server"
 
-    def __init__(self, cfg, *, forwarding: str = "nat", **kw):
+    def __init__(self, cfg, *, forwarding: str | None = None, proxy_idle: dict[str, float] | None = None, **kw):
         if cfg.interface.listen_port is None:
             cfg.interface.listen_port = DEFAULT_PORT
         super().__init__(cfg, **kw)
-        self.forwarding = forwarding
+        self.forwarding = forwarding or cfg.interface.forwarding or "nat"
+        if self.forwarding not in FORWARDING_MODES:
+            raise VpneduError(f"unknown forwarding mode {self.forwarding!r}", "choose nat, proxy or none")
+        self.proxy_idle = proxy_idle
+        self.proxy = None
 
     def setup_role(self) -> None:
         if self.forwarding == "none":
@@ -34,6 +47,9 @@ class Server(Node):
         old = sysctl.set_value(self.journal, "net.ipv4.ip_forward", "1")
         if old != "1":
             self.changes.append("enabled IPv4 forwarding (net.ipv4.ip_forward = 1)")
+        if self.forwarding == "proxy":
+            self._setup_proxy()
+            return
         for a in self.cfg.interface.addresses:
             if a.version == 4:
                 text = nat.install_masquerade(self.journal, str(a.network), self.ifname)
@@ -41,3 +57,82 @@ class Server(Node):
                                     f"{a.network} leaving any interface but {self.ifname}")
                 self.events.emit("nat.added", None, table=nat.table_name(self.ifname), subnet=str(a.network),
                                  ruleset=text)
+        # Let connection tracking count bytes and note start times, for the flow table.
+        for key in ("net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"):
+            try:
+                if sysctl.set_value(self.journal, key, "1") != "1":
+                    self.changes.append(f"enabled {key} (byte counts and ages in 'vpnedu status --flows')")
+            except (OSError, VpneduError):
+                pass
+
+    # ------------------------------------------------------------------ proxy mode
+    def _setup_proxy(self) -> None:
+        from ..net import links, tproxy
+        from ..proxy import Proxy
+        subnet = next((str(a.network) for a in self.cfg.interface.addresses if a.version == 4), None)
+        if subnet is None:
+            raise VpneduError("proxy forwarding needs an IPv4 tunnel address", "add e.g. 'Address = 10.0.0.1/24'")
+        self.proxy = Proxy(self.events, subnet=subnet, local_addresses=links.local_addresses(),
+                           deliver=self._deliver, inject=self._inject, peer_of=self._peer_label,
+                           idle=self.proxy_idle)
+        tcp_port, udp_port = self.proxy.bind()
+        text = tproxy.install(self.journal, subnet, self.ifname, tcp_port, udp_port)
+        self.changes.append(f"added nftables table {nat.table_name(self.ifname)}: TPROXY {subnet}'s TCP to "
+                            f"port {tcp_port} and UDP to port {udp_port}; drop other forwarded traffic")
+        self.changes.append(f"added policy routing: fwmark {tproxy.MARK:#x} -> table {tproxy.ROUTE_TABLE} "
+                            f"(local 0.0.0.0/0 dev lo)")
+        self.events.emit("proxy.added", None, table=nat.table_name(self.ifname), subnet=subnet,
+                         tcp_port=tcp_port, udp_port=udp_port, ruleset=text)
+        self.intercept = self.proxy.intercept
+
+    def _deliver(self, packet: bytes) -> None:
+        """Hand a packet from a client to the kernel, as if it had just come out of the tunnel."""
+        try:
+            self.tun.write(packet)
+        except OSError:
+            self.device.counters["dropped.tun-write"] += 1
+
+    def _inject(self, packet: bytes) -> None:
+        """Send a packet the proxy made (a reply, a RST) to a client through the tunnel."""
+        self._send(self.device.send_packet(packet))
+
+    def _peer_label(self, address: str) -> str | None:
+        import ipaddress
+        peer = self.device.peer_for(ipaddress.ip_address(address).packed)
+        return peer.label if peer else None
+
+    async def start_services(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.start()
+
+    async def stop_services(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.close()
+
+    def teardown(self) -> None:
+        if self.proxy is not None:   # sockets opened by bind() but never started
+            for s in (self.proxy.tcp.sock, self.proxy.udp.sock):
+                if s is not None and s.fileno() >= 0:
+                    s.close()
+        super().teardown()
+
+    async def status_async(self) -> dict:
+        st = self.status()
+        if self.forwarding == "nat":
+            import asyncio
+            from ..net import conntrack
+            subnet = next((str(a.network) for a in self.cfg.interface.addresses if a.version == 4), None)
+            if subnet:
+                try:
+                    st["flows"] = await asyncio.get_running_loop().run_in_executor(None, conntrack.flows, subnet)
+                except Exception as e:  # conntrack unavailable: say so rather than fail the status
+                    st["flows_error"] = f"{type(e).__name__}: {e}"
+        return st
+
+    def status(self) -> dict:
+        st = super().status()
+        st["forwarding"] = self.forwarding
+        if self.proxy is not None:
+            st["flows"] = self.proxy.flows()
+            st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}
+        return st

@@ -120,6 +120,44 @@ def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> byt
     return build_ipv4(src, dst, PROTO_UDP, udp)
 
 
+def _transport_checksum(src: str, dst: str, protocol: int, segment: bytes) -> int:
+    """TCP and UDP checksums cover a pseudo-header of the IP addresses, protocol and length."""
+    pseudo = (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+              + struct.pack("!BBH", 0, protocol, len(segment)))
+    return checksum(pseudo + segment)
+
+
+def build_tcp(src: str, sport: int, dst: str, dport: int, *, seq: int = 0, ack: int = 0,
+              flags: int = 0, window: int = 0, payload: bytes = b"") -> bytes:
+    """An IPv4/TCP segment with a correct checksum (no options)."""
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
+                      window, 0, 0) + payload
+    seg = seg[:16] + struct.pack("!H", _transport_checksum(src, dst, PROTO_TCP, seg)) + seg[18:]
+    return build_ipv4(src, dst, PROTO_TCP, seg)
+
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def build_tcp_reset_for(syn: bytes) -> bytes:
+    """The RST|ACK a host sends back when a SYN reaches a closed port (RFC 9293, 3.10.7.1):
+    sequence 0, acknowledging the SYN's sequence number + 1. The connecting program sees
+    ECONNREFUSED, "connection refused"."""
+    ip = IPv4Packet.parse(syn)
+    sport, dport, seq = struct.unpack("!HHI", ip.payload[:8])
+    return build_tcp(str(ip.dst), dport, str(ip.src), sport, seq=0, ack=seq + 1, flags=TCP_RST | TCP_ACK)
+
+
+def build_icmp_unreachable(original: bytes, src: str, code: int = 1) -> bytes:
+    """ICMP destination unreachable (type 3; code 1 = host unreachable) about ``original``,
+    quoting its IP header and first 8 payload bytes as RFC 792 requires, sent by ``src``."""
+    ip = IPv4Packet.parse(original)
+    quote = bytes(original[:ip.header_length + 8])
+    icmp = struct.pack("!BBHI", 3, code, 0, 0) + quote
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    return build_ipv4(src, str(ip.src), PROTO_ICMP, icmp)
+
+
 def describe(packet: bytes) -> str:
     """A one-line, tcpdump-like description of an IP packet."""
     v = ip_version(packet)

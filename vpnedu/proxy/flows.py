@@ -1,0 +1,109 @@
+"""The flow table: every connection the proxy relays, as a student would draw it.
+
+A *flow* is one conversation between a client and a destination outside the
+tunnel.  The proxy sits in the middle, so each flow has two legs::
+
+    client 10.0.0.2:40312  ==tunnel==>  [server]  203.0.113.2:51044  ---->  192.0.2.80:80
+           (client)                      (proxy: the server's own address)   (destination)
+
+The destination only ever sees the middle address.  Each flow counts the bytes
+relayed each way (``bytes_up``: client to destination), has a state, and
+closes on a clean end, a reset, a refusal, or the idle timeout.  Opening and
+closing are events (``proxy.flow.opened`` / ``proxy.flow.closed``), and the
+live table is part of the server's status (``vpnedu status --flows``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..events import EventBus
+
+Address = tuple[str, int]
+
+
+def fmt(addr: Address | None) -> str:
+    return f"{addr[0]}:{addr[1]}" if addr else ""
+
+
+@dataclass(eq=False)
+class Flow:
+    id: int
+    proto: str                      # "tcp", "udp" or "icmp" (for ICMP the "port" is the echo identifier)
+    client: Address
+    destination: Address
+    peer: str | None = None
+    proxy: Address | None = None    # the server's own end towards the destination
+    state: str = "opening"
+    bytes_up: int = 0
+    bytes_down: int = 0
+    opened: float = 0.0
+    last: float = 0.0
+    rtt_ms: float | None = None     # ICMP: the last measured round trip to the destination
+    #: Called to tear the flow down (idle timeout, server stopping).
+    abort: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def as_dict(self, now: float) -> dict:
+        d = {"id": self.id, "proto": self.proto, "client": fmt(self.client), "proxy": fmt(self.proxy),
+             "destination": fmt(self.destination), "state": self.state, "bytes_up": self.bytes_up,
+             "bytes_down": self.bytes_down, "age": round(now - self.opened, 3),
+             "idle": round(now - self.last, 3), "peer": self.peer}
+        if self.rtt_ms is not None:
+            d["rtt_ms"] = self.rtt_ms
+        return d
+
+
+class FlowTable:
+    """The proxy's live flows, with events on open and close."""
+
+    def __init__(self, events: EventBus, clock: Callable[[], float] = time.monotonic):
+        self.events = events
+        self.clock = clock
+        self.flows: dict[int, Flow] = {}
+        self._ids = itertools.count(1)
+        self.opened_total = 0
+        self.closed_total = 0
+
+    def new(self, proto: str, client: Address, destination: Address, peer: str | None = None) -> Flow:
+        """A flow that is being set up (not yet announced: the destination may refuse)."""
+        now = self.clock()
+        f = Flow(next(self._ids), proto, client, destination, peer=peer, opened=now, last=now)
+        self.flows[f.id] = f
+        return f
+
+    def opened(self, flow: Flow, proxy: Address | None, state: str = "established") -> None:
+        flow.proxy = proxy
+        flow.state = state
+        flow.last = self.clock()
+        self.opened_total += 1
+        self.events.emit("proxy.flow.opened", flow.peer, id=flow.id, proto=flow.proto, client=fmt(flow.client),
+                         proxy=fmt(proxy), destination=fmt(flow.destination))
+
+    def touch(self, flow: Flow, up: int = 0, down: int = 0) -> None:
+        flow.bytes_up += up
+        flow.bytes_down += down
+        flow.last = self.clock()
+
+    def close(self, flow: Flow, reason: str) -> None:
+        if self.flows.pop(flow.id, None) is None:
+            return
+        flow.state = "closed"
+        self.closed_total += 1
+        self.events.emit("proxy.flow.closed", flow.peer, id=flow.id, proto=flow.proto, client=fmt(flow.client),
+                         proxy=fmt(flow.proxy), destination=fmt(flow.destination), bytes_up=flow.bytes_up,
+                         bytes_down=flow.bytes_down, age=round(self.clock() - flow.opened, 3), reason=reason)
+
+    def idle(self, limits: dict[str, float]) -> list[Flow]:
+        """Flows that have been silent longer than their protocol's idle timeout."""
+        now = self.clock()
+        return [f for f in self.flows.values() if now - f.last > limits.get(f.proto, 60.0)]
+
+    def snapshot(self) -> list[dict]:
+        now = self.clock()
+        return [f.as_dict(now) for f in sorted(self.flows.values(), key=lambda f: f.id)]
+
+    def __len__(self) -> int:
+        return len(self.flows)

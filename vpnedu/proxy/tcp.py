@@ -1,0 +1,242 @@
+"""The TCP relay: the server accepts the client's connection and opens its own.
+
+Connect first, then accept
+--------------------------
+A transparent proxy has a classic flaw: the kernel completes the client's
+three-way handshake *before* the proxy learns whether the destination is
+listening, so a closed port looks open to the client, then resets.  vpnedu
+avoids it because the server's datapath sees every decrypted packet before the
+kernel does.  A client's SYN to the outside is held back (:meth:`TcpRelay.on_syn`)
+while the proxy connects to the destination itself:
+
+* the destination accepts  -> the held SYN is written to the TUN device; TPROXY
+  delivers it to our listening socket; the kernel completes the handshake; we
+  pair the accepted socket with the waiting upstream one and relay;
+* the destination refuses  -> we answer the SYN with a RST, exactly what the
+  destination did to us: the client's ``connect()`` fails with "connection refused";
+* no answer / unreachable  -> an ICMP host-unreachable, so the client fails
+  with "no route to host" instead of hanging.
+
+Relaying
+--------
+Two pumps per flow, one each way: read at most 64 KiB, write, wait until the
+other side's buffer has drained (``drain``) -- so a slow reader slows the
+sender down instead of growing a buffer (backpressure).  An end-of-file on one
+side is passed on as a half-close (``shutdown(SHUT_WR)``), so protocols that
+send "request, FIN, then read the answer" work.  A reset on one side is passed
+on as a reset on the other.  A flow idle longer than the idle timeout is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..packet.ip import build_icmp_unreachable, build_tcp_reset_for
+from .flows import Flow, FlowTable
+
+CHUNK = 65536
+#: How long a connected upstream socket waits for the client's handshake to reach our listener.
+ACCEPT_WAIT = 10.0
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+
+
+@dataclass(eq=False)
+class _Pending:
+    flow: Flow
+    syn: bytes
+    task: asyncio.Task | None = None
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    expire: asyncio.TimerHandle | None = None
+    relays: set = field(default_factory=set)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close a connection with a RST instead of a FIN (SO_LINGER with a zero timeout)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    writer.transport.abort()
+
+
+class TcpRelay:
+    def __init__(self, table: FlowTable, *, deliver: Callable[[bytes], None],
+                 inject: Callable[[bytes], None], connect_timeout: float = 10.0):
+        self.table = table
+        self.sock: socket.socket | None = None
+        self.deliver = deliver      # write a packet into the kernel (the TUN device)
+        self.inject = inject        # send a packet to a client through the tunnel
+        self.connect_timeout = connect_timeout
+        self.pending: dict[tuple, _Pending] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def bind(self, port: int = 0) -> int:
+        """Open the transparent listening socket (before the event loop runs); returns its port."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            s.close()
+            raise
+        s.setblocking(False)
+        self.sock = s
+        return s.getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accepted, sock=self.sock, backlog=4096, limit=CHUNK)
+
+    async def close(self) -> None:
+        for p in list(self.pending.values()):
+            self._drop_pending(p, "server stopping")
+        for f in [f for f in self.table.flows.values() if f.proto == "tcp"]:
+            if f.abort:
+                f.abort("server stopping")
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        elif self.sock is not None:
+            self.sock.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    # ------------------------------------------------------------------ the SYN gate
+    def on_syn(self, peer: str | None, packet: bytes, ihl: int) -> bool:
+        """A client's SYN to the outside: return True if we hold it back (connecting first)."""
+        sport, dport = struct.unpack_from("!HH", packet, ihl)
+        src, dst = socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20])
+        key = (src, sport, dst, dport)
+        p = self.pending.get(key)
+        if p is None:
+            flow = self.table.new("tcp", (src, sport), (dst, dport), peer)
+            flow.state = "connecting"
+            p = _Pending(flow, bytes(packet))
+            self.pending[key] = p
+            p.task = self._spawn(self._connect(key, p))
+            return True
+        if p.upstream is not None:
+            return False  # already connected: this is a retransmission the kernel will handle
+        p.syn = bytes(packet)  # still connecting: keep the latest SYN to release later
+        return True
+
+    async def _connect(self, key: tuple, p: _Pending) -> None:
+        dst = p.flow.destination
+        try:
+            p.upstream = await asyncio.wait_for(asyncio.open_connection(dst[0], dst[1], limit=CHUNK),
+                                                self.connect_timeout)
+        except ConnectionRefusedError:
+            self.inject(build_tcp_reset_for(p.syn))
+            self._drop_pending(p, "refused")
+            return
+        except (asyncio.TimeoutError, OSError) as e:
+            self.inject(build_icmp_unreachable(p.syn, dst[0]))
+            self._drop_pending(p, "timeout" if isinstance(e, asyncio.TimeoutError) else "unreachable")
+            return
+        p.flow.state = "syn-released"
+        p.flow.proxy = p.upstream[1].get_extra_info("sockname")[:2]
+        p.expire = asyncio.get_running_loop().call_later(ACCEPT_WAIT, self._drop_pending, p, "client gone")
+        self.deliver(p.syn)
+
+    def _drop_pending(self, p: _Pending, reason: str) -> None:
+        key = (*p.flow.client, *p.flow.destination)
+        if self.pending.get(key) is p:
+            del self.pending[key]
+        if p.expire is not None:
+            p.expire.cancel()
+        if p.task is not None and not p.task.done() and reason == "server stopping":
+            p.task.cancel()
+        if p.upstream is not None:
+            p.upstream[1].transport.abort()
+        self.table.close(p.flow, reason)
+
+    # ------------------------------------------------------------------ accepted connections
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = writer.get_extra_info("peername")[:2]
+        dst = writer.get_extra_info("sockname")[:2]   # TPROXY: our local address is the original destination
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        p = self.pending.pop((*client, *dst), None)
+        if p is None or p.upstream is None:
+            # The SYN did not pass our gate (e.g. it was queued before the proxy started): connect now.
+            if p is not None:
+                self._drop_pending(p, "raced")
+            flow = self.table.new("tcp", client, dst)
+            try:
+                up = await asyncio.wait_for(asyncio.open_connection(dst[0], dst[1], limit=CHUNK),
+                                            self.connect_timeout)
+            except (asyncio.TimeoutError, OSError):
+                _reset(writer)
+                self.table.close(flow, "refused")
+                return
+        else:
+            p.expire.cancel()
+            flow, up = p.flow, p.upstream
+        self.table.opened(flow, up[1].get_extra_info("sockname")[:2])
+        await self._relay(flow, reader, writer, *up)
+
+    async def _relay(self, flow: Flow, c_r, c_w, u_r, u_w) -> None:
+        up = asyncio.ensure_future(self._pump(flow, c_r, u_w, up=True))
+        down = asyncio.ensure_future(self._pump(flow, u_r, c_w, up=False))
+        why = {"reason": "closed"}
+
+        def abort(reason: str) -> None:
+            why["reason"] = reason
+            up.cancel()
+            down.cancel()
+        flow.abort = abort
+        try:
+            results = await asyncio.gather(up, down, return_exceptions=True)
+        finally:
+            flow.abort = None
+        if "reset" in results:
+            # One side reset: tell the other side the same way.
+            _reset(c_w if results[1] == "reset" else u_w)
+            why["reason"] = "reset"
+        for w in (c_w, u_w):
+            w.close()
+        for w in (c_w, u_w):
+            try:
+                await w.wait_closed()
+            except (OSError, asyncio.CancelledError):
+                pass
+        self.table.close(flow, why["reason"])
+
+    async def _pump(self, flow: Flow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    up: bool) -> str:
+        table = self.table
+        try:
+            while True:
+                data = await reader.read(CHUNK)
+                if not data:
+                    break
+                writer.write(data)
+                if up:
+                    table.touch(flow, up=len(data))
+                else:
+                    table.touch(flow, down=len(data))
+                await writer.drain()
+            flow.state = "half-closed" if flow.state == "established" else flow.state
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
+            return "eof"
+        except (ConnectionResetError, BrokenPipeError):
+            return "reset"
+        except OSError:
+            return "reset"

@@ -1,0 +1,177 @@
+"""The UDP relay: per-flow sockets, replies sent back from the original destination.
+
+UDP has no connections, so the proxy makes its own notion of a flow: the pair
+(client address:port, destination address:port).  The first datagram of a flow
+reaches the shared TPROXY socket, which learns the original destination from
+the ``IP_ORIGDSTADDR`` control message (``IP_RECVORIGDSTADDR``).  The relay
+then opens two sockets for the flow:
+
+* **upstream**: an ordinary socket connected to the destination; the
+  destination sees the server's own address and an ephemeral port;
+* **downstream**: an ``IP_TRANSPARENT`` socket *bound to the destination's
+  address and port* and connected to the client.  What it sends leaves with the
+  destination as its source, so the client's program accepts the reply (a DNS
+  resolver drops answers from the wrong address).  Because it is connected, the
+  kernel also delivers the flow's later datagrams from the client to it, not to
+  the shared socket.
+
+A flow that carries nothing for the idle timeout is closed with its sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Callable
+
+from .flows import Flow, FlowTable
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+IP_ORIGDSTADDR = IP_RECVORIGDSTADDR
+MAX_DATAGRAM = 65535
+#: At most this many flows at once: a client cannot make the server open unbounded sockets.
+MAX_FLOWS = 4096
+
+
+def _orig_dst(ancdata) -> tuple[str, int] | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_IP and kind == IP_ORIGDSTADDR and len(data) >= 8:
+            port = struct.unpack_from("!H", data, 2)[0]
+            return socket.inet_ntoa(data[4:8]), port
+    return None
+
+
+class _UdpFlow:
+    def __init__(self, flow: Flow, up: socket.socket, down: socket.socket):
+        self.flow, self.up, self.down = flow, up, down
+
+
+class UdpRelay:
+    def __init__(self, table: FlowTable, *, peer_of: Callable[[str], str | None] = lambda a: None):
+        self.table = table
+        self.peer_of = peer_of
+        self.flows: dict[tuple, _UdpFlow] = {}
+        self.sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, port: int = 0) -> int:
+        """Open the shared transparent socket (before the event loop runs); returns its port."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            s.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            s.close()
+            raise
+        s.setblocking(False)
+        self.sock = s
+        return s.getsockname()[1]
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._on_first_datagrams)
+
+    async def close(self) -> None:
+        for uf in list(self.flows.values()):
+            self._close(uf, "server stopping")
+        if self.sock is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def _on_first_datagrams(self) -> None:
+        for _ in range(64):
+            try:
+                data, anc, _flags, client = self.sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(16))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            dst = _orig_dst(anc)
+            if dst is None:
+                continue
+            key = (client[0], client[1], *dst)
+            uf = self.flows.get(key)
+            if uf is None:
+                if len(self.flows) >= MAX_FLOWS:
+                    continue
+                try:
+                    uf = self._open(client[:2], dst)
+                except OSError:
+                    continue
+            self._forward_up(uf, data)
+
+    def _open(self, client: tuple[str, int], dst: tuple[str, int]) -> _UdpFlow:
+        flow = self.table.new("udp", client, dst, self.peer_of(client[0]))
+        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            up.setblocking(False)
+            up.connect(dst)
+            down.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            down.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            down.bind(dst)
+            down.connect(client)
+            down.setblocking(False)
+        except OSError:
+            up.close()
+            down.close()
+            self.table.close(flow, "socket error")
+            raise
+        uf = _UdpFlow(flow, up, down)
+        self.flows[(*client, *dst)] = uf
+        self._loop.add_reader(up.fileno(), self._on_reply, uf)
+        self._loop.add_reader(down.fileno(), self._on_client, uf)
+        flow.abort = lambda reason, uf=uf: self._close(uf, reason)
+        self.table.opened(flow, up.getsockname()[:2], state="active")
+        return uf
+
+    def _forward_up(self, uf: _UdpFlow, data: bytes) -> None:
+        try:
+            uf.up.send(data)
+        except (BlockingIOError, ConnectionRefusedError):
+            return  # ICMP port unreachable from an earlier datagram: UDP just loses it
+        except OSError:
+            return
+        self.table.touch(uf.flow, up=len(data))
+
+    def _on_client(self, uf: _UdpFlow) -> None:
+        for _ in range(64):
+            try:
+                data = uf.down.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self._forward_up(uf, data)
+
+    def _on_reply(self, uf: _UdpFlow) -> None:
+        for _ in range(64):
+            try:
+                data = uf.up.recv(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:   # e.g. ECONNREFUSED: the destination port is closed
+                return
+            try:
+                uf.down.send(data)
+            except OSError:
+                continue
+            self.table.touch(uf.flow, down=len(data))
+
+    def _close(self, uf: _UdpFlow, reason: str) -> None:
+        key = (*uf.flow.client, *uf.flow.destination)
+        if self.flows.pop(key, None) is None:
+            return
+        for s in (uf.up, uf.down):
+            try:
+                self._loop.remove_reader(s.fileno())
+            except (ValueError, OSError):
+                pass
+            s.close()
+        self.table.close(uf.flow, reason)
