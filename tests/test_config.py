@@ -66,6 +66,9 @@ def test_vpnedu_keys_and_null_teaching_gate():
         cfg.suite()
     cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\nCipherSuite = aes256gcm\n")
     assert cfg.suite().name == "aes256gcm" and "CipherSuite = aes256gcm" in config.dumps(cfg)
+    cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\nForwarding = Proxy\n")
+    assert cfg.interface.forwarding == "proxy" and "Forwarding = proxy" in config.dumps(cfg)
+    assert "Forwarding" not in config.dumps_wg(cfg)     # wg setconf would not know it
 
 
 @pytest.mark.parametrize("text,line,words", [
@@ -80,6 +83,7 @@ def test_vpnedu_keys_and_null_teaching_gate():
     ("[Interfase]\n", 1, "unknown section"),
     ("PrivateKey = x\n", 1, "outside any section"),
     (f"[Interface]\nPrivateKey = {PRIV}\nCipherSuite = rot13\n", 3, "unknown cipher suite"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nForwarding = socks\n", 3, "choose one of: nat, proxy, none"),
 ])
 def test_errors_name_file_line_problem_and_fix(text, line, words):
     with pytest.raises(ConfigError) as e:

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.root
 
 def test_the_seed_demo_every_step(lab_factory):
     lab = lab_factory(up=False)
-    res = Demo(lab, out=lambda s: None).run()
+    lines = []
+    res = Demo(lab, out=lines.append, forwarding="both").run()
     assert res.routes_before[0] == "default via 198.51.100.1 dev eth0"
     assert any(r.startswith("0.0.0.0/1 via 10.0.0.1 dev vpnedu0") for r in res.routes_during)
     assert any(r.startswith("128.0.0.0/1 via 10.0.0.1 dev vpnedu0") for r in res.routes_during)
@@ -33,9 +34,21 @@ def test_the_seed_demo_every_step(lab_factory):
     assert res.app_sources == [SERVER_PUBLIC]
     # The marker crossed the client's link only inside encrypted UDP to the server's port.
     assert not res.marker_in_client_capture and res.marker_in_server_capture
-    assert res.outer_packets and all(p.startswith("UDP") for p in res.outer_packets if "ARP" not in p)
+    # (Besides ARP and IPv6 link-local neighbour discovery, which never leave the LAN.)
+    assert res.outer_packets and all(p.startswith("UDP") for p in res.outer_packets
+                                     if "ARP" not in p and not p.startswith("IP6 fe80:"))
     assert all("51820" in p for p in res.outer_packets if p.startswith("UDP"))
     assert res.routes_after == res.routes_before
+    # The same request through NAT and through the proxy: each flow table showed the HTTP flow from
+    # the client's tunnel address, with the server's public address as the server's end.
+    for mode in ("nat", "proxy"):
+        http = [f for f in res.flows[mode] if f["destination"] == "192.0.2.80:80"]
+        assert http and http[0]["client"].startswith("10.0.0.2:"), (mode, res.flows[mode])
+        assert http[0]["proxy"].startswith(SERVER_PUBLIC + ":")
+        assert res.app_source_by_mode[mode] == SERVER_PUBLIC
+    text = "\n".join(lines)
+    assert "flows: 1 via nat" in text or "via nat" in text
+    assert "nat and proxy side by side:" in text
     assert res.ok
 
 

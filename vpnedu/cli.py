@@ -372,11 +372,14 @@ def lab_status(prefix) -> None:
 @_lab_options
 @click.option("--suite", type=click.Choice(list(SUITES)), default="wireguard", show_default=True)
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards.")
-def lab_demo(prefix, suite, keep) -> None:
+@click.option("--forwarding", type=click.Choice(["nat", "proxy", "both"]), default="both", show_default=True,
+              help="The server's forwarding mode; 'both' runs the request through NAT, then the proxy.")
+def lab_demo(prefix, suite, keep, forwarding) -> None:
     """The seed's demo, narrated step by step: routes, TUN, pings, HTTP via the server, capture."""
     from .lab.demo import Demo
     from .lab.topology import Lab
-    res = Demo(Lab(prefix=prefix, log=click.echo), out=click.echo, suite=suite, keep=keep).run()
+    res = Demo(Lab(prefix=prefix, log=click.echo), out=click.echo, suite=suite, keep=keep,
+               forwarding=forwarding).run()
     if not res.ok:
         raise VpneduError("the demo did not show what it should (see the steps above)",
                           "run 'vpnedu lab down' and try again; report it if it persists")

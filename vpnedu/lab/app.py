@@ -4,8 +4,9 @@
 server that writes the *source address* of every request to its log -- the
 proof that the application server sees the VPN server, not the client.
 ``GET /`` answers with the address it saw; ``GET /bytes/N`` sends N bytes;
-``GET /random/N`` sends N pseudo-random bytes whose SHA-256 :func:`random_bytes`
-can recompute (to check a big download arrived intact).
+``GET /random/N`` sends N pseudo-random bytes whose SHA-256 :func:`random_sha256`
+can recompute (to check a big download arrived intact); ``GET /drip/S`` trickles
+a little data for S seconds (a flow that stays open long enough to look at).
 
 Beside HTTP it runs two more services, so the proxy can be tried on each protocol:
 a TCP echo service (port 7, RFC 862) and a DNS-like UDP name service (port 53):
@@ -22,6 +23,7 @@ import hashlib
 import socket
 import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -61,6 +63,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             for c in random_chunks(n):
                 self.wfile.write(c)
+            return
+        if self.path.startswith("/drip/"):
+            try:
+                seconds = min(float(self.path.split("/")[2]), 60.0)
+            except ValueError:
+                seconds = 1.0
+            ticks = max(1, int(seconds * 10))
+            self.send_response(200)
+            self.send_header("Content-Length", str(ticks * 1024))
+            self.end_headers()
+            for _ in range(ticks):
+                self.wfile.write(b"." * 1024)
+                self.wfile.flush()
+                time.sleep(0.1)
             return
         if self.path.startswith("/bytes/"):
             try:

@@ -33,6 +33,10 @@ class DemoResult:
     outer_packets: list[str] = field(default_factory=list)
     marker_in_client_capture: bool = True
     marker_in_server_capture: bool = False
+    #: The server's flow table during a request, per forwarding mode ("nat", "proxy").
+    flows: dict[str, list[dict]] = field(default_factory=dict)
+    #: The source address the app logged, per forwarding mode.
+    app_source_by_mode: dict[str, str] = field(default_factory=dict)
     ok: bool = False
 
 
@@ -48,7 +52,11 @@ def _ping_ok(r: subprocess.CompletedProcess) -> bool:
 
 class Demo:
     def __init__(self, lab: Lab, out: Callable[[str], None] = print, suite: str = "wireguard",
-                 keep: bool = False):
+                 keep: bool = False, forwarding: str = "nat"):
+        if forwarding not in ("nat", "proxy", "both"):
+            raise VpneduError(f"unknown forwarding {forwarding!r}", "choose nat, proxy or both")
+        self.forwarding = forwarding
+        self.modes = ["nat", "proxy"] if forwarding == "both" else [forwarding]
         self.lab = lab
         self.out = out
         self.suite = suite
@@ -112,14 +120,8 @@ class Demo:
                                   "--endpoint", SERVER_PUBLIC, "--suite", self.suite).stdout)
             self.show(self.vpnedu("server", "server", "add-client", "client", "-c", f"{d}/server.conf").stdout)
 
-            self.step("4. Start the VPN server and the client")
-            extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
-            self.procs["server"] = lab.spawn("server", "vpn-server",
-                                             *lab.vpnedu("server", "-c", f"{d}/server.conf", *extra))
-            self.wait_status("server", lambda st: True, "server start")
-            self.procs["client"] = lab.spawn("client", "vpn-client",
-                                             *lab.vpnedu("client", "-c", f"{d}/client.conf", *extra))
-            st = self.wait_status("client", lambda st: st["peers"][0].get("latest_handshake"), "the handshake")
+            self.step(f"4. Start the VPN server (forwarding: {self.modes[0]}) and the client")
+            st = self.start_vpn(self.modes[0])
             self.show(f"handshake complete; client {st['addresses'][0]}, server endpoint "
                       f"{st['peers'][0]['endpoint']}")
 
@@ -143,7 +145,9 @@ class Demo:
             res.ping_server_to_client = _ping_ok(r)
             self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
 
-            self.step("8. Browse the app server through the VPN, capturing both sides of the server")
+            self.step(f"8. Browse the app server through the VPN ({self.modes[0]}), capturing both sides "
+                      "of the server")
+            self.flow_table(self.modes[0])
             res.marker = "vpnedu-marker-" + secrets.token_hex(6)
             caps = {h: self.capture(h) for h in ("client", "server")}
             r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
@@ -153,6 +157,7 @@ class Demo:
             res.http_body = r.stdout.strip()
             self.show(f"client got: {res.http_body or r.stderr.strip()}")
             res.app_sources = [line.split()[0] for line in lab.app_log() if res.marker in line]
+            res.app_source_by_mode[self.modes[0]] = res.app_sources[0] if res.app_sources else ""
             self.show(f"app's log: request from {', '.join(res.app_sources) or 'nobody'} "
                       f"(the server's public address, not the client's)")
             res.outer_packets = self.describe_capture("client", files["client"])
@@ -166,6 +171,20 @@ class Demo:
             if self.suite == "null-teaching":
                 self.show("(null-teaching: the tunnel is NOT encrypted, so the marker shows on the client's link)")
 
+            if len(self.modes) > 1:
+                self.step("8b. The same request through the server's transport-layer proxy")
+                self.stop()
+                self.start_vpn("proxy")
+                self.show("server restarted with --forwarding proxy; client reconnected")
+                self.flow_table("proxy")
+                marker = res.marker + "-proxy"
+                r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
+                                                         f"http://{APP_ADDRESS}:{APP_PORT}/{marker}"))
+                src = [line.split()[0] for line in lab.app_log() if marker in line]
+                res.app_source_by_mode["proxy"] = src[0] if src else ""
+                self.show(f"client got: {r.stdout.strip() or r.stderr.strip()}")
+                self.side_by_side()
+
             self.step("9. Stop the client and the server: every change is undone")
             self.stop()
             res.routes_after = self.routes("client")
@@ -174,7 +193,10 @@ class Demo:
             hidden = res.marker_in_client_capture == (self.suite == "null-teaching")
             res.ok = (res.ping_client_to_server and res.ping_server_to_client and SERVER_PUBLIC in res.http_body
                       and res.app_sources == [SERVER_PUBLIC] and res.routes_after == res.routes_before
-                      and hidden and res.marker_in_server_capture)
+                      and hidden and res.marker_in_server_capture
+                      and all(res.app_source_by_mode.get(m) == SERVER_PUBLIC for m in self.modes)
+                      and all(any(f["destination"] == f"{APP_ADDRESS}:{APP_PORT}" for f in res.flows.get(m, []))
+                              for m in self.modes))
             self.out("")
             self.out("demo " + ("complete: every step did what it says" if res.ok else "FAILED: see above"))
             return res
@@ -182,6 +204,53 @@ class Demo:
             self.stop()
             if not self.keep:
                 lab.down()
+
+    def start_vpn(self, forwarding: str) -> dict:
+        d, lab = self.lab.dir, self.lab
+        extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
+        self.procs["server"] = lab.spawn("server", "vpn-server",
+                                         *lab.vpnedu("server", "-c", f"{d}/server.conf", "--forwarding",
+                                                     forwarding, *extra))
+        self.wait_status("server", lambda st: True, "server start")
+        self.procs["client"] = lab.spawn("client", "vpn-client",
+                                         *lab.vpnedu("client", "-c", f"{d}/client.conf", *extra))
+        return self.wait_status("client", lambda st: st["peers"][0].get("latest_handshake"), "the handshake")
+
+    def flow_table(self, mode: str) -> None:
+        """Show the server's flow table while a slow HTTP request (the app's /drip) is open."""
+        lab = self.lab
+        slow = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"),
+                                 *lab.python("-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}:{APP_PORT}/drip/2")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            want = f"{APP_ADDRESS}:{APP_PORT}"
+            st = self.wait_status("server", lambda st: any(f["destination"] == want and f["bytes_down"] > 0
+                                                           for f in st.get("flows", [])),
+                                  f"a flow to {want} in the {mode} flow table", timeout=10)
+            self.result.flows[mode] = st.get("flows", [])
+            from ..cli import format_flows
+            self.show(f"the server's flow table during a slow request (vpnedu status --flows):")
+            self.show(format_flows(st), "      ")
+        finally:
+            slow.wait(15)
+
+    def side_by_side(self) -> None:
+        """The HTTP flow as each forwarding mode saw it, in two columns."""
+        rows = []
+        for mode in self.modes:
+            f = next((f for f in self.result.flows.get(mode, [])
+                      if f["destination"] == f"{APP_ADDRESS}:{APP_PORT}"), {})
+            rows.append((mode, f.get("client", "?"), f.get("proxy", "?"), f.get("destination", "?"),
+                         self.result.app_source_by_mode.get(mode, "?")))
+        head = ("", "client end", "server end", "destination", "app saw")
+        table = [head] + rows
+        widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+        self.show("nat and proxy side by side:")
+        for r in table:
+            self.show("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), "      ")
+        self.show("-> nat: the kernel rewrote the client's packets (conntrack remembers the mapping);\n"
+                  "   proxy: the server ended the client's connection and opened its own.\n"
+                  "   Either way the app only ever sees the server.")
 
     def stop(self) -> None:
         for host in ("client", "server"):

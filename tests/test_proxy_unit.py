@@ -1,0 +1,139 @@
+"""The proxy's decisions without root: which packets it takes, what it answers a SYN with
+(connect first: refused -> RST, open -> the SYN goes on to the kernel), the flow table's events,
+and the packets it builds, checked with the Internet checksum."""
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from vpnedu.errors import VpneduError
+from vpnedu.events import EventBus
+from vpnedu.packet.ip import (TCP_ACK, TCP_RST, TCP_SYN, IPv4Packet, build_icmp_echo, build_icmp_unreachable,
+                              build_tcp, build_tcp_reset_for, build_udp, checksum)
+from vpnedu.proxy import DEFAULT_IDLE, Proxy, parse_idle
+from vpnedu.proxy.flows import FlowTable
+
+
+def tcp_checksum_ok(packet: bytes) -> bool:
+    ip = IPv4Packet.parse(packet)
+    pseudo = ip.src.packed + ip.dst.packed + struct.pack("!BBH", 0, 6, len(ip.payload))
+    return checksum(pseudo + ip.payload) == 0 and checksum(packet[:20]) == 0
+
+
+def make_proxy(delivered, injected, events=None):
+    return Proxy(events or EventBus(), subnet="10.0.0.0/24", local_addresses={"203.0.113.2"},
+                 deliver=delivered.append, inject=injected.append, connect_timeout=2)
+
+
+def test_the_proxy_takes_only_syns_and_echo_requests_to_the_outside():
+    p = make_proxy([], [])
+    ack = build_tcp("10.0.0.2", 40000, "192.0.2.80", 80, seq=5, ack=9, flags=TCP_ACK)
+    assert not p.intercept("c", ack)                                       # mid-connection: kernel's
+    assert not p.intercept("c", build_udp("10.0.0.2", 5000, "192.0.2.80", 53, b"q"))  # TPROXY's
+    assert not p.intercept("c", build_icmp_echo("10.0.0.2", "10.0.0.3"))   # client to client
+    assert not p.intercept("c", build_icmp_echo("10.0.0.2", "203.0.113.2"))  # the server itself
+    assert not p.intercept("c", build_tcp("10.0.0.2", 1, "10.0.0.1", 22, flags=TCP_SYN))
+    assert not p.intercept("c", b"\x60" + bytes(39))                        # IPv6: not ours
+    assert not p.intercept("c", b"\x45\x00")                                # truncated
+
+
+def test_syn_to_a_closed_port_is_answered_with_a_reset():
+    async def go():
+        delivered, injected = [], []
+        events = EventBus()
+        seen = []
+        events.subscribe(seen.append, kinds=["proxy.flow"])
+        p = make_proxy(delivered, injected, events)
+        with socket.socket() as s:   # a port that is certainly closed: bound, never listening
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            syn = build_tcp("10.0.0.2", 40000, "127.0.0.1", port, seq=1000, flags=TCP_SYN, window=64240)
+            assert p.intercept("client", syn)
+            assert p.intercept("client", syn)          # a retransmission while connecting: held too
+            for _ in range(100):
+                if injected:
+                    break
+                await asyncio.sleep(0.02)
+        return delivered, injected, seen, p
+    delivered, injected, seen, p = asyncio.run(go())
+    assert delivered == []
+    [rst] = injected
+    ip = IPv4Packet.parse(rst)
+    assert (str(ip.src), str(ip.dst)) == ("127.0.0.1", "10.0.0.2")
+    _sport, _dport, seq, ack, _off, flags = struct.unpack_from("!HHIIBB", ip.payload)
+    assert flags == TCP_RST | TCP_ACK and ack == 1001 and seq == 0
+    assert tcp_checksum_ok(rst)
+    assert [e.fields["reason"] for e in seen if e.kind == "proxy.flow.closed"] == ["refused"]
+    assert len(p.table) == 0
+
+
+def test_syn_to_an_open_port_goes_on_to_the_kernel_after_connecting():
+    async def go():
+        delivered, injected = [], []
+        p = make_proxy(delivered, injected)
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        syn = build_tcp("10.0.0.2", 40001, "127.0.0.1", port, seq=7, flags=TCP_SYN)
+        assert p.intercept("client", syn)
+        for _ in range(100):
+            if delivered:
+                break
+            await asyncio.sleep(0.02)
+        # Once connected, a retransmitted SYN is the kernel's business.
+        assert not p.intercept("client", syn)
+        flows = p.flows()
+        await p.tcp.close()
+        server.close()
+        await server.wait_closed()
+        return delivered, injected, flows, syn
+    delivered, injected, flows, syn = asyncio.run(go())
+    assert delivered == [syn]     # the client's own SYN, unchanged, released to the kernel
+    assert injected == []
+    assert flows[0]["state"] == "syn-released" and flows[0]["proxy"].startswith("127.0.0.1:")
+
+
+def test_icmp_unreachable_quotes_the_original_packet():
+    syn = build_tcp("10.0.0.2", 40000, "192.0.2.99", 80, seq=1, flags=TCP_SYN)
+    icmp = build_icmp_unreachable(syn, "192.0.2.99")
+    ip = IPv4Packet.parse(icmp)
+    assert ip.payload[0] == 3 and ip.payload[1] == 1 and checksum(ip.payload) == 0
+    assert ip.payload[8:8 + 28] == syn[:28]
+    assert str(ip.dst) == "10.0.0.2"
+
+
+def test_flow_table_events_and_idle():
+    now = [100.0]
+    events = EventBus()
+    got = []
+    events.subscribe(got.append)
+    t = FlowTable(events, clock=lambda: now[0])
+    f = t.new("udp", ("10.0.0.2", 5353), ("192.0.2.80", 53), "client")
+    t.opened(f, ("203.0.113.2", 40000))
+    t.touch(f, up=20, down=60)
+    now[0] += 31
+    assert t.idle(DEFAULT_IDLE) == [f]
+    t.close(f, "idle")
+    t.close(f, "idle")     # closing twice announces once
+    assert [e.kind for e in got] == ["proxy.flow.opened", "proxy.flow.closed"]
+    closed = got[1].fields
+    assert closed["bytes_up"] == 20 and closed["bytes_down"] == 60 and closed["age"] == 31
+    assert closed["proxy"] == "203.0.113.2:40000" and closed["reason"] == "idle"
+    assert t.snapshot() == []
+
+
+def test_parse_idle():
+    assert parse_idle("udp=5") == {**DEFAULT_IDLE, "udp": 5.0}
+    with pytest.raises(VpneduError, match="PROTOCOL=SECONDS"):
+        parse_idle("sctp=5")
+    with pytest.raises(VpneduError):
+        parse_idle("tcp=-1")
+
+
+def test_reset_for_a_syn_matches_the_rfc():
+    syn = build_tcp("10.0.0.2", 1234, "192.0.2.80", 81, seq=0xFFFFFFFF, flags=TCP_SYN)
+    rst = build_tcp_reset_for(syn)
+    sport, dport, seq, ack = struct.unpack_from("!HHII", rst, 20)
+    assert (sport, dport, seq, ack) == (81, 1234, 0, 0)   # the ack wraps around 2**32
+    assert tcp_checksum_ok(rst)
