@@ -385,6 +385,50 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
                           "run 'vpnedu lab down' and try again; report it if it persists")
 
 
+# ---------------------------------------------------------------------------- benchmarks
+@cli.command()
+@click.option("--quick", is_flag=True, help="One round of 2 s per test (under 3 minutes).")
+@click.option("--rounds", type=click.IntRange(1, 20), help="Rounds (paths alternate within each); default 3.")
+@click.option("--seconds", type=click.FloatRange(1, 120), help="Seconds per iperf3 test; default 10.")
+@click.option("--paths", help="Comma-separated subset of: bare, vpnedu-wireguard, vpnedu-aes256gcm, "
+                              "vpnedu-null-teaching, wireguard-go, openvpn.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
+@click.option("--prefix", default="vb-", show_default=True, help="Namespace name prefix of the bench lab.")
+def bench(quick, rounds, seconds, paths, json_path, png_path, prefix) -> None:
+    """Throughput, RTT, CPU/GB and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
+    import json as _json
+    from .bench import PATHS, Bench, Settings, chart, table
+    from .lab.topology import Lab
+    from .node.base import has_net_admin
+    if not has_net_admin():
+        raise VpneduError("vpnedu bench needs root: it builds a namespace lab", "run it with sudo")
+    s = Settings.quick() if quick else Settings()
+    if rounds:
+        s.rounds = rounds
+    if seconds:
+        s.seconds = seconds
+    if paths:
+        wanted = [p.strip() for p in paths.split(",") if p.strip()]
+        bad = [p for p in wanted if p not in PATHS]
+        if bad:
+            raise VpneduError(f"unknown path(s): {', '.join(bad)}", "choose from: " + ", ".join(PATHS))
+        s.paths = wanted
+    lab = Lab(prefix=prefix, clients=s.concurrency_clients, log=lambda m: None)
+    try:
+        lab.up()
+        res = Bench(s, lab, log=click.echo).run()
+    finally:
+        lab.down()
+    click.echo("")
+    click.echo(table(res))
+    with open(json_path, "w") as f:
+        _json.dump(res.to_json(), f, indent=2)
+    why = chart(res, png_path)
+    click.echo("")
+    click.echo(f"wrote {json_path}" + (f" and {png_path}" if why is None else f" (no chart: {why})"))
+
+
 # ---------------------------------------------------------------------------- configs and captures
 @cli.group()
 def conf() -> None:

@@ -229,7 +229,7 @@ class Demo:
                                   f"a flow to {want} in the {mode} flow table", timeout=10)
             self.result.flows[mode] = st.get("flows", [])
             from ..cli import format_flows
-            self.show(f"the server's flow table during a slow request (vpnedu status --flows):")
+            self.show("the server's flow table during a slow request (vpnedu status --flows):")
             self.show(format_flows(st), "      ")
         finally:
             slow.wait(15)

@@ -182,6 +182,14 @@ class Lab:
                    "--log", str(self.dir / "app-access.log"))
         self.wait_for_port("app", APP_PORT)
 
+    def wait_for_udp(self, host: str, port: int, timeout: float = 10) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.run(host, "ss", "-Huln", f"sport = :{port}").stdout.strip():
+                return
+            time.sleep(0.05)
+        raise VpneduError(f"[{host}] nothing listens on UDP port {port} after {timeout:g} s")
+
     def wait_for_port(self, host: str, port: int, timeout: float = 10) -> None:
         end = time.time() + timeout
         while time.time() < end:

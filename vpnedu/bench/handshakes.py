@@ -1,0 +1,112 @@
+"""How many handshakes per second a running vpnedu server completes, from many clients at once.
+
+The load generator is itself vpnedu's sans-IO core: one :class:`~vpnedu.protocol.device.Device`
+per simulated client, each with its own key known to the server, all sharing one UDP socket.
+Each client sends a handshake initiation, waits for the response (which completes its
+handshake), and starts again -- never faster than the 20 ms per peer that WireGuard's
+flood protection allows.  The rate is the number of completed handshakes per second.
+
+Run inside the client's namespace:
+``python -m vpnedu.bench.handshakes HOST:PORT SERVER_PUBKEY KEYFILE SECONDS`` (prints JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import sys
+import time
+
+from ..config import PeerConfig, load, save
+from ..protocol.device import Device
+from ..protocol.keys import decode, encode, generate_private_key, public_key
+
+#: A peer may not start handshakes more often than this (wireguard-go's flood limit, 20 ms).
+MIN_INTERVAL = 0.021
+
+
+def make_configs(server_conf: str, clients: int, keyfile: str) -> None:
+    """Add ``clients`` fresh peers to a server config and write their private keys (JSON)."""
+    cfg = load(server_conf)
+    keys = [generate_private_key() for _ in range(clients)]
+    for i, k in enumerate(keys):
+        cfg.peers.append(PeerConfig(public_key=public_key(k), name=f"load{i}"))
+    save(cfg, server_conf)
+    with open(keyfile, "w") as f:
+        json.dump([encode(k) for k in keys], f)
+
+
+def run(endpoint: tuple[str, int], server_pub: bytes, keys: list[bytes], seconds: float) -> dict:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.connect(endpoint)
+    sock.setblocking(False)
+    devs = []
+    by_index: dict[int, int] = {}
+    for k in keys:
+        d = Device(k)
+        p = d.add_peer(server_pub, endpoint=endpoint)
+        devs.append((d, p))
+    virtual = [0.0] * len(devs)      # each device's own clock, moved past REKEY_TIMEOUT per attempt
+    next_at = [0.0] * len(devs)
+    waiting = [False] * len(devs)
+    completed = sent = timeouts = 0
+    sent_at = [0.0] * len(devs)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    t0 = time.monotonic()
+    end = t0 + seconds
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        for i, (d, p) in enumerate(devs):
+            if waiting[i] and now - sent_at[i] > 2.0:
+                waiting[i] = False          # lost: try again
+                timeouts += 1
+            if not waiting[i] and now >= next_at[i]:
+                virtual[i] += 10.0
+                for data, _ep in d.initiate(p, now=virtual[i]):
+                    try:
+                        sock.send(data)
+                    except BlockingIOError:
+                        continue
+                    by_index[int.from_bytes(data[4:8], "little")] = i
+                    sent += 1
+                    waiting[i] = True
+                    sent_at[i] = now
+                    next_at[i] = now + MIN_INTERVAL
+        for _key, _ev in sel.select(timeout=0.005):
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                if len(data) == 92 and data[0] == 2:
+                    i = by_index.pop(int.from_bytes(data[8:12], "little"), None)
+                    if i is None:
+                        continue
+                    d, p = devs[i]
+                    d.receive(data, endpoint, now=virtual[i])
+                    if p.current is not None:
+                        completed += 1
+                    waiting[i] = False
+    elapsed = time.monotonic() - t0
+    return {"clients": len(keys), "seconds": round(elapsed, 2), "initiations_sent": sent,
+            "handshakes_completed": completed, "lost": timeouts,
+            "handshakes_per_second": round(completed / elapsed, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = argv if argv is not None else sys.argv[1:]
+    host, _, port = argv[0].rpartition(":")
+    server_pub = decode(argv[1], "public key")
+    with open(argv[2]) as f:
+        keys = [decode(k, "private key") for k in json.load(f)]
+    print(json.dumps(run((host, int(port)), server_pub, keys, float(argv[3]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
