@@ -108,3 +108,30 @@ def test_save_is_owner_only_and_load_errors(tmp_path):
         config.load(tmp_path / "missing.conf")
     with pytest.raises(ConfigError, match="is a directory"):
         config.load(tmp_path)
+
+
+def test_a_world_readable_private_key_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "client.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.2/24\n")
+    path.chmod(0o644)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert "every user on this machine can read it (mode 0644)" in str(e.value)
+    assert f"chmod 600 {path}" in str(e.value)
+    path.chmod(0o600)
+    assert config.load(path).interface.private_key is not None
+    # A file without a private key (a peer list, say) may be readable by all.
+    pub_only = tmp_path / "peers.conf"
+    pub_only.write_text(f"[Interface]\nAddress = 10.0.0.2/24\n[Peer]\nPublicKey = {PUB}\n")
+    pub_only.chmod(0o644)
+    config.load(pub_only)
+
+
+def test_the_cli_refuses_a_world_readable_key_in_one_line(tmp_path):
+    from .conftest import run_cli
+    path = tmp_path / "server.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.1/24\n")
+    path.chmod(0o644)
+    r = run_cli("conf", "check", str(path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "chmod 600" in r.stderr

@@ -121,7 +121,22 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError(f"{p}: is a directory", "give the path of a .conf file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file", "a config is an INI text file in wg-quick format") from None
-    return loads(text, source=str(p))
+    cfg = loads(text, source=str(p))
+    if cfg.interface.private_key is not None:
+        check_private(p)
+    return cfg
+
+
+def check_private(path: Path) -> None:
+    """Refuse a file holding a private key that other users can read: whoever reads the key can
+    impersonate this host to every peer (wg-quick only warns; vpnedu refuses)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o004:
+        raise ConfigError(f"{path} holds a private key but every user on this machine can read it "
+                          f"(mode {mode & 0o777:04o})", f"run: chmod 600 {path}")
 
 
 def loads(text: str, source: str = "<config>") -> Config:

@@ -34,6 +34,7 @@ CATALOGUE: dict[str, str] = {
     "handshake.response.received": "a valid handshake message 2 arrived",
     "handshake.cookie.sent": "we are under load and answered with a cookie reply instead of a handshake",
     "handshake.cookie.received": "a cookie reply arrived; our next handshake message will carry mac2",
+    "handshake.under-load": "a backlog of handshakes: for a while, only those with a valid mac2 (cookie) are served",
     "handshake.timeout": "no handshake response for REKEY_ATTEMPT_TIME: we gave up and dropped queued packets",
     "session.established": "a handshake completed and new transport keys were derived",
     "session.confirmed": "the responder received the first data with new keys and starts using them",

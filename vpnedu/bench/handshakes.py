@@ -7,7 +7,10 @@ handshake), and starts again -- never faster than the 20 ms per peer that WireGu
 flood protection allows.  The rate is the number of completed handshakes per second.
 
 Run inside the client's namespace:
-``python -m vpnedu.bench.handshakes HOST:PORT SERVER_PUBKEY KEYFILE SECONDS`` (prints JSON).
+``python -m vpnedu.bench.handshakes [rate] HOST:PORT SERVER_PUBKEY KEYFILE SECONDS`` (prints JSON), or
+``python -m vpnedu.bench.handshakes flood HOST:PORT SERVER_PUBKEY SECONDS [RATE]`` (an attacker's flood,
+RATE initiations per second, 20,000 by default: fifteen times what the server can answer with
+real handshakes).
 """
 
 from __future__ import annotations
@@ -98,10 +101,60 @@ def run(endpoint: tuple[str, int], server_pub: bytes, keys: list[bytes], seconds
             "handshakes_per_second": round(completed / elapsed, 1)}
 
 
+def flood(endpoint: tuple[str, int], server_pub: bytes, seconds: float, rate: float = 20000,
+          distinct: int = 256) -> dict:
+    """A handshake flood, as an attacker who knows only the server's public key would send it:
+    initiations with a valid mac1 from keys the server has never heard of, as fast as possible.
+    Each would cost the server two Diffie-Hellman operations -- unless, under load, it answers
+    with a 64-byte cookie reply instead (never more bytes than it received: no amplification)."""
+    msgs = []
+    for _ in range(distinct):
+        d = Device(generate_private_key())
+        p = d.add_peer(server_pub, endpoint=endpoint)
+        msgs.extend(data for data, _ep in d.initiate(p, now=10.0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    sock.connect(endpoint)
+    sock.setblocking(False)
+    sent = cookies = other = reply_bytes = 0
+    t0 = time.monotonic()
+    end = t0 + seconds
+    i = 0
+    while (now := time.monotonic()) < end:
+        behind = int((now - t0) * rate) - sent      # pace the flood at `rate` initiations per second
+        if behind <= 0:
+            time.sleep(0.0005)
+        for _ in range(min(64, max(0, behind))):
+            try:
+                sock.send(msgs[i % len(msgs)])
+                sent += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                break
+            i += 1
+        while True:
+            try:
+                data = sock.recv(2048)
+            except (BlockingIOError, ConnectionRefusedError):
+                break
+            reply_bytes += len(data)
+            if len(data) == 64 and data[0] == 3:
+                cookies += 1
+            else:
+                other += 1
+    return {"seconds": round(time.monotonic() - t0, 2), "rate": rate, "initiations_sent": sent,
+            "bytes_sent": sent * 148,
+            "cookie_replies": cookies, "other_replies": other, "bytes_received": reply_bytes}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
+    mode, argv = (argv[0], argv[1:]) if argv and argv[0] in ("rate", "flood") else ("rate", argv)
     host, _, port = argv[0].rpartition(":")
     server_pub = decode(argv[1], "public key")
+    if mode == "flood":
+        rate = float(argv[3]) if len(argv) > 3 else 20000
+        print(json.dumps(flood((host, int(port)), server_pub, float(argv[2]), rate)))
+        return 0
     with open(argv[2]) as f:
         keys = [decode(k, "private key") for k in json.load(f)]
     print(json.dumps(run((host, int(port)), server_pub, keys, float(argv[3]))))

@@ -37,6 +37,12 @@ from ..protocol.timers import DEFAULT_TIMERS, Timers
 
 #: How many packets to take from the TUN device or the socket per wakeup before yielding.
 BATCH = 64
+#: Handshake messages in one wakeup's batch that mean "under load": the socket has a backlog of
+#: handshakes, like wireguard-go's handshake queue filling up (device/receive.go).  While under
+#: load (and for UNDER_LOAD_HOLD seconds after), handshakes without a valid mac2 get a cookie
+#: reply instead of the expensive Diffie-Hellman work (WireGuard paper, section 5.3).
+UNDER_LOAD_BATCH = 16
+UNDER_LOAD_HOLD = 1.0
 CAP_NET_ADMIN = 12
 
 
@@ -121,6 +127,8 @@ class Node:
                                  persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
                                  name=p.name)
         self.journal = _journal.Journal(ifname)
+        self._under_load_until = 0.0
+        self.device.under_load = self._under_load
         if keylog:
             self.device.keylog = _keylog_writer(keylog)
         self.control_enabled = control
@@ -236,8 +244,12 @@ class Node:
             self._send(dev.send_packet(pkt))
         self._schedule_tick()
 
+    def _under_load(self) -> bool:
+        return time.monotonic() < self._under_load_until
+
     def _on_udp_readable(self) -> None:
         sock, dev, tun, ev = self.sock, self.device, self.tun, self.events
+        handshakes = 0
         for _ in range(BATCH):
             try:
                 data, addr = sock.recvfrom(65536)
@@ -245,6 +257,13 @@ class Node:
                 break
             except OSError:
                 break
+            if data and data[0] in (1, 2):
+                handshakes += 1
+                if handshakes == UNDER_LOAD_BATCH:
+                    if not self._under_load():
+                        ev.emit("handshake.under-load", None, batch=handshakes,
+                                hold=UNDER_LOAD_HOLD)
+                    self._under_load_until = time.monotonic() + UNDER_LOAD_HOLD
             if ev.wants("udp.received"):
                 ev.emit("udp.received", None, source=f"{addr[0]}:{addr[1]}", size=len(data),
                         type=data[0] if data else None)
