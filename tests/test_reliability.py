@@ -25,7 +25,7 @@ def test_handshake_flood_gets_cookie_replies_and_clients_keep_working(lab_factor
     start_client(lab, "client")
     pub = encode(config.load(lab.dir / "server.conf").interface.public_key)
     flood = subprocess.Popen(["ip", "netns", "exec", lab.ns("client2"), sys.executable, "-m",
-                              "vpnedu.bench.handshakes", "flood", f"{SERVER_PUBLIC}:51820", pub, "8"],
+                              "vpnedu.bench.handshakes", "flood", f"{SERVER_PUBLIC}:51820", pub, "8", "10000"],
                              stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
     # An established client keeps its session: its data needs no handshake.
