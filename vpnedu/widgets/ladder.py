@@ -159,6 +159,14 @@ class HandshakeLadder(w.HTML):
             return False
         return hs["responder"] or not self._two_sided
 
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Wait until the handshake completes (a real daemon's events arrive on another thread)."""
+        end = time.monotonic() + timeout
+        while not self.completed and time.monotonic() < end:
+            time.sleep(0.05)
+        self.render()
+        return self.completed
+
     def summary(self) -> str:
         parts = [f"{m.name} {'sent' if m.sent else ''}{'+received' if m.received else ''}" for m in self.messages]
         state = "handshake complete" if self.completed else "handshake in progress"
