@@ -375,8 +375,10 @@ class RealLab:
             p = subprocess.Popen(["ip", "netns", "exec", self.lab.ns("client"),
                                   *self._vpnedu("course", "attack", mode, "--server", f"{SERVER_PUBLIC}:51820")],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(0.5)
-            self.ping("client", "10.0.0.1", count=2)
+            end = time.time() + 15
+            while p.poll() is None and time.time() < end:  # traffic until the attacker caught a packet
+                self.lab.run("client", "ping", "-c", "1", "-W", "1", "10.0.0.1")
+                time.sleep(0.1)
             out, err = p.communicate(timeout=15)
             if p.returncode:
                 raise VpneduError(f"the attacker failed: {err.strip()}")
@@ -433,8 +435,10 @@ class RealLab:
                 raise VpneduError("vpnedu daemons are running", "lab.stop_client() and lab.stop_server() first")
             if not (self.dir / "client.conf").exists():
                 self.provision(self.suite)
-            wg = [WireGuardGo(self.lab, "server", self.dir / "server.conf").up(),
-                  WireGuardGo(self.lab, "client", self.dir / "client.conf", ).up()]
+            # Different names: wireguard-go's control sockets (/var/run/wireguard/NAME.sock) are
+            # shared by all namespaces.
+            wg = [WireGuardGo(self.lab, "server", self.dir / "server.conf", ifname="wg-srv").up(),
+                  WireGuardGo(self.lab, "client", self.dir / "client.conf", ifname="wg-cli").up()]
             target = "10.0.0.1"
         else:
             raise VpneduError(f"unknown link {kind!r}", "use 'vpnedu', 'wireguard-go' or 'plain'")
@@ -540,8 +544,9 @@ def attack(mode: str, server: tuple[str, int], timeout: float = 10.0) -> dict:
     server a copy: unchanged (``replay``) or with its counter moved on and one ciphertext bit
     flipped (``tamper``: the AEAD tag no longer matches).  Needs root (a packet socket)."""
     import socket
-    ETH_P_IP = 0x0800
-    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    ETH_P_ALL, ETH_P_IP = 0x0003, 0x0800
+    # Only ETH_P_ALL sockets see outgoing packets (the kernel's transmit tap); keep the IPv4 ones.
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
     sniff.settimeout(0.5)
     end = time.time() + timeout
     try:
@@ -550,7 +555,8 @@ def attack(mode: str, server: tuple[str, int], timeout: float = 10.0) -> dict:
                 frame, addr = sniff.recvfrom(65536)
             except socket.timeout:
                 continue
-            if addr[2] != socket.PACKET_OUTGOING or len(frame) < 28 or frame[9] != _ip.PROTO_UDP:
+            if (addr[1] != ETH_P_IP or addr[2] != socket.PACKET_OUTGOING or len(frame) < 28
+                    or frame[9] != _ip.PROTO_UDP):
                 continue
             p = _ip.IPv4Packet.parse(frame)
             dport = struct.unpack_from("!H", p.payload, 2)[0]
