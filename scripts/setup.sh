@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # System tools the tests and the lab drive for real.
-VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3)
+VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3
+  chromium)  # chromium: the course's browser test (JupyterLab driven by Playwright)
 
 vpnedu_setup() {
   local extras="${1:-test}" missing=() p

@@ -176,7 +176,7 @@ class HandshakeLadder(w.HTML):
 
     # ------------------------------------------------------------------ drawing
     def render(self) -> None:
-        width, left, right = 860, 110, 750
+        width, left, right = 1040, 110, 930
         y = 50
         parts = [f'<text x="{left}" y="20" text-anchor="middle" font-weight="bold">{html.escape(self.names[0])}</text>',
                  f'<text x="{right}" y="20" text-anchor="middle" font-weight="bold">{html.escape(self.names[1])}</text>']

@@ -40,6 +40,7 @@ class ThroughputPlot(w.VBox):
         self.image = w.Image(format="png")
         self.image.add_class("vpnedu-throughput")
         self.caption = w.HTML()
+        self.caption.add_class("vpnedu-throughput-caption")
         super().__init__([self.image, self.caption])
         self.draw()
 
@@ -79,7 +80,8 @@ class ThroughputPlot(w.VBox):
             ts = [p[0] for p in pts]
             c = colors[i % len(colors)]
             ax.plot(ts, [p[1] * 8 / 1e6 for p in pts], color=c, label=f"{label} up")
-            ax.plot(ts, [p[2] * 8 / 1e6 for p in pts], color=c, linestyle="--", label=f"{label} down")
+            ax.plot(ts, [p[2] * 8 / 1e6 for p in pts], color=c, linestyle="--", linewidth=3, alpha=0.5,
+                    label=f"{label} down")
         ax.set_xlabel("seconds")
         ax.set_ylabel("Mbit/s")
         ax.set_title(self.title)
