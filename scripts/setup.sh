@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # System tools the tests and the lab drive for real.
-VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3 openvpn)
+VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3
+  openvpn chromium)  # openvpn: vpnedu bench; chromium: the course's browser test (JupyterLab via Playwright)
 
 vpnedu_setup() {
   local extras="${1:-test}" missing=() p

@@ -521,6 +521,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"vpnedu: {prefix}: {message}", err=True)
 
 
+# ---------------------------------------------------------------------------- the course (vpnedu/course.py)
+from .course import course_cli as _course_cli  # noqa: E402
+
+cli.add_command(_course_cli)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every VpneduError into one line."""
     warnings.showwarning = _show_warning

@@ -49,22 +49,37 @@ class Client(Node):
 
     def setup_role(self) -> None:
         self.routes_before = routes.table()
+        for dst, gateway, dev in self.plan_routes(routes.route_to):
+            routes.add(self.journal, dst, gateway, dev)
+        self.routes_after = routes.table()
+        self.report_route_change()
+
+    def plan_routes(self, route_to) -> list[tuple[str, str | None, str]]:
+        """The routes to add, as ``(destination, gateway, device)``, without touching the host.
+
+        ``route_to(address)`` says how the host reaches an address now (``ip route get``); the
+        real client passes :func:`vpnedu.net.routes.route_to`, the simulation its own table's.
+        """
         gw = self.gateway()
         v4 = [n for n in self.server.allowed_ips if n.version == 4]
         own = [a.network for a in self.cfg.interface.addresses]
+        plan: list[tuple[str, str | None, str]] = []
         if any(n.prefixlen == 0 for n in v4):
-            via = routes.route_to(self.server.endpoint[0])
+            via = route_to(self.server.endpoint[0])
             if via.dev == self.ifname:
                 raise VpneduError("the server's endpoint is routed into the tunnel itself",
                                   "remove stale vpnedu routes with 'vpnedu cleanup'")
-            routes.add(self.journal, f"{self.server.endpoint[0]}/32", via.gateway, via.dev)
+            plan.append((f"{self.server.endpoint[0]}/32", via.gateway, via.dev))
             for half in routes.FULL_TUNNEL_HALVES:
-                routes.add(self.journal, half, gw, self.ifname)
+                plan.append((half, gw, self.ifname))
         else:
             for net in v4:
                 if not any(net.subnet_of(o) for o in own if o.version == 4):
-                    routes.add(self.journal, str(net), gw, self.ifname)
-        self.routes_after = routes.table()
+                    plan.append((str(net), gw, self.ifname))
+        return plan
+
+    def report_route_change(self) -> None:
+        """Log the difference between :attr:`routes_before` and :attr:`routes_after`."""
         added = [r for r in self.routes_after if r not in self.routes_before]
         removed = [r for r in self.routes_before if r not in self.routes_after]
         self.changes.append("routes added: " + "; ".join(str(r) for r in added))

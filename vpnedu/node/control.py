@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import socket
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,10 @@ from ..errors import VpneduError
 from ..net.journal import netns_id, run_dir
 
 MAX_REQUEST = 4096
+#: How many recent events (of the kinds below) a daemon keeps for late subscribers.
+HISTORY_SIZE = 256
+#: Kinds kept in the history: everything but the per-packet ones (those would flush it at once).
+HISTORY_KINDS = ("handshake", "session", "timer", "peer", "route", "nat", "device", "proxy", "packet.dropped")
 
 
 def socket_path(ifname: str) -> Path:
@@ -42,6 +47,10 @@ class ControlServer:
         self.path = path or socket_path(node.ifname)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        #: Recent events, so that a subscriber who connects after the handshake (a notebook
+        #: started after the daemon) can still draw it: ``{"cmd": "events", "history": true}``.
+        self.history: deque = deque(maxlen=HISTORY_SIZE)
+        self._history_sub = node.events.subscribe(self.history.append, kinds=HISTORY_KINDS)
 
     async def start(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -60,6 +69,7 @@ class ControlServer:
             for t in list(self._tasks):
                 t.cancel()
             self._server = None
+        self._history_sub.close()
         self.path.unlink(missing_ok=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -84,7 +94,12 @@ class ControlServer:
             elif cmd == "events":
                 async with self.node.events.stream(kinds=req.get("kinds"), layers=req.get("layers"),
                                                    maxsize=10_000) as stream:
+                    past = list(self.history) if req.get("history") else []
                     writer.write(b'{"subscribed": true}\n')
+                    flt = stream._sub.filter
+                    for ev in past:
+                        if flt.matches(ev.kind):
+                            writer.write(ev.to_json().encode() + b"\n")
                     await writer.drain()
 
                     async def pump():
@@ -207,11 +222,15 @@ def request(path: Path, req: dict, timeout: float = 5.0) -> dict:
     return reply
 
 
-def stream(path: Path, kinds=None, layers=None) -> Iterator[dict]:
-    """Yield events (as dicts) from a daemon until it stops or the caller stops iterating."""
+def stream(path: Path, kinds=None, layers=None, history: bool = False) -> Iterator[dict]:
+    """Yield events (as dicts) from a daemon until it stops or the caller stops iterating.
+    With ``history``, first the recent events the daemon kept (see :data:`HISTORY_KINDS`)."""
     s = _connect(path)
     try:
-        s.sendall(json.dumps({"cmd": "events", "kinds": kinds, "layers": layers}).encode() + b"\n")
+        req = {"cmd": "events", "kinds": kinds, "layers": layers}
+        if history:
+            req["history"] = True
+        s.sendall(json.dumps(req).encode() + b"\n")
         f = s.makefile("rb")
         first = json.loads(f.readline() or b"{}")
         if "error" in first:

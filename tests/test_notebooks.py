@@ -1,0 +1,191 @@
+"""Every course notebook, run top to bottom in a real kernel, its outputs checked.
+
+Simulated mode runs everywhere (VPNEDU_MODE=sim, even as root); the real namespace lab runs as root
+(VPNEDU_MODE=real, a unique lab prefix, namespaces deleted in ``finally`` even when the notebook fails).
+The kernel is this interpreter (the test virtualenv): a kernel spec named ``python3`` is written to a
+temporary JUPYTER_PATH, which comes first in Jupyter's search path.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ALL = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+
+# What a student would look for in each checked cell (tag -> substrings), for both modes,
+# and what differs between them.
+EXPECT = {
+    "00-setup.ipynb": {"check-banner": ["MODE"], "check-status": ["latest handshake:", "peer:", "transfer:"],
+                       "check-down": ["lab down"]},
+    "01-tun.ipynb": {"check-tun": ["ICMP echo request", "10.99.0.1 > 10.99.0.2", "hex: 45 00",
+                                   "destination      10.99.0.2"],
+                     "check-vpn-tun": ["'vpnedu0': ['10.0.0.2/24']", "'vpnedu0': ['10.0.0.1/24']"]},
+    "02-handshake.ipynb": {"check-handshake": ["handshake complete", "initiation sent+received",
+                                               "response sent+received"],
+                           "check-fields": ["encrypted_static", "encrypted_timestamp", "ephemeral", "mac1",
+                                            "mac2", "receiver_index", "TAI64N"],
+                           "check-plot": ["vpnedu:", "Mbit/s up"]},
+    "03-encryption.ipynb": {"check-counter": ["0% packet loss", "never reused"],
+                            "check-tamper": ["packet.dropped", "reason=bad-mac"],
+                            "check-replay": ["packet.dropped", "reason=replay"],
+                            "check-counters": ["'dropped.bad-mac': 1", "'dropped.replay': 1"],
+                            "check-suites": ["wireguard", "aes256gcm", "null-teaching", "encrypts=False"],
+                            "check-capture": ["suite wireguard: marker readable on the client's link: False",
+                                              "suite null-teaching: marker readable on the client's link: True"]},
+    "04-routing.ipynb": {"check-full": ["0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "128.0.0.0/1 via 10.0.0.1 dev vpnedu0",
+                                        "ping 192.0.2.80 from 10.0.0.2"],
+                         "check-split": ["split tunnel routes:", "ping 192.0.2.80 from 198.51.100.2",
+                                         "ping 10.0.0.1 from 10.0.0.2: 2 packets transmitted, 2 received"],
+                         "check-restored": ["routing table restored: True"]},
+    "05-proxy.ipynb": {"check-app": ["logged the request from 203.0.113.2", "203.0.113.2"],
+                       "check-flows": ["client 10.0.0.2:", "as 203.0.113.2:", "-> 192.0.2.80"]},
+    "06-performance.ipynb": {"check-vpnedu": ["vpnedu:", "Mbit/s up"], "check-compare": ["plain", "Mbit/s up"]},
+}
+EXPECT_MODE = {
+    "sim": {"00-setup.ipynb": {"check-banner": ["SIM MODE", "SIMULATED MODE"]},
+            "01-tun.ipynb": {"check-tun": ["(simulated)"]},
+            "06-performance.ipynb": {"check-compare": ["wireguard-go needs the real lab"]}},
+    "real": {"00-setup.ipynb": {"check-banner": ["REAL MODE", "network namespaces"]},
+             "01-tun.ipynb": {"check-tun": ["(real TUN device)"]},
+             "06-performance.ipynb": {"check-compare": ["wireguard-go"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def kernel_path(tmp_path_factory):
+    """A 'python3' kernel spec that runs this interpreter, first on JUPYTER_PATH."""
+    d = tmp_path_factory.mktemp("jupyter")
+    spec = d / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (vpnedu tests)", "language": "python"}))
+    return d
+
+
+def run_notebook(name: str, env: dict, kernel_path: Path, timeout: int = 120):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    old = {k: os.environ.get(k) for k in [*env, "JUPYTER_PATH"]}
+    os.environ.update(env)
+    os.environ["JUPYTER_PATH"] = str(kernel_path)
+    try:
+        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
+                                         resources={"metadata": {"path": str(NOTEBOOKS)}},
+                                         store_widget_state=True)
+        client.execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def outputs_by_tag(nb) -> dict[str, str]:
+    out = {}
+    for cell in nb.cells:
+        for tag in cell.get("metadata", {}).get("tags", []):
+            text = []
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "stream":
+                    text.append(o["text"])
+                elif "data" in o and "text/plain" in o["data"]:
+                    text.append(o["data"]["text/plain"])
+            out[tag] = "".join(text)
+    return out
+
+
+def check(nb, name: str, mode: str) -> None:
+    texts = outputs_by_tag(nb)
+    want = {tag: list(subs) for tag, subs in EXPECT[name].items()}
+    for tag, subs in EXPECT_MODE[mode].get(name, {}).items():
+        want.setdefault(tag, []).extend(subs)
+    for tag, subs in want.items():
+        for s in subs:
+            assert s in texts.get(tag, ""), f"{name} [{tag}] lacks {s!r}; it printed:\n{texts.get(tag, '')}"
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+def widget_states(nb) -> dict:
+    return nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_in_simulated_mode(name, kernel_path):
+    nb = run_notebook(name, {"VPNEDU_MODE": "sim"}, kernel_path)
+    check(nb, name, "sim")
+    if name == "02-handshake.ipynb":
+        states = widget_states(nb)
+        ladders = [s["state"]["value"] for s in states.values()
+                   if "vpnedu-ladder" in s["state"].get("_dom_classes", ())]
+        assert ladders and "HANDSHAKE COMPLETE" in ladders[0] and "encrypted_static" in ladders[0]
+        images = [s for s in states.values() if s["model_name"] == "ImageModel"]
+        assert images  # the throughput plot
+
+
+@pytest.mark.root
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_in_the_real_namespace_lab(name, kernel_path):
+    from vpnedu.lab.topology import Lab
+    prefix = f"nb{os.getpid() % 10000}{name[:2]}-"
+    lab = Lab(prefix=prefix, log=lambda s: None)
+    try:
+        nb = run_notebook(name, {"VPNEDU_MODE": "real", "VPNEDU_LAB_PREFIX": prefix}, kernel_path, timeout=180)
+        check(nb, name, "real")
+        assert not lab.exists()  # the notebook's last cell took the lab down
+    finally:
+        lab.down()
+
+
+def test_committed_notebooks_have_no_outputs_and_no_secrets():
+    assert len(ALL) == 7
+    for name in ALL:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip it " \
+                    "(python scripts/strip_notebooks.py)"
+        assert "widgets" not in nb.metadata
+        text = (NOTEBOOKS / name).read_text()
+        assert "PrivateKey" not in text and "PresharedKey" not in text
+
+
+def test_strip_script_finds_and_removes_outputs(tmp_path):
+    import subprocess
+    script = NOTEBOOKS.parent / "scripts" / "strip_notebooks.py"
+    nb = nbformat.read(NOTEBOOKS / "01-tun.ipynb", as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code")
+    code.outputs = [nbformat.v4.new_output("stream", text="PrivateKey = secret\n")]
+    code.execution_count = 3
+    path = tmp_path / "dirty.ipynb"
+    nbformat.write(nb, path)
+    r = subprocess.run([sys.executable, str(script), "--check", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1 and "dirty.ipynb" in r.stderr
+    r = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True)
+    assert r.returncode == 0 and "stripped 1" in r.stdout
+    clean = nbformat.read(path, as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in clean.cells if c.cell_type == "code")
+    assert "secret" not in path.read_text()
+    r = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # the committed notebooks are clean
+
+
+def test_binder_launches_the_course_in_simulated_mode():
+    import subprocess
+    binder = NOTEBOOKS.parent / "binder"
+    assert "-e \".[notebooks]\"" in (binder / "postBuild").read_text()
+    r = subprocess.run([str(binder / "start"), sys.executable, "-c",
+                        "from vpnedu.course import choose_mode; print(choose_mode()[0])"],
+                       capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "VPNEDU_MODE"})
+    assert r.stdout.strip() == "sim", r.stderr

@@ -1,0 +1,103 @@
+"""The simulated lab: the real daemons and protocol on simulated hosts, checked as a student would."""
+
+import pytest
+
+from vpnedu.errors import VpneduError
+from vpnedu.events import EventLog
+from vpnedu.sim.lab import SimLab
+
+
+@pytest.fixture
+def lab():
+    lab = SimLab()
+    yield lab
+    lab.down()
+
+
+def test_full_tunnel_routes_pings_and_app_sees_server(lab):
+    before = lab.routes("client")
+    assert before == ["default via 198.51.100.1 dev eth0", "198.51.100.0/24 dev eth0"]
+    assert lab.ping("client", "10.0.0.1").received == 0  # no tunnel yet
+    lab.start_server()
+    st = lab.start_client()
+    assert st["peers"][0]["latest_handshake"]
+    after = lab.routes("client")
+    for r in ("0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "128.0.0.0/1 via 10.0.0.1 dev vpnedu0",
+              "203.0.113.2 via 198.51.100.1 dev eth0"):
+        assert r in after
+    assert lab.ping("client", "10.0.0.1").ok
+    assert lab.ping("server", "10.0.0.2").ok
+    res = lab.ping("client", "192.0.2.80")
+    assert res.ok and res.source == "10.0.0.2"
+    app = lab.app_request()
+    assert app.sources == ["203.0.113.2"] and "203.0.113.2" in app.reply
+    flows = lab.flows()
+    assert {f["proto"] for f in flows} == {"icmp", "udp"}
+    udp = next(f for f in flows if f["proto"] == "udp")
+    assert udp["client"].startswith("10.0.0.2:") and udp["proxy"].startswith("203.0.113.2:")
+    assert udp["destination"] == "192.0.2.80:8080" and udp["bytes_down"] > 0
+    lab.stop_client()
+    assert lab.routes("client") == before  # every route the client added is gone
+    lab.stop_server()
+    assert not lab.hosts["server"].masquerade and not lab.hosts["server"].forwarding
+
+
+def test_outer_link_carries_only_encrypted_udp_unless_null_teaching(lab, recwarn):
+    lab.start_server()
+    lab.start_client()
+    marker, visible = lab.marker_on_wire()
+    assert not visible
+    client_link = [w for w in lab.internet.wire if "client" in (w.source_host, w.destination_host)]
+    assert client_link and all("UDP" in str(w) and "51820" in str(w) for w in client_link)
+    lab.restart(suite="null-teaching")
+    marker, visible = lab.marker_on_wire()
+    assert visible
+
+
+def test_tamper_and_replay_are_dropped_with_the_reason(lab):
+    lab.start_server()
+    lab.start_client()
+    ev = lab.tamper_next()
+    assert ev is not None and ev.kind == "packet.dropped" and ev["reason"] == "bad-mac"
+    ev = lab.replay()
+    assert ev is not None and ev["reason"] == "replay"
+    assert lab.status("server")["counters"]["dropped.bad-mac"] == 1
+    assert lab.ping("client", "10.0.0.1").ok  # the tunnel is unharmed
+
+
+def test_split_tunnel_sends_only_the_tunnel_subnet(lab):
+    lab.start_server()
+    lab.start_client(split=True)
+    routes = lab.routes("client")
+    assert "0.0.0.0/1 via 10.0.0.1 dev vpnedu0" not in routes
+    assert lab.ping("client", "192.0.2.80").source == "198.51.100.2"
+    assert lab.ping("client", "10.0.0.1").ok
+
+
+def test_trace_follows_one_ping_through_tunnel_and_nat(lab):
+    lab.start_server()
+    lab.start_client()
+    mark = lab.last_hop()
+    lab.ping("client", "192.0.2.80", count=1)
+    hops = [(h.host, h.dev, h.direction) for h in lab.trace(mark)]
+    assert hops[0] == ("client", "vpnedu0", "tun->program")
+    assert ("server", "eth0", "nat") in hops and ("app", "eth0", "in") in hops
+    assert hops[-1] == ("client", "vpnedu0", "program->tun")
+
+
+def test_tun_demo_reads_the_ping_the_host_routed_into_it(lab):
+    r = lab.tun_demo()
+    assert r.raw[0] >> 4 == 4 and r.raw[9] == 1
+    assert ("16-19", "destination", "10.99.0.2") in r.fields
+    assert "tun-demo" not in lab.hosts["client"].addresses  # closed: gone with its routes
+
+
+def test_throughput_samples_grow_and_errors_are_one_line(lab):
+    with pytest.raises(VpneduError, match="start the client"):
+        list(lab.traffic("vpnedu", 0.5))
+    lab.start_server()
+    lab.start_client()
+    samples = list(lab.traffic("vpnedu", 1.0, interval=0.25))
+    assert len(samples) >= 4 and samples[-1][1] > samples[1][1] > 0 and samples[-1][2] > 0
+    with pytest.raises(VpneduError, match="stop_client"):
+        list(lab.traffic("plain", 0.5))

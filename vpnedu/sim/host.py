@@ -1,0 +1,419 @@
+"""Simulated machines: just enough of an operating system's network stack to run a VPN on.
+
+A :class:`SimHost` has what ``ip addr`` and ``ip route`` show on a real host --
+interfaces with addresses, and a routing table -- plus the three things the
+kernel does with an IP packet:
+
+* **output**: a packet the host sends (a ping, a UDP datagram) is routed by its
+  destination (longest prefix wins) to an interface: ``eth0`` puts it on the
+  simulated internet, a TUN device queues it for the program that holds the
+  TUN open (the VPN daemon reads it from there);
+* **input**: a packet for one of the host's own addresses is delivered locally:
+  an ICMP echo request is answered (as every Linux host does), a UDP datagram
+  goes to the socket bound to its port;
+* **forwarding** (off unless enabled, like ``net.ipv4.ip_forward``): a packet for
+  someone else is routed on, and *masquerading* (NAT) rewrites the source of
+  packets leaving for the internet to the host's own address, remembering the
+  flow so that replies can be rewritten back.  The remembered flows are what
+  ``conntrack -L`` shows on Linux; :meth:`SimHost.flows` returns them in the
+  schema of vpnedu's flow table.
+
+Only IPv4 with ICMP and UDP is simulated: that is all the course's simulated
+app host needs (it answers pings and UDP requests, and logs who asked).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import VpneduError
+from ..net.routes import Route
+from ..packet import ip as _ip
+
+if TYPE_CHECKING:
+    from .tun import MemoryTun
+
+EPHEMERAL_PORTS = (40000, 60999)
+
+
+@dataclass
+class TraceEntry:
+    """One step of a packet's journey: which host saw it, on which interface, going which way."""
+
+    seq: int
+    time: float
+    host: str
+    dev: str
+    direction: str  # "in", "out", "tun->program", "program->tun", "nat", "drop"
+    packet: bytes
+    note: str = ""
+
+    def __str__(self) -> str:
+        arrow = {"in": "<-", "out": "->"}.get(self.direction, self.direction)
+        extra = f"  ({self.note})" if self.note else ""
+        return f"{self.host:>8} {self.dev:<8} {arrow:<6} {_ip.describe(self.packet)}{extra}"
+
+
+@dataclass
+class NatFlow:
+    """One masqueraded flow: the client's address, the address it was rewritten to, the destination."""
+
+    proto: str
+    client: tuple[str, int]
+    proxy: tuple[str, int]
+    destination: tuple[str, int]
+    opened: float
+    bytes_up: int = 0
+    bytes_down: int = 0
+    state: str = "new"
+
+    def as_dict(self, now: float) -> dict:
+        """The flow in the schema of the daemon's ``"flows"`` status list."""
+        def ep(a):
+            return f"{a[0]}:{a[1]}"
+        return {"proto": self.proto, "client": ep(self.client), "proxy": ep(self.proxy),
+                "destination": ep(self.destination), "state": self.state, "bytes_up": self.bytes_up,
+                "bytes_down": self.bytes_down, "age": round(now - self.opened, 1)}
+
+
+def _ports(packet: bytes, proto: int, ihl: int) -> tuple[int, int] | None:
+    """(source port, destination port) for UDP; (id, id) for an ICMP echo; else None."""
+    if proto == _ip.PROTO_UDP and len(packet) >= ihl + 8:
+        return struct.unpack_from("!HH", packet, ihl)
+    if proto == _ip.PROTO_ICMP and len(packet) >= ihl + 8 and packet[ihl] in (0, 8):
+        ident = struct.unpack_from("!H", packet, ihl + 4)[0]
+        return ident, ident
+    return None
+
+
+def rewrite(packet: bytes, *, src: str | None = None, dst: str | None = None,
+            sport: int | None = None, dport: int | None = None) -> bytes:
+    """A copy of an IPv4 packet with new addresses/ports and correct checksums.
+
+    This is what NAT does to every packet of a flow.  The IPv4 header checksum is
+    recomputed; a UDP checksum is set to 0 ("none", allowed over IPv4), and an ICMP
+    echo's identifier plays the part of the port.
+    """
+    p = bytearray(packet)
+    ihl = (p[0] & 0xF) * 4
+    if src:
+        p[12:16] = ipaddress.IPv4Address(src).packed
+    if dst:
+        p[16:20] = ipaddress.IPv4Address(dst).packed
+    p[10:12] = b"\0\0"
+    p[10:12] = struct.pack("!H", _ip.checksum(bytes(p[:ihl])))
+    if p[9] == _ip.PROTO_UDP:
+        if sport is not None:
+            p[ihl:ihl + 2] = struct.pack("!H", sport)
+        if dport is not None:
+            p[ihl + 2:ihl + 4] = struct.pack("!H", dport)
+        p[ihl + 6:ihl + 8] = b"\0\0"
+    elif p[9] == _ip.PROTO_ICMP and (sport is not None or dport is not None):
+        ident = sport if sport is not None else dport
+        p[ihl + 4:ihl + 6] = struct.pack("!H", ident)
+        p[ihl + 2:ihl + 4] = b"\0\0"
+        total = (p[2] << 8) | p[3]
+        p[ihl + 2:ihl + 4] = struct.pack("!H", _ip.checksum(bytes(p[ihl:total])))
+    return bytes(p)
+
+
+class SimSocket:
+    """A UDP socket on a simulated host, with the calls the vpnedu daemons use on a real one."""
+
+    def __init__(self, host: "SimHost", port: int = 0):
+        self.host = host
+        self.port = host.bind(self, port)
+        self.inbox: deque[tuple[bytes, tuple[str, int]]] = deque(maxlen=4096)
+        self.closed = False
+
+    def sendto(self, data: bytes, endpoint: tuple[str, int]) -> int:
+        self.host.send_udp(self.port, endpoint, data)
+        return len(data)
+
+    def recvfrom(self, bufsize: int = 65536) -> tuple[bytes, tuple[str, int]]:
+        if not self.inbox:
+            raise BlockingIOError("no datagram waiting")
+        data, addr = self.inbox.popleft()
+        return data[:bufsize], addr
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("0.0.0.0", self.port)
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.host.unbind(self.port)
+
+
+class SimHost:
+    """A simulated machine on a :class:`~vpnedu.sim.lab.SimInternet`."""
+
+    def __init__(self, name: str, internet, clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.internet = internet
+        self.clock = clock
+        self.addresses: dict[str, list[ipaddress.IPv4Interface]] = {}
+        self.routes: list[Route] = []
+        self.tuns: dict[str, "MemoryTun"] = {}
+        self.forwarding = False
+        #: (source network, interface it must not leave by): like an nftables masquerade rule.
+        self.masquerade: list[tuple[ipaddress.IPv4Network, str]] = []
+        self._flows: dict[tuple, NatFlow] = {}
+        self._reverse: dict[tuple, NatFlow] = {}
+        self._sockets: dict[int, SimSocket] = {}
+        #: UDP services: port -> function(payload, (src, sport)) returning the reply (or None).
+        self.udp_services: dict[int, Callable[[bytes, tuple[str, int]], bytes | None]] = {}
+        #: What this host's "applications" logged: who sent each request (the app server's access log).
+        self.app_log: deque[str] = deque(maxlen=1000)
+        #: ICMP echo replies that arrived for this host (what ``ping`` counts).
+        self.echo_replies: deque[bytes] = deque(maxlen=1024)
+        #: Bytes and packets per interface and direction, like ``ip -s link``.
+        self.counters: Counter[str] = Counter()
+        self._next_port = EPHEMERAL_PORTS[0]
+
+    # ------------------------------------------------------------------ configuration
+    def add_address(self, dev: str, cidr: str | ipaddress.IPv4Interface) -> None:
+        """Like ``ip addr add CIDR dev DEV``: also adds the connected route for its subnet."""
+        itf = ipaddress.ip_interface(cidr)
+        self.addresses.setdefault(dev, []).append(itf)
+        self.internet.register(self, itf.ip, dev)
+        if itf.network.prefixlen < 32:
+            self.add_route(str(itf.network), None, dev)
+
+    def remove_device(self, dev: str) -> None:
+        """The interface disappears, with its addresses and every route through it (as in Linux)."""
+        for itf in self.addresses.pop(dev, []):
+            self.internet.unregister(itf.ip)
+        self.routes = [r for r in self.routes if r.dev != dev]
+        self.tuns.pop(dev, None)
+
+    def add_route(self, dst: str, gateway: str | None, dev: str) -> Route:
+        """Like ``ip route add DST [via GATEWAY] dev DEV``."""
+        if dev not in self.addresses and dev not in self.tuns:
+            raise VpneduError(f"[{self.name}] no interface {dev!r}", "create it first")
+        net = ipaddress.ip_network(dst if dst != "default" else "0.0.0.0/0", strict=False)
+        name = "default" if net.prefixlen == 0 else (str(net.network_address) if net.prefixlen == 32 else str(net))
+        route = Route(name, gateway, dev)
+        if route not in self.routes:
+            self.routes.append(route)
+        return route
+
+    def remove_route(self, route: Route) -> None:
+        self.routes = [r for r in self.routes if r != route]
+
+    def table(self) -> list[Route]:
+        """The routing table, as ``ip route`` lists it: default route first."""
+        return sorted(self.routes, key=lambda r: (r.dst != "default", _net(r.dst).prefixlen, r.dst))
+
+    def lookup(self, address: str | ipaddress.IPv4Address) -> Route | None:
+        """Which route the host uses for ``address``: the most specific one (longest prefix)."""
+        a = ipaddress.ip_address(address)
+        best = None
+        for r in self.routes:
+            n = _net(r.dst)
+            if a in n and (best is None or n.prefixlen > _net(best.dst).prefixlen):
+                best = r
+        return best
+
+    def route_to(self, address: str) -> Route:
+        """Like ``ip route get ADDRESS`` (the client's route planner asks this)."""
+        r = self.lookup(address)
+        if r is None:
+            raise VpneduError(f"[{self.name}] no route to {address}", "add a default route")
+        return Route(address, r.gateway, r.dev)
+
+    def own(self, address: str | ipaddress.IPv4Address) -> bool:
+        a = ipaddress.ip_address(address)
+        return any(itf.ip == a for itfs in self.addresses.values() for itf in itfs)
+
+    def source_for(self, dev: str) -> str:
+        """The source address for packets leaving by ``dev``: its first address."""
+        itfs = self.addresses.get(dev)
+        if not itfs:
+            raise VpneduError(f"[{self.name}] interface {dev} has no address")
+        return str(itfs[0].ip)
+
+    def source_address(self, destination: str) -> str:
+        r = self.route_to(destination)
+        return self.source_for(r.dev)
+
+    # ------------------------------------------------------------------ sockets
+    def bind(self, sock: SimSocket, port: int) -> int:
+        if port == 0:
+            while self._next_port in self._sockets:
+                self._next_port += 1
+            port = self._next_port
+            self._next_port = self._next_port + 1 if self._next_port < EPHEMERAL_PORTS[1] else EPHEMERAL_PORTS[0]
+        if port in self._sockets or port in self.udp_services:
+            raise VpneduError(f"[{self.name}] UDP port {port} is already in use", "choose another port")
+        self._sockets[port] = sock
+        return port
+
+    def unbind(self, port: int) -> None:
+        self._sockets.pop(port, None)
+
+    def send_udp(self, sport: int, endpoint: tuple[str, int], payload: bytes) -> None:
+        dst, dport = endpoint
+        route = self.lookup(dst)
+        if route is None or not self.addresses.get(route.dev):
+            self._drop(b"", "-", f"no route to {dst}")
+            return
+        self.send_ip(_ip.build_udp(self.source_for(route.dev), sport, dst, dport, payload))
+
+    def ping(self, destination: str, ident: int = 0x7e57, seq: int = 1, payload: bytes = b"vpnedu sim ping",
+             source: str | None = None) -> bytes:
+        """Send one ICMP echo request (what ``ping -c 1`` sends); returns the packet."""
+        pkt = _ip.build_icmp_echo(source or self.source_address(destination), destination, ident, seq, payload)
+        self.send_ip(pkt)
+        return pkt
+
+    # ------------------------------------------------------------------ the datapath
+    def send_ip(self, packet: bytes, forwarded: bool = False, in_dev: str | None = None) -> None:
+        """Output (or forward) a packet: route it, masquerade it if a rule says so, transmit it."""
+        dst = ipaddress.IPv4Address(packet[16:20])
+        if self.own(dst) and not forwarded:
+            self.receive(packet, "lo")
+            return
+        route = self.lookup(dst)
+        if route is None:
+            self._drop(packet, in_dev or "-", f"no route to {dst}")
+            return
+        if forwarded:
+            packet = self._masquerade(packet, route.dev)
+            if packet is None:
+                return
+        self.transmit(route.dev, packet)
+
+    def transmit(self, dev: str, packet: bytes) -> None:
+        self.counters[f"{dev}.tx_bytes"] += len(packet)
+        self.counters[f"{dev}.tx_packets"] += 1
+        tun = self.tuns.get(dev)
+        if tun is not None:
+            self.internet.trace(self, dev, "tun->program", packet, "the kernel routed it into the TUN device")
+            tun.queue(packet)
+        else:
+            self.internet.trace(self, dev, "out", packet)
+            self.internet.put(self, packet)
+
+    def receive(self, packet: bytes, dev: str) -> None:
+        """Input: a packet arrived on ``dev`` (``eth0``, a TUN device, or ``lo``)."""
+        self.counters[f"{dev}.rx_bytes"] += len(packet)
+        self.counters[f"{dev}.rx_packets"] += 1
+        if dev != "lo":
+            self.internet.trace(self, dev, "in" if dev not in self.tuns else "program->tun", packet)
+        try:
+            p = _ip.IPv4Packet.parse(packet)
+        except Exception as e:  # not IPv4: nothing here handles it
+            self._drop(packet, dev, f"not an IPv4 packet: {e}")
+            return
+        packet = self._unmasquerade(packet, p)
+        if packet is None:
+            return
+        dst = ipaddress.IPv4Address(packet[16:20])
+        if self.own(dst):
+            self._deliver_local(_ip.IPv4Packet.parse(packet))
+        elif self.forwarding:
+            self.send_ip(packet, forwarded=True, in_dev=dev)
+        else:
+            self._drop(packet, dev, "not for this host and forwarding is off")
+
+    def _deliver_local(self, p: _ip.IPv4Packet) -> None:
+        if p.protocol == _ip.PROTO_ICMP and len(p.payload) >= 8:
+            icmp_type = p.payload[0]
+            if icmp_type == 8:  # echo request: answer it, as every Linux host does
+                ident, seq = struct.unpack_from("!HH", p.payload, 4)
+                self.app_log.append(f"{p.src} ICMP echo request id={ident} seq={seq}")
+                self.send_ip(_ip.build_icmp_echo(str(p.dst), str(p.src), ident, seq, p.payload[8:], reply=True))
+            elif icmp_type == 0:
+                self.echo_replies.append(bytes(p.payload))
+            return
+        if p.protocol == _ip.PROTO_UDP and len(p.payload) >= 8:
+            sport, dport = struct.unpack_from("!HH", p.payload)
+            data = p.payload[8:]
+            sock = self._sockets.get(dport)
+            if sock is not None:
+                sock.inbox.append((data, (str(p.src), sport)))
+                return
+            service = self.udp_services.get(dport)
+            if service is not None:
+                reply = service(data, (str(p.src), sport))
+                if reply is not None:
+                    self.send_ip(_ip.build_udp(str(p.dst), dport, str(p.src), sport, reply))
+                return
+            self._drop(p, "-", f"nothing listens on UDP port {dport}")
+
+    def _drop(self, packet, dev: str, why: str) -> None:
+        self.counters["dropped"] += 1
+        raw = packet if isinstance(packet, bytes) else b""
+        self.internet.trace(self, dev, "drop", raw, why)
+
+    # ------------------------------------------------------------------ NAT (masquerade)
+    def _masquerade(self, packet: bytes, out_dev: str) -> bytes | None:
+        src = ipaddress.IPv4Address(packet[12:16])
+        rule = next((r for r in self.masquerade if src in r[0] and out_dev != r[1]), None)
+        if rule is None:
+            return packet
+        proto, ihl = packet[9], (packet[0] & 0xF) * 4
+        ports = _ports(packet, proto, ihl)
+        if ports is None:
+            self._drop(packet, out_dev, "the simulated NAT handles only UDP and ICMP echo")
+            return None
+        dst = str(ipaddress.IPv4Address(packet[16:20]))
+        key = (proto, str(src), ports[0], dst, ports[1])
+        flow = self._flows.get(key)
+        public = self.source_for(out_dev)
+        if flow is None:
+            port = ports[0]
+            while (proto, public, port, dst, ports[1]) in self._reverse:
+                port = port + 1 if port < 65535 else 1024
+            name = {_ip.PROTO_UDP: "udp", _ip.PROTO_ICMP: "icmp"}[proto]
+            flow = NatFlow(name, (str(src), ports[0]), (public, port), (dst, ports[1]), self.clock())
+            self._flows[key] = flow
+            self._reverse[(proto, public, port, dst, ports[1])] = flow
+        flow.bytes_up += len(packet)
+        new = rewrite(packet, src=public, sport=flow.proxy[1] if proto == _ip.PROTO_UDP else None,
+                      dport=None)
+        if proto == _ip.PROTO_ICMP and flow.proxy[1] != ports[0]:
+            new = rewrite(new, sport=flow.proxy[1])
+        self.internet.trace(self, out_dev, "nat", new, f"masquerade: source {src}:{ports[0]} -> "
+                                                        f"{public}:{flow.proxy[1]}")
+        return new
+
+    def _unmasquerade(self, packet: bytes, p: _ip.IPv4Packet) -> bytes | None:
+        if not self._reverse:
+            return packet
+        ports = _ports(packet, p.protocol, p.header_length)
+        if ports is None:
+            return packet
+        # A reply comes from the destination's port to our public address and port.
+        key = (p.protocol, str(p.dst), ports[1], str(p.src), ports[0])
+        flow = self._reverse.get(key)
+        if flow is None:
+            return packet
+        flow.bytes_down += len(packet)
+        flow.state = "established"
+        cport = flow.client[1]
+        new = rewrite(packet, dst=flow.client[0], dport=cport if p.protocol == _ip.PROTO_UDP else None,
+                      sport=cport if p.protocol == _ip.PROTO_ICMP else None)
+        return new
+
+    def flows(self) -> list[dict]:
+        """The NAT's flow table (``conntrack -L``), in the schema of vpnedu's flow table."""
+        now = self.clock()
+        return [f.as_dict(now) for f in self._flows.values()]
+
+    def clear_flows(self) -> None:
+        self._flows.clear()
+        self._reverse.clear()
+
+
+def _net(dst: str) -> ipaddress.IPv4Network:
+    return ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst, strict=False)

@@ -1,0 +1,475 @@
+"""The namespace lab, simulated: client, internet, VPN server and app server in one process.
+
+:class:`SimLab` has the same four hosts and the same addresses as the real
+namespace lab (:mod:`vpnedu.lab.topology`)::
+
+     client 198.51.100.2 --- internet (198.51.100.1 | 203.0.113.1 | 192.0.2.1) --- server 203.0.113.2
+                                                 |
+                                        app 192.0.2.80 (answers ping and UDP, logs who asked)
+
+and runs the real vpnedu server and client on them (:mod:`vpnedu.sim.node`),
+provisioned by the real ``server init`` / ``add-client`` code.  It needs no
+root, so it is what the course uses on Binder and on locked-down PCs.  Time is
+real (the protocol's timers run on the monotonic clock); packets move when
+:meth:`SimLab.run` pumps them, which every method here does for you.
+
+Two extra powers a real network does not give a student: :meth:`SimLab.trace`
+lists every hop of every packet (which host, which interface, which way, NAT
+rewrites), and the wire can be tampered with (:meth:`SimLab.tamper_next`) or a
+captured datagram replayed (:meth:`SimLab.replay`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import secrets
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .. import config as _config
+from .. import provision
+from ..errors import VpneduError
+from ..events import Event, EventBus, EventLog
+from ..packet import ip as _ip
+from ..protocol import messages as msgs
+from .host import SimHost, TraceEntry
+from .node import SimClient, SimServer
+
+CLIENT_NET, SERVER_NET, APP_NET = "198.51.100", "203.0.113", "192.0.2"
+SERVER_PUBLIC = f"{SERVER_NET}.2"
+APP_ADDRESS = f"{APP_NET}.80"
+#: The simulated app host's UDP services: "whoami" answers with the address that asked,
+#: "echo" (RFC 862) sends every datagram back (the throughput test uses it).
+APP_UDP_PORT = 8080
+ECHO_PORT = 7
+
+
+@dataclass
+class WirePacket:
+    """One packet on the simulated internet (what tcpdump on a link would record)."""
+
+    time: float
+    source_host: str
+    destination_host: str
+    packet: bytes
+
+    @property
+    def udp_payload(self) -> bytes:
+        p = _ip.IPv4Packet.parse(self.packet)
+        return p.payload[8:] if p.protocol == _ip.PROTO_UDP else b""
+
+    def __str__(self) -> str:
+        return f"{self.source_host} -> {self.destination_host}: {_ip.describe(self.packet)}"
+
+
+class SimInternet:
+    """Delivers IP packets between simulated hosts by destination address.
+
+    ``on_wire(wire_packet)`` may return new bytes (tamper) or None (drop) for each
+    packet in flight.  :attr:`wire` keeps the latest packets (bounded), like a capture.
+    """
+
+    def __init__(self, keep: int = 5000):
+        self._owners: dict[ipaddress.IPv4Address, tuple[SimHost, str]] = {}
+        self._queue: deque[tuple[SimHost, bytes]] = deque()
+        self.wire: deque[WirePacket] = deque(maxlen=keep)
+        self.hops: deque[TraceEntry] = deque(maxlen=keep)
+        self._seq = itertools.count(1)
+        self.on_wire: Callable[[WirePacket], bytes | None] | None = None
+
+    def register(self, host: SimHost, address, dev: str) -> None:
+        if dev.startswith("eth") or host.name == "internet":
+            self._owners[ipaddress.ip_address(address)] = (host, dev)
+
+    def unregister(self, address) -> None:
+        self._owners.pop(ipaddress.ip_address(address), None)
+
+    def put(self, source: SimHost, packet: bytes) -> None:
+        self._queue.append((source, packet))
+
+    def inject(self, packet: bytes, source: str = "attacker") -> None:
+        """Put any packet on the wire (an attacker; a replay)."""
+        self._queue.append((_Nobody(source), packet))
+
+    def trace(self, host: SimHost, dev: str, direction: str, packet: bytes, note: str = "") -> None:
+        self.hops.append(TraceEntry(next(self._seq), time.monotonic(), host.name, dev, direction, packet, note))
+
+    def deliver(self) -> int:
+        """Deliver every queued packet (and what they cause); returns how many."""
+        n = 0
+        while self._queue:
+            source, packet = self._queue.popleft()
+            dst = ipaddress.IPv4Address(packet[16:20])
+            owner = self._owners.get(dst)
+            wp = WirePacket(time.monotonic(), source.name, owner[0].name if owner else "?", packet)
+            if self.on_wire is not None:
+                changed = self.on_wire(wp)
+                if changed is None:
+                    continue
+                wp.packet = packet = changed
+            self.wire.append(wp)
+            n += 1
+            if owner is not None:
+                owner[0].receive(packet, owner[1])
+        return n
+
+
+class _Nobody:
+    def __init__(self, name: str):
+        self.name = name
+
+
+@dataclass
+class PingResult:
+    sent: int
+    received: int
+    destination: str
+    source: str
+
+    @property
+    def ok(self) -> bool:
+        return self.sent > 0 and self.received == self.sent
+
+    def __str__(self) -> str:
+        loss = 100 * (self.sent - self.received) // max(self.sent, 1)
+        return (f"ping {self.destination} from {self.source}: {self.sent} packets transmitted, "
+                f"{self.received} received, {loss}% packet loss")
+
+
+@dataclass
+class AppResult:
+    """An app request through the VPN: what came back, and who the app server says asked."""
+
+    reply: str
+    sources: list[str]
+
+    def __str__(self) -> str:
+        return f"reply: {self.reply!r}; the app server logged the request from {', '.join(self.sources) or 'nobody'}"
+
+
+class SimLab:
+    """The course lab on a simulated network (no root needed)."""
+
+    mode = "sim"
+
+    def __init__(self, suite: str = "wireguard", log: Callable[[str], None] = lambda s: None):
+        self.suite = suite
+        self.log = log
+        self.internet = SimInternet()
+        self.hosts: dict[str, SimHost] = {}
+        self.dir = Path(tempfile.mkdtemp(prefix="vpnedu-sim-"))
+        self.server: SimServer | None = None
+        self.client: SimClient | None = None
+        self.client_events = EventBus()
+        self.server_events = EventBus()
+        self._build()
+
+    @property
+    def banner(self) -> str:
+        return ("SIMULATED MODE: client, internet, server and app server are simulated hosts in this "
+                "Python process (no root needed). The WireGuard protocol, the vpnedu server and client, "
+                "the packets and the keys are real; the kernel, TUN devices and cables are simulated.")
+
+    # ------------------------------------------------------------------ topology
+    def _build(self) -> None:
+        net = self.internet
+        inet = self.hosts["internet"] = SimHost("internet", net)
+        for dev, addr in (("br0", f"{CLIENT_NET}.1/24"), ("s0", f"{SERVER_NET}.1/24"), ("a0", f"{APP_NET}.1/24")):
+            inet.add_address(dev, addr)
+        inet.forwarding = True
+        for name, addr, gw in (("client", f"{CLIENT_NET}.2/24", f"{CLIENT_NET}.1"),
+                               ("server", f"{SERVER_PUBLIC}/24", f"{SERVER_NET}.1"),
+                               ("app", f"{APP_ADDRESS}/24", f"{APP_NET}.1")):
+            h = self.hosts[name] = SimHost(name, net)
+            h.add_address("eth0", addr)
+            h.add_route("default", gw, "eth0")
+        app = self.hosts["app"]
+
+        def answer(payload: bytes, src: tuple[str, int]) -> bytes:
+            app.app_log.append(f"{src[0]} UDP {payload.decode(errors='replace')}")
+            return f"hello from the app server; your address is {src[0]}".encode()
+        app.udp_services[APP_UDP_PORT] = answer
+        app.udp_services[ECHO_PORT] = lambda payload, src: payload
+
+    def up(self) -> "SimLab":
+        return self
+
+    def down(self) -> None:
+        self.stop_client()
+        self.stop_server()
+
+    def exists(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, limit: int = 100_000) -> int:
+        """Move packets until nothing is left to do (the sim's stand-in for asyncio + kernel)."""
+        total = 0
+        for _ in range(limit):
+            n = self.internet.deliver()
+            for node in (self.server, self.client):
+                if node is not None and node.pump():
+                    n += 1
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def wait(self, seconds: float) -> None:
+        """Let real time pass while timers and packets run."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.run()
+            time.sleep(min(0.02, max(0.0, end - time.monotonic())))
+        self.run()
+
+    # ------------------------------------------------------------------ daemons
+    def provision(self, suite: str | None = None, split: bool = False) -> None:
+        """``vpnedu server init`` + ``vpnedu server add-client client``, into a temporary directory."""
+        self.suite = suite or self.suite
+        for f in ("server.conf", "client.conf"):
+            (self.dir / f).unlink(missing_ok=True)
+        provision.init_server(self.dir / "server.conf", endpoint=(SERVER_PUBLIC, 51820), suite=self.suite,
+                              force=True)
+        provision.add_client(self.dir / "server.conf", "client", split=split)
+
+    def _load(self, name: str):
+        cfg = _config.load(self.dir / name)
+        cfg.interface.allow_null_teaching = self.suite == "null-teaching"
+        return cfg
+
+    def start_server(self, suite: str | None = None, forwarding: str = "nat") -> dict:
+        """Provision (if needed) and start the server; returns its status."""
+        if self.server is not None:
+            raise VpneduError("the simulated server is already running", "stop it first: lab.stop_server()")
+        if suite is not None or not (self.dir / "server.conf").exists():
+            self.provision(suite)
+        self.server = SimServer(self._load("server.conf"), self.hosts["server"], events=self.server_events,
+                                forwarding=forwarding, log=self.log)
+        self.server.setup()
+        return self.server.status()
+
+    def start_client(self, split: bool = False, timeout: float = 5.0) -> dict:
+        """Start the client: TUN, routes, handshake.  Returns its status once the handshake is done."""
+        if self.server is None:
+            raise VpneduError("start the server first", "lab.start_server()")
+        if self.client is not None:
+            raise VpneduError("the simulated client is already running", "stop it first: lab.stop_client()")
+        cfg = self._load("client.conf")
+        if split:
+            cfg.peers[0].allowed_ips = [ipaddress.ip_network("10.0.0.0/24")]
+        self.client = SimClient(cfg, self.hosts["client"], events=self.client_events, log=self.log)
+        self.client.setup()
+        self.client.start()
+        end = time.monotonic() + timeout
+        while self.client.server.current is None:
+            self.run()
+            if time.monotonic() > end:
+                raise VpneduError("no handshake response in the simulation",
+                                  "check that both sides use the same cipher suite")
+            time.sleep(0.005)
+        self.run()
+        return self.client.status()
+
+    def stop_client(self) -> None:
+        if self.client is not None:
+            self.client.teardown()
+            self.client = None
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.teardown()
+            self.server = None
+
+    def restart(self, suite: str | None = None, split: bool = False) -> dict:
+        """Stop both daemons, (re-provision with ``suite``), start both; the client's status."""
+        self.down()
+        self.start_server(suite=suite)
+        return self.start_client(split=split)
+
+    # ------------------------------------------------------------------ looking
+    def node(self, host: str):
+        node = {"server": self.server, "client": self.client}.get(host)
+        if node is None:
+            raise VpneduError(f"no vpnedu daemon runs on {host!r}", f"start it: lab.start_{host}()")
+        return node
+
+    def status(self, host: str) -> dict:
+        """The daemon's status: what ``vpnedu status --json`` prints."""
+        return self.node(host).status()
+
+    def routes(self, host: str = "client") -> list[str]:
+        """The host's routing table, like ``ip route``."""
+        return [str(r) for r in self.hosts[host].table()]
+
+    def addresses(self, host: str) -> dict[str, list[str]]:
+        return {dev: [str(a) for a in itfs] for dev, itfs in self.hosts[host].addresses.items()}
+
+    def trace(self, since: int = 0) -> list[TraceEntry]:
+        """Every hop of every packet since hop number ``since``."""
+        return [h for h in self.internet.hops if h.seq > since]
+
+    def last_hop(self) -> int:
+        return self.internet.hops[-1].seq if self.internet.hops else 0
+
+    def app_log(self) -> list[str]:
+        return list(self.hosts["app"].app_log)
+
+    def flows(self) -> list[dict]:
+        """The server's forwarding flow table (here: its NAT's), in the daemon's ``flows`` schema."""
+        return self.hosts["server"].flows()
+
+    # ------------------------------------------------------------------ doing
+    def ping(self, host: str, destination: str, count: int = 3) -> PingResult:
+        """``ping -c COUNT DESTINATION`` on a host."""
+        h = self.hosts[host]
+        before = len(h.echo_replies)
+        src = h.source_address(destination)
+        for seq in range(1, count + 1):
+            h.ping(destination, seq=seq)
+            self.run()
+        self.wait(0.05)
+        return PingResult(count, len(h.echo_replies) - before, destination, src)
+
+    def send(self, host: str, packet: bytes) -> list[TraceEntry]:
+        """Send a hand-made IP packet from a host; returns its journey (and its replies')."""
+        mark = self.last_hop()
+        self.hosts[host].send_ip(packet)
+        self.run()
+        return self.trace(mark)
+
+    def udp(self, host: str, destination: str, port: int, payload: bytes, timeout: float = 1.0) -> bytes | None:
+        """Send one UDP datagram from an ephemeral port and return the reply (or None)."""
+        from .host import SimSocket
+        sock = SimSocket(self.hosts[host])
+        try:
+            sock.sendto(payload, (destination, port))
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                self.run()
+                try:
+                    return sock.recvfrom(65536)[0]
+                except BlockingIOError:
+                    time.sleep(0.005)
+            return None
+        finally:
+            sock.close()
+
+    def app_request(self, marker: str | None = None) -> AppResult:
+        """The client asks the app server something; who does the app server think asked?"""
+        marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
+        reply = self.udp("client", APP_ADDRESS, APP_UDP_PORT, marker.encode())
+        sources = [line.split()[0] for line in self.app_log() if marker in line]
+        return AppResult((reply or b"").decode(errors="replace"), sources)
+
+    def marker_on_wire(self, marker: str | None = None) -> tuple[str, bool]:
+        """Send a marker to the app through the tunnel; is it readable on the client's link?"""
+        marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
+        mark = len(self.internet.wire)
+        self.app_request(marker)
+        client_link = [w for w in list(self.internet.wire)[mark:] if "client" in (w.source_host, w.destination_host)]
+        return marker, any(marker.encode() in w.packet for w in client_link)
+
+    # ------------------------------------------------------------------ attacks
+    def _is_transport(self, w: WirePacket, src: str = "client", dst: str = "server") -> bool:
+        if w.source_host != src or w.destination_host != dst:
+            return False
+        data = w.udp_payload
+        return len(data) > msgs.TRANSPORT_MIN_SIZE and data[0] == msgs.TRANSPORT_DATA
+
+    def tamper_next(self, offset: int = -1) -> Event | None:
+        """Flip one byte of the next data packet from client to server, in flight, and ping
+        so there is one.  Returns the server's ``packet.dropped`` event (reason ``bad-mac``)."""
+        done = []
+
+        def flip(w: WirePacket) -> bytes | None:
+            if done or not self._is_transport(w):
+                return w.packet
+            p = bytearray(w.packet)
+            p[offset] ^= 0x01  # a bit of the ciphertext or tag
+            done.append(True)
+            return bytes(p)
+        log = EventLog(self.server_events, kinds="packet.dropped")
+        self.internet.on_wire = flip
+        try:
+            self.ping("client", "10.0.0.1", count=1)
+        finally:
+            self.internet.on_wire = None
+            log.close()
+        return log.events[0] if log.events else None
+
+    def replay(self) -> Event | None:
+        """Ping, then put the client's last data packet on the wire a second time.
+        Returns the server's ``packet.dropped`` event (reason ``replay``)."""
+        self.ping("client", "10.0.0.1", count=1)
+        last = next((w for w in reversed(self.internet.wire) if self._is_transport(w)), None)
+        if last is None:
+            raise VpneduError("no data packet from the client was captured", "start the client and ping first")
+        log = EventLog(self.server_events, kinds="packet.dropped")
+        try:
+            self.internet.inject(last.packet)
+            self.run()
+        finally:
+            log.close()
+        return log.events[0] if log.events else None
+
+    # ------------------------------------------------------------------ TUN
+    def tun_demo(self, name: str = "tun-demo"):
+        """Create a TUN device on the client, ping an address routed into it, read the packet."""
+        from .tun import MemoryTun
+        from ..course import TunReading
+        h = self.hosts["client"]
+        tun = MemoryTun(h, name)
+        try:
+            h.add_address(name, "10.99.0.1/24")
+            h.ping("10.99.0.2", ident=0x1234, seq=1, payload=b"hello TUN")
+            raw = tun.read()
+        finally:
+            tun.close()
+        return TunReading.from_packet(name, raw, "simulated")
+
+    # ------------------------------------------------------------------ throughput
+    def traffic(self, kind: str = "vpnedu", seconds: float = 4.0, interval: float = 0.5,
+                size: int = 1200) -> Iterator[tuple[float, int, int]]:
+        """Send UDP as fast as the simulation goes for ``seconds``; yield ``(t, up, down)`` every
+        ``interval``: cumulative bytes on the client's link, each way.
+
+        ``kind`` "vpnedu" goes through the tunnel (start the client first); "plain" goes
+        straight to the app server (the client must not be running).
+        """
+        h = self.hosts["client"]
+        if kind == "vpnedu" and self.client is None:
+            raise VpneduError("the tunnel is not up", "start the client first: lab.start_client()")
+        if kind == "plain" and self.client is not None:
+            raise VpneduError("the tunnel is up, so traffic would go through it", "lab.stop_client() first")
+        if kind not in ("vpnedu", "plain"):
+            raise VpneduError(f"no {kind!r} link in the simulation", "use 'vpnedu' or 'plain' "
+                              "(wireguard-go needs the real lab)")
+        from .host import SimSocket
+        sock = SimSocket(h)
+        payload = bytes(size)
+        start = time.monotonic()
+        base_tx, base_rx = h.counters["eth0.tx_bytes"], h.counters["eth0.rx_bytes"]
+        try:
+            yield 0.0, 0, 0
+            next_sample = start + interval
+            while True:
+                now = time.monotonic()
+                if now >= next_sample:
+                    yield (now - start, h.counters["eth0.tx_bytes"] - base_tx,
+                           h.counters["eth0.rx_bytes"] - base_rx)
+                    next_sample += interval
+                    if now - start >= seconds:
+                        return
+                for _ in range(16):
+                    sock.sendto(payload, (APP_ADDRESS, ECHO_PORT))
+                self.run()
+                while sock.inbox:
+                    sock.recvfrom()
+        finally:
+            sock.close()

@@ -1,0 +1,141 @@
+"""The vpnedu server and client daemons, run on simulated hosts.
+
+:class:`SimServer` and :class:`SimClient` *are* :class:`vpnedu.node.server.Server`
+and :class:`vpnedu.node.client.Client`: the same config handling, the same
+protocol :class:`~vpnedu.protocol.device.Device`, the same datapath methods
+(``_on_tun_readable``: TUN -> ``Device.send_packet`` -> UDP;
+``_on_udp_readable``: UDP -> ``Device.receive`` -> TUN), the same route planner
+(:meth:`~vpnedu.node.client.Client.plan_routes`) and the same status.  Only the
+host they change is different: a :class:`~vpnedu.sim.host.SimHost` with a
+:class:`~vpnedu.sim.tun.MemoryTun` and a :class:`~vpnedu.sim.host.SimSocket`
+instead of the kernel, and the simulation's loop (:meth:`SimNode.pump`) instead
+of asyncio calling them when packets wait or a timer is due.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..node.client import Client
+from ..node.server import Server
+from .host import SimHost, SimSocket
+from .tun import MemoryTun
+
+
+class SimNode:
+    """What the simulated server and client add to the real ones (mixed in before them)."""
+
+    host: SimHost
+
+    def attach(self, host: SimHost) -> None:
+        self.host = host
+        self._undo: list[Callable[[], None]] = []
+
+    def check_privileges(self) -> None:
+        """Nothing to check: a simulated host needs no root."""
+
+    def open_socket(self) -> SimSocket:
+        return SimSocket(self.host, self.cfg.interface.listen_port or 0)
+
+    def setup(self) -> None:
+        """The real :meth:`Node.setup`, on the simulated host: UDP socket, TUN device, addresses."""
+        self.sock = self.open_socket()
+        self.tun = MemoryTun(self.host, self.ifname)
+        for a in self.cfg.interface.addresses:
+            if a.version == 4:
+                self.host.add_address(self.ifname, a)
+        addrs = ", ".join(str(a) for a in self.cfg.interface.addresses)
+        self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
+        self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
+        self.setup_role()
+
+    def teardown(self) -> None:
+        """Undo every change, newest first, as the real daemon's journal does."""
+        if self.tun is not None and not self.tun.closed:
+            self.tun.close()
+            self.events.emit("device.down", None, interface=self.ifname)
+        while self._undo:
+            self._undo.pop()()
+        if self.sock is not None:
+            self.sock.close()
+
+    def _schedule_tick(self) -> None:
+        """The simulation's loop asks :meth:`pump` instead of arming an asyncio timer."""
+
+    def pump(self) -> bool:
+        """Do what the asyncio loop would do now: read waiting packets, run due timers.
+        Returns True if anything was done."""
+        did = False
+        if self.tun is not None and self.tun.pending:
+            self._on_tun_readable()
+            did = True
+        if self.sock is not None and self.sock.inbox:
+            self._on_udp_readable()
+            did = True
+        deadline = self.device.next_deadline()
+        if deadline is not None and deadline <= time.monotonic():
+            out = self.device.tick()
+            if out:
+                self._send(out)
+                did = True
+        return did
+
+
+class SimServer(SimNode, Server):
+    """The vpnedu server on a simulated host."""
+
+    def __init__(self, cfg, host: SimHost, **kw):
+        kw.setdefault("control", False)
+        kw.setdefault("log", lambda s: None)
+        Server.__init__(self, cfg, **kw)
+        self.attach(host)
+
+    def setup_role(self) -> None:
+        """Forwarding plus masquerade for the tunnel subnet (the real one uses sysctl and nftables)."""
+        if self.forwarding == "none":
+            return
+        host = self.host
+        was = host.forwarding
+        host.forwarding = True
+        self._undo.append(lambda: setattr(host, "forwarding", was))
+        if not was:
+            self.changes.append("enabled IPv4 forwarding (net.ipv4.ip_forward = 1)")
+        for a in self.cfg.interface.addresses:
+            if a.version == 4:
+                rule = (a.network, self.ifname)
+                host.masquerade.append(rule)
+                self._undo.append(lambda rule=rule: host.masquerade.remove(rule))
+                self._undo.append(host.clear_flows)
+                self.changes.append(f"masquerade {a.network} leaving any interface but {self.ifname} "
+                                    "(simulated nftables table)")
+                self.events.emit("nat.added", None, table=f"vpnedu_{self.ifname}", subnet=str(a.network),
+                                 ruleset=f"ip saddr {a.network} oifname != \"{self.ifname}\" masquerade")
+
+    def start(self) -> None:
+        """A server just waits for initiations."""
+
+
+class SimClient(SimNode, Client):
+    """The vpnedu client on a simulated host."""
+
+    def __init__(self, cfg, host: SimHost, **kw):
+        kw.setdefault("control", False)
+        kw.setdefault("log", lambda s: None)
+        Client.__init__(self, cfg, **kw)
+        self.attach(host)
+
+    def setup_role(self) -> None:
+        """The real client's route plan, applied to the simulated routing table."""
+        host = self.host
+        self.routes_before = host.table()
+        for dst, gateway, dev in self.plan_routes(host.route_to):
+            route = host.add_route(dst, gateway, dev)
+            if dev != self.ifname:  # routes on the TUN device go when it goes
+                self._undo.append(lambda route=route: host.remove_route(route))
+        self.routes_after = host.table()
+        self.report_route_change()
+
+    def start(self) -> None:
+        """What :meth:`Client.after_start` does first: send the handshake initiation."""
+        self._send(self.device.initiate(self.server))

@@ -1,0 +1,72 @@
+"""The server's flow table: which client connection goes where, under which address.
+
+With **NAT** (the kernel's masquerade) the server rewrites each packet's source to
+its own public address and remembers the flow (``conntrack``).  With the **proxy**
+forwarding mode the server's own process ends each client connection and opens a
+new one to the destination: the "proxy" column is then a socket of the server's.
+Either way the app server sees the *server's* address, never the client's.
+
+The table takes the daemon's status ``flows`` list (dicts with ``proto``,
+``client``, ``proxy``, ``destination``, ``state``, ``bytes_up``, ``bytes_down``,
+``age``) and/or follows ``proxy.flow.opened`` / ``proxy.flow.closed`` events.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as w
+
+from ..events import Event, EventBus
+from .live import STYLE
+
+COLUMNS = ("proto", "client", "proxy", "destination", "state", "bytes_up", "bytes_down", "age")
+
+
+class FlowTableView(w.HTML):
+    """A flow table, from a list of flow dicts and/or a bus's ``proxy.flow.*`` events."""
+
+    def __init__(self, flows: list[dict] | None = None, bus: EventBus | None = None, title: str = "flow table"):
+        super().__init__()
+        self.add_class("vpnedu-flows")
+        self.title = title
+        self.flows: dict[tuple, dict] = {}
+        self._sub = bus.subscribe(self._event, kinds="proxy.flow") if bus is not None else None
+        self.update(flows or [])
+
+    @staticmethod
+    def _key(f: dict) -> tuple:
+        return (f.get("proto"), f.get("client"), f.get("destination"))
+
+    def update(self, flows: list[dict]) -> None:
+        """Replace the table with a fresh status list (flows absent from it are gone)."""
+        self.flows = {self._key(f): dict(f) for f in flows}
+        self.render()
+
+    def _event(self, ev: Event) -> None:
+        f = {k: ev.fields.get(k) for k in COLUMNS if k in ev.fields}
+        key = self._key(f)
+        if ev.kind == "proxy.flow.opened":
+            self.flows[key] = {**f, "state": "open", "bytes_up": 0, "bytes_down": 0}
+        elif ev.kind == "proxy.flow.closed":
+            reason = ev.fields.get("reason")
+            self.flows[key] = {**self.flows.get(key, {}), **f,
+                               "state": f"closed ({reason})" if reason else "closed"}
+        else:
+            return
+        self.render()
+
+    def render(self) -> None:
+        if not self.flows:
+            body = f"<tr><td colspan='{len(COLUMNS)}'><i>no flows</i></td></tr>"
+        else:
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(f.get(c, '') if f.get(c) is not None else ''))}</td>"
+                                            for c in COLUMNS) + "</tr>" for f in self.flows.values())
+        head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+        self.value = (STYLE + f"<b>{html.escape(self.title)}</b><table class='vpnedu-table'><tr>{head}</tr>"
+                      f"{body}</table>")
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        super().close()
