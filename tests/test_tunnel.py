@@ -5,6 +5,7 @@ even when it fails.
 """
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -142,6 +143,7 @@ def test_unknown_client_gets_no_reply_and_the_server_reports_a_drop(lab_factory)
     conf = [f"PrivateKey = {keys.encode(keys.generate_private_key())}" if line.startswith("PrivateKey") else line
             for line in conf]
     (lab.dir / "stranger.conf").write_text("\n".join(conf) + "\n")
+    (lab.dir / "stranger.conf").chmod(0o600)
     before = snapshot(lab, "client")
     r = lab.run("client", *vpnedu("client", "-c", str(lab.dir / "stranger.conf"), "--handshake-timeout", "2"))
     assert r.returncode == 1
@@ -219,7 +221,10 @@ def test_bad_situations_get_one_line_and_leave_the_host_unchanged(lab_factory):
     try:
         public.chmod(0o755)
         (public / "client.conf").write_text((d / "client.conf").read_text())
-        (public / "client.conf").chmod(0o644)
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        os.chown(public / "client.conf", nobody.pw_uid, nobody.pw_gid)   # nobody's own key file, 0600
+        (public / "client.conf").chmod(0o600)
         r = lab.run("client", "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                     *vpnedu("client", "-c", str(public / "client.conf")))
         one_line_error(r, "needs root")
