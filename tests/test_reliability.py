@@ -78,3 +78,29 @@ def test_twenty_clients_handshake_and_ping_at_once(lab_factory):
         for p in procs:
             stop(p)
         stop(server)
+
+
+def test_a_download_survives_loss_duplication_and_reordering(lab_factory):
+    """5% loss, 1% duplication, 2% reordering on the internet: a 20 MB download through the
+    tunnel arrives intact, and the replay windows drop exactly the duplicated data packets."""
+    from vpnedu.lab.app import random_sha256
+    from vpnedu.lab.topology import APP_ADDRESS
+    n = 20 * 1024 * 1024
+    lab = lab_factory()
+    lab.impair(loss=5, dup=1, reorder=2, delay_ms=1, seed=7)
+    provision(lab)
+    server = start_server(lab)
+    client = start_client(lab)
+    r = lab.run("client", sys.executable, "-m", "vpnedu.lab.traffic", "download",
+                f"http://{APP_ADDRESS}/random/{n}", timeout=300)
+    got = json.loads(r.stdout)
+    replays = [status(lab, h)["counters"].get("dropped.replay", 0) for h in ("client", "server")]
+    stop(client)
+    stop(server)
+    imp = lab.impair_stats()
+    print(f"impairment: {imp}; replay drops client/server: {replays}; download: {got}")
+    assert got["bytes"] == n and got["sha256"] == random_sha256(n)
+    assert imp["dropped"] > 0 and imp["reordered"] > 0 and imp["duplicated_data"] > 0, imp
+    assert imp["dropped"] / imp["received"] > 0.03
+    # Every duplicated data packet whose two copies both arrived was caught by a replay window.
+    assert 0.9 * imp["duplicated_data"] <= sum(replays) <= imp["duplicated_data"], (replays, imp)

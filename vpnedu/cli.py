@@ -334,12 +334,24 @@ def _lab_options(f):
 @_lab_options
 @click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 50))
 @click.option("-v", "--verbose", is_flag=True, help="Print every ip command.")
-def lab_up(prefix, clients, verbose) -> None:
-    """Create the lab's namespaces, cables, addresses and app server."""
+@click.option("--loss", type=click.FloatRange(0, 100), default=0, help="Percent of VPN datagrams the router drops.")
+@click.option("--dup", type=click.FloatRange(0, 100), default=0, help="Percent it sends twice.")
+@click.option("--reorder", type=click.FloatRange(0, 100), default=0, help="Percent it holds back (reordering).")
+@click.option("--delay", default="0ms", help="Delay added to each VPN datagram, e.g. 20ms.")
+def lab_up(prefix, clients, verbose, loss, dup, reorder, delay) -> None:
+    """Create the lab's namespaces, cables, addresses and app server (optionally a bad network)."""
     from .lab.topology import Lab
+    try:
+        delay_ms = float(delay[:-2]) if delay.endswith("ms") else float(delay) * 1000
+    except ValueError:
+        raise VpneduError(f"--delay {delay!r} is not a time", "write e.g. 20ms or 0.02") from None
     lb = Lab(prefix=prefix, clients=clients, verbose=verbose, log=click.echo)
     lb.up()
     click.echo(f"lab up: namespaces {', '.join(lb.ns(h) for h in lb.hosts())}")
+    if loss or dup or reorder or delay_ms:
+        lb.impair(loss, dup, reorder, delay_ms)
+        click.echo(f"the internet router now impairs UDP port 51820: {loss:g}% loss, {dup:g}% duplicated, "
+                   f"{reorder:g}% reordered, +{delay_ms:g} ms")
     click.echo(f"run commands on a host with: ip netns exec {lb.ns('client')} <command>")
 
 

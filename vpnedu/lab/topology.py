@@ -182,6 +182,37 @@ class Lab:
                    "--log", str(self.dir / "app-access.log"))
         self.wait_for_port("app", APP_PORT)
 
+    def impair(self, loss: float = 0, dup: float = 0, reorder: float = 0, delay_ms: float = 0,
+               seed: int | None = None, port: int = 51820) -> None:
+        """Make the internet router lose, duplicate, reorder and delay the VPN's datagrams
+        (see :mod:`vpnedu.lab.impair`)."""
+        args = ["--port", str(port), "--loss", str(loss), "--dup", str(dup), "--reorder", str(reorder),
+                "--delay", str(delay_ms), "--stats", str(self.dir / "impair.json")]
+        if seed is not None:
+            args += ["--seed", str(seed)]
+        self.spawn("internet", "impair", sys.executable, "-m", "vpnedu.lab.impair", *args)
+        end = time.time() + 10
+        log = self.dir / "impair.log"
+        while "impairing" not in (log.read_text() if log.exists() else ""):
+            if time.time() > end:
+                raise VpneduError(f"the impairment relay did not start: {log.read_text()[-300:]}")
+            time.sleep(0.05)
+
+    def impair_stats(self) -> dict:
+        """Stop the impairment relay and return what it did (received, dropped, duplicated ...)."""
+        pid = self._procs.get("impair")
+        if pid is None:
+            return {}
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        p = self.dir / "impair.json"
+        end = time.time() + 10
+        while not p.exists() and time.time() < end:
+            time.sleep(0.05)
+        return json.loads(p.read_text()) if p.exists() else {}
+
     def wait_for_udp(self, host: str, port: int, timeout: float = 10) -> None:
         end = time.time() + timeout
         while time.time() < end:
