@@ -73,6 +73,9 @@ def snapshot(lab: Lab, host: str) -> dict:
         "links": out("ip", "-brief", "link").replace("UNKNOWN", "").split(),
         "nft": out("nft", "list", "ruleset"),
         "forwarding": out("sysctl", "-n", "net.ipv4.ip_forward"),
+        "rules": out("ip", "rule"),
+        "proxy_routes": out("ip", "route", "show", "table", "7670"),
+        "conntrack": out("sysctl", "-n", "net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"),
     }
 
 

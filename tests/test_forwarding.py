@@ -14,7 +14,7 @@ from vpnedu.lab.app import random_sha256
 from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
 
 from .conftest import require_tool
-from .lablib import ping_count, provision, start_client, start_server, status, stop, vpnedu, wait_for
+from .lablib import ping_count, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 BIG = 100 * 1024 * 1024
@@ -80,6 +80,7 @@ def vpn(request):
     try:
         lab.up()
         provision(lab)
+        before = snapshot(lab, "server")
         server = start_server(lab, "--forwarding", mode, "--proxy-idle", "tcp=20,udp=2,icmp=2")
         client = start_client(lab)
         v = Vpn(lab, mode, server, client)
@@ -87,6 +88,8 @@ def vpn(request):
         yield v
         stop(client)
         stop(server)
+        # A normal exit puts back every table, rule, route and sysctl either mode made.
+        assert snapshot(lab, "server") == before
     finally:
         lab.down()
 

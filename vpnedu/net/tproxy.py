@@ -100,7 +100,7 @@ def _undo_local_route(table: int) -> None:
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")
         try:
-            ipr.route("del", dst="0.0.0.0/0", type="local", table=table, oif=lo[0] if lo else None)
+            ipr.route("del", dst="0.0.0.0/0", type="local", scope=254, table=table, oif=lo[0] if lo else None)
         except NetlinkError:
             pass
 
