@@ -164,3 +164,88 @@ def test_server_restart_mid_transfer_client_rehandshakes_and_traffic_resumes(lab
     assert len([t for t in after]) > 50          # and kept flowing for the rest of the run
     stop(client)
     stop(server)
+
+
+def test_control_socket_survives_garbage_and_refuses_other_users(lab_factory, tmp_path):
+    from .lablib import vpnedu
+    lab = lab_factory()
+    provision(lab)
+    server = start_server(lab)
+    sock = lab.run("server", sys.executable, "-c",
+                   "from vpnedu.node import control as c; print(c.pick_socket())").stdout.strip()
+    probe = r'''
+import json, os, socket, sys
+def ask(payload, shut=True):
+    s = socket.socket(socket.AF_UNIX); s.settimeout(15); s.connect(sys.argv[1])
+    try:
+        s.sendall(payload)
+        if shut: s.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the daemon may hang up before reading it all (a 3 MB line, say)
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except OSError:   # a timeout, or a reset: the daemon hung up on a 3 MB line
+            break
+        if not chunk: break
+        data += chunk
+        continue
+    s.close()
+    return data.decode(errors="replace")
+out = {}
+out["binary"] = ask(os.urandom(300) + b"\n")
+out["not_json"] = ask(b"status please\n")
+out["array"] = ask(b"[1, 2]\n")
+out["bad_cmd"] = ask(b'{"cmd": 42}\n')
+out["huge"] = ask(b"x" * (3 << 20))
+out["empty"] = ask(b"")
+print(json.dumps(out))
+'''
+    r = lab.run("server", sys.executable, "-c", probe, sock, timeout=120)
+    assert r.stdout.strip(), r.stderr
+    answers = json.loads(r.stdout)
+    # A line longer than the daemon reads is cut off: an error reply, or just a hang-up.
+    assert answers["huge"] == "" or "error" in answers["huge"]
+    for name in ("binary", "not_json", "array", "bad_cmd"):
+        reply = json.loads(answers[name].splitlines()[0])
+        assert "error" in reply and "Traceback" not in answers[name], (name, answers[name])
+    # The daemon is still there and answers properly.
+    assert status(lab, "server")["role"] == "server"
+
+    # Another user on the machine: the socket file is owner-only; even if its mode were opened up,
+    # the daemon checks who is calling (SO_PEERCRED) and refuses.
+    os_mode = lab.run("server", "stat", "-c", "%a", sock).stdout.strip()
+    assert os_mode == "600"
+    # (/run/vpnedu is 0700 too; reach the socket through a hard link in a directory others may enter.)
+    import tempfile
+    import os
+    opened = tempfile.mkdtemp(prefix="vpnedu-test-", dir="/run")
+    try:
+        os.chmod(opened, 0o755)
+        link = os.path.join(opened, "ctl.sock")
+        os.link(sock, link)
+        os.chmod(link, 0o666)
+        r = lab.run("server", "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                    "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                    "s.sendall(b'{\"cmd\": \"status\"}\\n'); print(s.recv(4096).decode())", link)
+        assert "permission denied" in r.stdout and '"peers"' not in r.stdout, r.stdout + r.stderr
+    finally:
+        import shutil
+        shutil.rmtree(opened)
+    lab.run("server", "chmod", "600", sock, check=True)
+
+    # And the CLI refuses to talk to a control socket someone else owns (it could be a fake).
+    import pwd
+    import socket as _socket
+    fake = tmp_path / "fake.sock"
+    s = _socket.socket(_socket.AF_UNIX)
+    s.bind(str(fake))
+    s.listen(1)
+    nobody = pwd.getpwnam("nobody")
+    import os
+    os.chown(fake, nobody.pw_uid, nobody.pw_gid)
+    r = subprocess.run([*vpnedu("status", "--socket", str(fake))], capture_output=True, text=True)
+    s.close()
+    assert r.returncode != 0 and "belongs to another user" in r.stderr and "Traceback" not in r.stderr
+    stop(server)
