@@ -249,3 +249,36 @@ print(json.dumps(out))
     s.close()
     assert r.returncode != 0 and "belongs to another user" in r.stderr and "Traceback" not in r.stderr
     stop(server)
+
+
+def test_hostile_datagrams_on_the_real_udp_port_get_no_reply(lab_factory):
+    lab = lab_factory()
+    provision(lab)
+    server = start_server(lab)
+    start_client(lab)
+    drops0 = sum(v for k, v in status(lab, "server")["counters"].items() if k.startswith("dropped."))
+    probe = r'''
+import os, socket, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5)
+payloads = [b"", b"\x01", b"\x04\0\0\0", os.urandom(65000), b"\x01\0\0\0" + os.urandom(144),
+            b"\x01\0\0\0" + os.urandom(500), b"\x02\0\0\0" + os.urandom(10), b"\x03\0\0\0" + os.urandom(60),
+            b"\x04\0\0\0" + os.urandom(1500), b"\x09\0\0\0" + os.urandom(100), b"GET / HTTP/1.1\r\n\r\n"]
+sent = 0
+for p in payloads * 20:
+    s.sendto(p, ("203.0.113.2", 51820)); sent += 1
+replies = 0
+try:
+    while True:
+        s.recv(65535); replies += 1
+except socket.timeout:
+    pass
+print(json.dumps({"sent": sent, "replies": replies}))
+'''
+    r = lab.run("client", sys.executable, "-c", probe, timeout=60)
+    res = json.loads(r.stdout)
+    assert res == {"sent": 220, "replies": 0}
+    st = status(lab, "server")
+    drops = sum(v for k, v in st["counters"].items() if k.startswith("dropped."))
+    assert drops - drops0 == 220
+    assert ping_count(lab, "client", "10.0.0.1", count=5) == (5, 5)   # and it still serves its client
+    stop(server)
