@@ -39,6 +39,11 @@ def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("VPNEDU_SOAK") != "1":
+        skip_soak = pytest.mark.skip(reason="a minutes-long soak: run with VPNEDU_SOAK=1")
+        for item in items:
+            if "soak" in item.keywords:
+                item.add_marker(skip_soak)
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root (network namespaces, TUN); CI runs it as root")

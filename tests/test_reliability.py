@@ -282,3 +282,45 @@ print(json.dumps({"sent": sent, "replies": replies}))
     assert drops - drops0 == 220
     assert ping_count(lab, "client", "10.0.0.1", count=5) == (5, 5)   # and it still serves its client
     stop(server)
+
+
+@pytest.mark.soak
+def test_soak_memory_and_descriptors_stay_flat(lab_factory):
+    """Minutes of traffic from three clients (pings, HTTP downloads, reconnects) while the
+    server's memory and open descriptors are sampled: both must stay flat. Runs only when asked:
+    VPNEDU_SOAK=1 (VPNEDU_SOAK_SECONDS, default 300)."""
+    import os
+    seconds = float(os.environ.get("VPNEDU_SOAK_SECONDS", "300"))
+    lab = lab_factory(clients=3)
+    names = lab.client_names()
+    provision(lab, clients=names)
+    server = start_server(lab, "--forwarding", "proxy")
+    clients = {c: start_client(lab, c) for c in names}
+    pid = status(lab, "server")["pid"]
+
+    def sample():
+        rss = next(int(x.split()[1]) for x in open(f"/proc/{pid}/status") if x.startswith("VmRSS:"))
+        return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    samples = []
+    end = time.time() + seconds
+    i = 0
+    while time.time() < end:
+        c = names[i % len(names)]
+        lab.run(c, sys.executable, "-m", "vpnedu.lab.traffic", "download", "http://192.0.2.80/random/2000000",
+                timeout=60)
+        lab.run(c, "ping", "-c", "20", "-i", "0.01", "-q", "10.0.0.1", timeout=30)
+        if i % 5 == 4:   # a client reconnects: a new process, a new handshake
+            stop(clients[c])
+            clients[c] = start_client(lab, c)
+        time.sleep(1.0)
+        samples.append(sample())
+        i += 1
+    third = max(1, len(samples) // 3)
+    early = sorted(s[0] for s in samples[:third])[third // 2]
+    late = sorted(s[0] for s in samples[-third:])[third // 2]
+    print(f"soak {seconds:g} s, {len(samples)} samples: RSS {early} -> {late} KiB, fds {samples[0][1]} -> {samples[-1][1]}")
+    assert late - early < max(8192, early * 0.1), samples
+    assert max(s[1] for s in samples[-third:]) <= max(s[1] for s in samples[:third]) + 2, samples
+    for p in clients.values():
+        stop(p)
+    stop(server)
