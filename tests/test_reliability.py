@@ -324,3 +324,23 @@ def test_soak_memory_and_descriptors_stay_flat(lab_factory):
     for p in clients.values():
         stop(p)
     stop(server)
+
+
+def test_long_session_across_several_rekeys_loses_nothing(lab_factory):
+    """With REKEY_AFTER_TIME shortened to 2 s (REJECT_AFTER_TIME 4 s, REKEY_TIMEOUT 1 s) on both ends, ten seconds of
+    pings cross several rekeys -- and not one ping is lost."""
+    timers = "rekey_after_time=2,reject_after_time=4,rekey_timeout=1"
+    lab = lab_factory()
+    provision(lab)
+    server = start_server(lab, "--timers", timers)
+    client = start_client(lab, "client", None, "--timers", timers)
+    before = status(lab, "client")["counters"].get("handshakes_completed", 0)
+    got = ping_count(lab, "client", "10.0.0.1", count=200)   # 0.05 s apart: 10 s
+    cc, sc = status(lab, "client")["counters"], status(lab, "server")["counters"]
+    assert got == (200, 200), (cc, sc)
+    after = status(lab, "client")["counters"]["handshakes_completed"]
+    srv = status(lab, "server")["counters"]
+    assert after - before >= 3, (before, after)
+    assert srv.get("dropped.expired-session", 0) == 0
+    stop(client)
+    stop(server)
