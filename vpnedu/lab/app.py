@@ -49,15 +49,19 @@ class _Handler(BaseHTTPRequestHandler):
     log_path: str | None = None
     _lock = threading.Lock()
 
+    def _number(self, default: float) -> float:
+        """The number in /what/NUMBER, or ``default``."""
+        try:
+            return max(0.0, float(self.path.split("/")[2]))
+        except (ValueError, IndexError):
+            return default
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         src = self.client_address[0]
         with self._lock, open(self.log_path or "/dev/null", "a") as f:
             f.write(f"{src} GET {self.path}\n")
         if self.path.startswith("/random/"):
-            try:
-                n = int(self.path.split("/")[2])
-            except ValueError:
-                n = 0
+            n = int(self._number(0))
             self.send_response(200)
             self.send_header("Content-Length", str(n))
             self.end_headers()
@@ -65,10 +69,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(c)
             return
         if self.path.startswith("/drip/"):
-            try:
-                seconds = min(float(self.path.split("/")[2]), 60.0)
-            except ValueError:
-                seconds = 1.0
+            seconds = min(self._number(1.0), 60.0)
             ticks = max(1, int(seconds * 10))
             self.send_response(200)
             self.send_header("Content-Length", str(ticks * 1024))
@@ -79,10 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.1)
             return
         if self.path.startswith("/bytes/"):
-            try:
-                n = int(self.path.split("/")[2])
-            except ValueError:
-                n = 0
+            n = int(self._number(0))
             self.send_response(200)
             self.send_header("Content-Length", str(n))
             self.end_headers()

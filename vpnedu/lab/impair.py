@@ -27,12 +27,11 @@ import json
 import random
 import signal
 import socket
-import struct
 import subprocess
 import sys
 
-IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
-IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+from ..net.tproxy import original_destination, transparent_socket
+
 MARK = 0x696D70          # "imp"
 TABLE = 7671
 #: Extra hold for a reordered packet, on top of the delay: later packets overtake it.
@@ -62,13 +61,6 @@ def install(vpn_port: int, relay_port: int) -> None:
                    capture_output=True)
 
 
-def _orig_dst(anc) -> tuple[str, int] | None:
-    for level, kind, data in anc:
-        if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR and len(data) >= 8:
-            return socket.inet_ntoa(data[4:8]), struct.unpack_from("!H", data, 2)[0]
-    return None
-
-
 class Impairment:
     def __init__(self, loss: float = 0, dup: float = 0, reorder: float = 0, delay_ms: float = 0,
                  seed: int | None = None):
@@ -81,13 +73,7 @@ class Impairment:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def _socket(self, bind: tuple[str, int]) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        s.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind(bind)
-        s.setblocking(False)
+        s = transparent_socket(socket.SOCK_DGRAM, bind, original_destination=True, rcvbuf=4 << 20)
         self.loop.add_reader(s.fileno(), self._readable, s)
         return s
 
@@ -107,7 +93,7 @@ class Impairment:
                 return
             except OSError:
                 return
-            dst = _orig_dst(anc)
+            dst = original_destination(anc)
             if dst is None:
                 continue
             self.stats["received"] += 1

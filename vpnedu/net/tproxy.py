@@ -28,6 +28,8 @@ Everything is journaled: one nftables table of ours, one rule, one route.
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 
 from pyroute2 import IPRoute
@@ -36,6 +38,40 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import VpneduError
 from .journal import UNDO, Journal
 from .nat import nft_path, table_name
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+
+
+def transparent_socket(kind: int, bind: tuple[str, int], *, original_destination: bool = False,
+                       rcvbuf: int = 0) -> socket.socket:
+    """A non-blocking socket with ``IP_TRANSPARENT``, bound to ``bind`` -- which may be an address
+    that is not this host's: TPROXY delivers to it, and it may send as that address.  With
+    ``original_destination``, each received datagram carries where it was going
+    (``IP_RECVORIGDSTADDR``; read it with :func:`original_destination`)."""
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if original_destination:
+            s.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.bind(bind)
+    except OSError:
+        s.close()
+        raise
+    s.setblocking(False)
+    return s
+
+
+def original_destination(ancdata) -> tuple[str, int] | None:
+    """The ``IP_ORIGDSTADDR`` control message of a ``recvmsg`` (a ``sockaddr_in``) as (address, port)."""
+    for level, kind, data in ancdata:
+        if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR and len(data) >= 8:
+            return socket.inet_ntoa(data[4:8]), struct.unpack_from("!H", data, 2)[0]
+    return None
+
 
 #: The packet mark that says "deliver locally to the proxy" (ASCII "vpe").
 MARK = 0x767065

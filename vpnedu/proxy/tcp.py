@@ -35,13 +35,13 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..net.tproxy import transparent_socket
 from ..packet.ip import build_icmp_unreachable, build_tcp_reset_for
 from .flows import Flow, FlowTable
 
 CHUNK = 65536
 #: How long a connected upstream socket waits for the client's handshake to reach our listener.
 ACCEPT_WAIT = 10.0
-IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 
 
 @dataclass(eq=False)
@@ -79,17 +79,8 @@ class TcpRelay:
 
     def bind(self, port: int = 0) -> int:
         """Open the transparent listening socket (before the event loop runs); returns its port."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            s.close()
-            raise
-        s.setblocking(False)
-        self.sock = s
-        return s.getsockname()[1]
+        self.sock = transparent_socket(socket.SOCK_STREAM, ("0.0.0.0", port))
+        return self.sock.getsockname()[1]
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accepted, sock=self.sock, backlog=4096, limit=CHUNK)

@@ -22,25 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 from typing import Callable
 
+from ..net.tproxy import original_destination, transparent_socket
 from .flows import Flow, FlowTable
 
-IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
-IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
-IP_ORIGDSTADDR = IP_RECVORIGDSTADDR
 MAX_DATAGRAM = 65535
 #: At most this many flows at once: a client cannot make the server open unbounded sockets.
 MAX_FLOWS = 4096
-
-
-def _orig_dst(ancdata) -> tuple[str, int] | None:
-    for level, kind, data in ancdata:
-        if level == socket.SOL_IP and kind == IP_ORIGDSTADDR and len(data) >= 8:
-            port = struct.unpack_from("!H", data, 2)[0]
-            return socket.inet_ntoa(data[4:8]), port
-    return None
 
 
 class _UdpFlow:
@@ -58,18 +47,8 @@ class UdpRelay:
 
     def bind(self, port: int = 0) -> int:
         """Open the shared transparent socket (before the event loop runs); returns its port."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            s.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            s.close()
-            raise
-        s.setblocking(False)
-        self.sock = s
-        return s.getsockname()[1]
+        self.sock = transparent_socket(socket.SOCK_DGRAM, ("0.0.0.0", port), original_destination=True)
+        return self.sock.getsockname()[1]
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -92,7 +71,7 @@ class UdpRelay:
                 return
             except OSError:
                 return
-            dst = _orig_dst(anc)
+            dst = original_destination(anc)
             if dst is None:
                 continue
             key = (client[0], client[1], *dst)
@@ -109,18 +88,16 @@ class UdpRelay:
     def _open(self, client: tuple[str, int], dst: tuple[str, int]) -> _UdpFlow:
         flow = self.table.new("udp", client, dst, self.peer_of(client[0]))
         up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        down = None
         try:
             up.setblocking(False)
             up.connect(dst)
-            down.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            down.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            down.bind(dst)
+            down = transparent_socket(socket.SOCK_DGRAM, dst)
             down.connect(client)
-            down.setblocking(False)
         except OSError:
             up.close()
-            down.close()
+            if down is not None:
+                down.close()
             self.table.close(flow, "socket error")
             raise
         uf = _UdpFlow(flow, up, down)
