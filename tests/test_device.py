@@ -271,3 +271,42 @@ def test_garbage_never_raises_and_never_gets_a_reply(pair_factory):
             assert out.datagrams == [] and out.packets == []
     assert len(log.events) == 50
     assert sum(v for k, v in pair.server.counters.items() if k.startswith("dropped.")) == 50
+
+
+def test_one_server_and_a_hundred_clients_all_handshake_and_ping():
+    """A hundred peers on one simulated link: every client's first packet triggers its handshake;
+    all complete, every echo request reaches the server from the right tunnel address, and every
+    reply reaches the right client (cryptokey routing over 100 AllowedIPs entries)."""
+    from vpnedu.packet.ip import build_icmp_echo
+    from vpnedu.protocol.keys import generate_private_key
+    from vpnedu.sim import FakeClock, MemoryNetwork
+    clock = FakeClock()
+    net = MemoryNetwork(clock=clock)
+    server_ep = ("203.0.113.2", 51820)
+    server = Device(generate_private_key(), clock=clock, wallclock=clock.wall)
+    net.attach(server_ep, server)
+    clients = []
+    for i in range(100):
+        c = Device(generate_private_key(), clock=clock, wallclock=clock.wall)
+        addr = f"10.0.{1 + i // 250}.{2 + i % 250}"
+        server.add_peer(c.public_key, allowed_ips=[f"{addr}/32"], name=f"c{i}")
+        c.add_peer(server.public_key, endpoint=server_ep, allowed_ips=["0.0.0.0/0"])
+        ep = (f"198.51.100.{2 + i % 250}", 40000 + i)
+        net.attach(ep, c)
+        clients.append((c, ep, addr))
+    for i, (c, ep, addr) in enumerate(clients):   # all at once: queued packets wait for handshakes
+        net.send(ep, c.send_packet(build_icmp_echo(addr, "10.0.0.1", ident=i, seq=1)))
+    net.run()
+    got = net.delivered[server_ep]
+    assert len(got) == 100
+    assert {p.name for p, _ in got} == {f"c{i}" for i in range(100)}
+    assert server.counters.get("handshakes_completed", 0) == 100
+    for peer, pkt in got:   # the server answers each one
+        ident = int.from_bytes(pkt[24:26], "big")
+        reply = build_icmp_echo("10.0.0.1", clients[ident][2], ident=ident, seq=1, reply=True)
+        net.send(server_ep, server.send_packet(reply))
+    net.run()
+    for i, (c, ep, addr) in enumerate(clients):
+        [(peer, pkt)] = net.delivered[ep]
+        assert pkt[16:20] == bytes(map(int, addr.split(".")))
+    assert not any(k.startswith("dropped.") for k in server.counters)
