@@ -122,63 +122,90 @@ def finish_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None:
     _pack16(pkt, at, value)
 
 
-def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list[bytearray]:
+def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list[bytes]:
     """Cut a TCP super-packet (without its virtio-net header) into segments of at most ``mtu``
     bytes, each a complete IP packet with valid IP and TCP checksums -- what the kernel would
     have sent had the TUN device not offered TSO.
 
     ``gso_size`` is the MSS the kernel chose; a segment never carries more, and never more than
-    fits the MTU.  IPv4 IDs count up from the super-packet's, as Linux's GSO does."""
-    if gso_type & ~GSO_ECN not in (GSO_TCPV4, GSO_TCPV6):
+    fits the MTU.  IPv4 IDs count up from the super-packet's, as Linux's GSO does; FIN and PSH
+    stay on the last segment, CWR on the first.
+
+    Per segment only four fields change (IPv4 ID and header checksum, TCP sequence number and
+    checksum; the length and flags of the first and last), so both checksums are computed as
+    "sum of the constant parts" + "sum of what changed" + "sum of the payload", and the header
+    is packed with one ``struct`` call."""
+    gt = gso_type & ~GSO_ECN
+    if gt not in (GSO_TCPV4, GSO_TCPV6):
         raise OffloadError(f"unsupported GSO type {gso_type}")
-    v4 = packet[0] >> 4 == 4
-    if v4 != (gso_type & ~GSO_ECN == GSO_TCPV4):
+    if not isinstance(packet, bytes):
+        packet = bytes(packet)
+    total = len(packet)
+    v4 = total > 0 and packet[0] >> 4 == 4
+    if v4 != (gt == GSO_TCPV4) or (not v4 and (not total or packet[0] >> 4 != 6)):
         raise OffloadError("GSO type does not match the IP version")
     iph = csum_start
-    if len(packet) < iph + 20:
+    if total < iph + 20 or iph < (20 if v4 else 40):
         raise OffloadError("super-packet shorter than its headers")
     hlen = iph + ((packet[iph + 12] >> 4) * 4)
-    total = len(packet)
     mss = min(gso_size, mtu - hlen)
-    if mss <= 0 or hlen > total:
+    if mss <= 0 or hlen > total or hlen < iph + 20:
         raise OffloadError(f"bad segment size {gso_size} for headers of {hlen} bytes")
     head = bytearray(packet[:hlen])
-    # The pseudo-header checksum the kernel left is for the whole super-packet: start from zero.
-    head[iph + 16] = head[iph + 17] = 0
-    if v4:
-        head[10] = head[11] = 0
-        ip_id = (head[4] << 8) | head[5]
-        pseudo = (int.from_bytes(head[12:20], "big") + PROTO_TCP) % 0xFFFF
-    else:
-        pseudo = (int.from_bytes(head[8:40], "big") + PROTO_TCP) % 0xFFFF
-    seq = int.from_bytes(head[iph + 4:iph + 8], "big")
     flags = head[iph + 13]
+    seq0 = int.from_bytes(head[iph + 4:iph + 8], "big")
+    # Zero every field that varies, and sum what stays: the constant parts of each checksum.
+    head[iph + 4:iph + 8] = bytes(4)     # sequence number
+    head[iph + 13] = 0                   # flags (the low byte of a 16-bit word)
+    head[iph + 16:iph + 18] = bytes(2)   # TCP checksum
+    if v4:
+        ip_id = (head[4] << 8) | head[5]
+        head[2:6] = bytes(4)             # total length, ID
+        head[10:12] = bytes(2)           # header checksum
+        ip_sum = int.from_bytes(head[:iph], "big") % 0xFFFF
+        addrs = head[12:20]
+        layout = struct.Struct(f"!2sHH4sH{iph - 12}s4sI5sB2sH{hlen - iph - 18}s")
+        c0, c1, c2 = bytes(head[0:2]), bytes(head[6:10]), bytes(head[12:iph])
+    else:
+        head[4:6] = bytes(2)             # payload length
+        addrs = head[8:40]
+        layout = struct.Struct(f"!4sH{iph - 6}s4sI5sB2sH{hlen - iph - 18}s")
+        c0, c1 = bytes(head[0:4]), bytes(head[6:iph])
+    t0, t1, t2, t3 = (bytes(head[iph:iph + 4]), bytes(head[iph + 8:iph + 13]),
+                      bytes(head[iph + 14:iph + 16]), bytes(head[iph + 18:hlen]))
+    tcp_sum = (int.from_bytes(addrs, "big") + PROTO_TCP + int.from_bytes(head[iph:hlen], "big")) % 0xFFFF
+    pack = layout.pack
+    first_flags = flags & ~(TCP_FIN | TCP_PSH)
     mid_flags = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    last_flags = flags & ~TCP_CWR
+    from_bytes = int.from_bytes
     out = []
-    view = memoryview(packet)
     pos = hlen
     i = 0
-    while pos < total or i == 0:
-        end = min(pos + mss, total)
-        seg = head + view[pos:end]
-        n = len(seg)
-        if v4:
-            _pack16(seg, 2, n)
-            _pack16(seg, 4, (ip_id + i) & 0xFFFF)
-            _pack16(seg, 10, checksum_field(int.from_bytes(seg[:iph], "big")))
+    while True:
+        end = pos + mss
+        if end >= total:
+            end = total
+            fl = flags if i == 0 else last_flags
         else:
-            _pack16(seg, 4, n - 40)
-        _pack32(seg, iph + 4, (seq + pos - hlen) & 0xFFFFFFFF)
-        if end < total:
-            seg[iph + 13] = mid_flags if i else flags & ~(TCP_FIN | TCP_PSH)
-        elif i:
-            seg[iph + 13] = flags & ~TCP_CWR
-        tl = n - iph
-        _pack16(seg, iph + 16, checksum_field(ones_sum(memoryview(seg)[iph:], pseudo + tl)))
-        out.append(seg)
+            fl = first_flags if i == 0 else mid_flags
+        payload = packet[pos:end]
+        n = hlen + end - pos
+        seq = (seq0 + pos - hlen) & 0xFFFFFFFF
+        # The payload's sum via its little-endian value: (x % 0xFFFF) * 256 is its big-endian sum.
+        s = (tcp_sum + n - iph + (seq >> 16) + (seq & 0xFFFF) + fl
+             + ((from_bytes(payload, "little") % 0xFFFF) << 8)) % 0xFFFF
+        tcp_check = (0xFFFF - s) % 0xFFFF
+        if v4:
+            ident = (ip_id + i) & 0xFFFF
+            ip_check = (0xFFFF - (ip_sum + n + ident) % 0xFFFF) % 0xFFFF
+            out.append(pack(c0, n, ident, c1, ip_check, c2, t0, seq, t1, fl, t2, tcp_check, t3) + payload)
+        else:
+            out.append(pack(c0, n - 40, c1, t0, seq, t1, fl, t2, tcp_check, t3) + payload)
         pos = end
         i += 1
-    return out
+        if pos >= total:
+            return out
 
 
 def packets_from_tun(raw, mtu: int) -> list:
@@ -196,80 +223,75 @@ def packets_from_tun(raw, mtu: int) -> list:
 
 
 # ---------------------------------------------------------------------- writing to TUN
-def tcp_gro_key(pkt) -> tuple | None:
-    """If ``pkt`` (bytes or bytearray) may be coalesced, ``(flow, iph, hlen, seq, payload_len,
-    psh)``; else None.
-
-    Candidates are what Linux GRO and wireguard-go accept: IPv4 without options or fragments,
-    or IPv6 without extension headers, carrying TCP with only ACK (or ACK|PSH) set and a
-    non-empty payload.  ``flow`` is everything that must be equal for two segments to merge:
-    addresses, ports, ack number, TOS/TTL/DF (IPv4) or traffic class/hop limit (IPv6), and the
-    TCP header options."""
-    n = len(pkt)
-    b0 = pkt[0] if n else 0
-    if b0 == 0x45:
-        if n < 40 or pkt[9] != PROTO_TCP or (pkt[6] & 0x3F) or pkt[7]:
-            return None
-        iph = 20
-        ip_key = pkt[1:2], pkt[6] & 0xE0, pkt[8:9], pkt[12:20]
-    elif b0 >> 4 == 6:
-        if n < 60 or pkt[6] != PROTO_TCP:
-            return None
-        iph = 40
-        ip_key = pkt[0:2], pkt[7:8], pkt[8:40]
-    else:
-        return None
-    hlen = iph + ((pkt[iph + 12] >> 4) * 4)
-    fl = pkt[iph + 13]
-    if hlen > n or hlen < iph + 20 or (fl != TCP_ACK and fl != TCP_ACK | TCP_PSH) or hlen == n:
-        return None
-    flow = (ip_key, bytes(pkt[iph:iph + 4]), bytes(pkt[iph + 8:iph + 12]), bytes(pkt[iph + 20:hlen]))
-    seq = int.from_bytes(pkt[iph + 4:iph + 8], "big")
-    return flow, iph, hlen, seq, n - hlen, fl & TCP_PSH
+#: The fixed headers of an IPv4 (no options) + TCP segment, and of IPv6 + TCP, as the fields
+#: that must be equal for two segments to merge: (version/TOS, DF+TTL+protocol, addresses+ports,
+#: sequence number, ack number+data offset, flags, window).  ID, lengths and checksums may differ.
+_GRO4 = struct.Struct("!2s4x4s2x12sI5sB2s2x")
+_GRO6 = struct.Struct("!4s2x2s36sI5sB2s2x")
+_ACK_PSH = TCP_ACK | TCP_PSH
 
 
 def coalesce(packets: list, limit: int = 65535) -> list[tuple[bytes, list]]:
     """Merge runs of consecutive, in-order segments of one TCP flow into super-packets.
 
     Returns ``(virtio_net_hdr, parts)`` per packet to write; ``parts`` concatenated is the IP
-    packet (``os.writev`` takes them without copying).  A run ends at a segment of another flow,
-    a sequence gap, a segment larger than the first, one after a shorter one (only the last may
-    be short), a PSH (it must be the last), or ``limit`` bytes."""
+    packet (``os.writev`` takes them without copying).  Packets (bytes or bytearrays) keep their
+    order.  Like Linux GRO, a run holds segments with equal addresses, ports, ack number, window,
+    TOS/TTL/DF (IPv4) or traffic class/hop limit (IPv6) and TCP options, only ACK (and PSH on the
+    last) set, consecutive sequence numbers and a payload no larger than the first one's; it ends
+    after a shorter segment or a PSH, or at ``limit`` bytes.  IPv4 with options or fragments and
+    IPv6 with extension headers are written as they are."""
     out: list[tuple[bytes, list]] = []
-    run = None       # [first_pkt, flow, iph, hlen, next_seq, gso, total, parts, psh]
-    for pkt in packets:
-        k = tcp_gro_key(pkt)
-        if run is not None and k is not None:
-            flow, iph, hlen, seq, plen, psh = k
-            if (flow == run[1] and seq == run[4] and plen <= run[5] and run[6] + plen <= limit):
-                run[7].append(memoryview(pkt)[hlen:])
-                run[4] = (seq + plen) & 0xFFFFFFFF
-                run[6] += plen
-                if psh or plen < run[5]:
-                    run[8] = psh
-                    out.append(_finish_run(run))
-                    run = None
+    append = out.append
+    parts = None     # the run: parts[0] is its first packet, then the payloads of the others
+    r_iph = r_hlen = r_gso = r_total = r_next = 0
+    r_a = r_b = r_c = r_d = r_w = r_opts = None
+    for p in packets:
+        n = len(p)
+        b0 = p[0] if n else 0
+        if b0 == 0x45 and n > 40 and p[9] == PROTO_TCP and not (p[6] & 0x3F) and not p[7]:
+            iph = 20
+            a, b, c, seq, d, fl, w = _GRO4.unpack_from(p)
+        elif b0 >> 4 == 6 and n > 60 and p[6] == PROTO_TCP:
+            iph = 40
+            a, b, c, seq, d, fl, w = _GRO6.unpack_from(p)
+        else:
+            iph = 0
+        if iph:
+            hlen = iph + ((d[4] >> 4) * 4)
+            plen = n - hlen
+            if plen <= 0 or hlen < iph + 20 or (fl != TCP_ACK and fl != _ACK_PSH):
+                iph = 0
+        if parts is not None:
+            if (iph == r_iph and seq == r_next and hlen == r_hlen and plen <= r_gso and r_total + plen <= limit
+                    and c == r_c and d == r_d and w == r_w and a == r_a and b == r_b
+                    and (hlen == iph + 20 or p[iph + 20:hlen] == r_opts)):
+                parts.append(memoryview(p)[hlen:])
+                r_total += plen
+                r_next = (seq + plen) & 0xFFFFFFFF
+                if fl == _ACK_PSH or plen < r_gso:   # nothing may follow a PSH or a short segment
+                    append(_finish_run(parts, r_iph, r_hlen, r_gso, r_total, fl & TCP_PSH))
+                    parts = None
                 continue
-        if run is not None:
-            out.append(_finish_run(run))
-            run = None
-        if k is None:
-            out.append((PLAIN_HDR, [pkt]))
+            append(_finish_run(parts, r_iph, r_hlen, r_gso, r_total, 0))
+            parts = None
+        if not iph or fl == _ACK_PSH:
+            append((PLAIN_HDR, [p]))
             continue
-        flow, iph, hlen, seq, plen, psh = k
-        if psh:
-            out.append((PLAIN_HDR, [pkt]))
-            continue
-        run = [pkt, flow, iph, hlen, (seq + plen) & 0xFFFFFFFF, plen, len(pkt), [], 0]
-    if run is not None:
-        out.append(_finish_run(run))
+        parts = [p]
+        r_iph, r_hlen, r_gso, r_total, r_next = iph, hlen, plen, n, (seq + plen) & 0xFFFFFFFF
+        r_a, r_b, r_c, r_d, r_w = a, b, c, d, w
+        r_opts = p[iph + 20:hlen]
+    if parts is not None:
+        append(_finish_run(parts, r_iph, r_hlen, r_gso, r_total, 0))
     return out
 
 
-def _finish_run(run) -> tuple[bytes, list]:
-    first, _flow, iph, hlen, _next, gso, total, rest, psh = run
-    if not rest:
-        return PLAIN_HDR, [first]
+def _finish_run(parts: list, iph: int, hlen: int, gso: int, total: int, psh: int) -> tuple[bytes, list]:
+    """The virtio-net header and pieces of one coalesced run (see :func:`coalesce`)."""
+    first = parts[0]
+    if len(parts) == 1:
+        return PLAIN_HDR, parts
     head = bytearray(first[:hlen])
     head[iph + 13] |= psh
     if iph == 20:
@@ -282,5 +304,5 @@ def _finish_run(run) -> tuple[bytes, list]:
         gso_type = GSO_TCPV6
     # NEEDS_CSUM: the kernel finishes the checksum from the pseudo-header sum we leave in the field.
     _pack16(head, iph + 16, pseudo_header_sum(head, PROTO_TCP, total - iph) or 0xFFFF)
-    hdr = VNET_HDR.pack(NEEDS_CSUM, gso_type, hlen, gso, iph, 16)
-    return hdr, [head, memoryview(first)[hlen:], *rest]
+    parts[0] = memoryview(first)[hlen:]
+    return VNET_HDR.pack(NEEDS_CSUM, gso_type, hlen, gso, iph, 16), [head, *parts]
