@@ -62,6 +62,10 @@ class Options:
     tun_gro: bool = True
     #: Reads from TUN / the socket per wakeup before yielding to the event loop.
     batch: int = 64
+    #: Largest TSO super-packet the kernel may hand us (the TUN device's gso_max_size): every one
+    #: leaves as a burst of datagrams, and a slow receiver with a small socket buffer (an old
+    #: wireguard-go reads one datagram per system call) overflows under 64 KiB bursts.
+    tso_max: int = 16384
 
     @property
     def vnet_hdr(self) -> bool:
@@ -81,18 +85,19 @@ class Options:
         names = {f.name.replace("_", "-"): f.name for f in fields(cls)}
         for p in parts[1:]:
             key, eq, value = p.partition("=")
-            if eq and key in names and key == "batch" and value.isdigit() and int(value) > 0:
-                opts.batch = int(value)
-            elif key.startswith("no-") and key[3:] in names and key[3:] != "batch":
+            if eq and key in ("batch", "tso-max") and value.isdigit() and int(value) > 0:
+                setattr(opts, names[key], int(value))
+            elif key.startswith("no-") and key[3:] in names and key[3:] not in ("batch", "tso-max"):
                 setattr(opts, names[key[3:]], False)
             else:
                 raise VpneduError(f"--datapath: unknown option {p!r}",
-                                  "use no-tso, no-udp-gso, no-udp-gro, no-tun-gro or batch=N")
+                                  "use no-tso, no-udp-gso, no-udp-gro, no-tun-gro, batch=N or tso-max=BYTES")
         return opts
 
     def describe(self) -> str:
         off = [f.name.replace("_", "-") for f in fields(self) if f.type in (bool, "bool") and not getattr(self, f.name)]
-        return "fast" + "".join(f",no-{o}" for o in off) + (f",batch={self.batch}" if self.batch != 64 else "")
+        return ("fast" + "".join(f",no-{o}" for o in off) + (f",batch={self.batch}" if self.batch != 64 else "")
+                + (f",tso-max={self.tso_max}" if self.tso_max != 16384 and self.tso else ""))
 
 
 class FastPath:

@@ -194,10 +194,23 @@ class Node:
         opts = self.datapath_options
         self.tun = Tun(self.ifname, vnet_hdr=bool(opts and opts.vnet_hdr), tso=bool(opts and opts.tso))
         links.configure(self.journal, self.ifname, self.cfg.interface.addresses, self.device.mtu)
+        if self.tun.tso and opts.tso_max < 65536:
+            self._limit_tso(opts.tso_max)
         addrs = ", ".join(str(a) for a in self.cfg.interface.addresses)
         self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
         self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
         self.setup_role()
+
+    def _limit_tso(self, size: int) -> None:
+        """Cap the TSO super-packets of our TUN device (gso_max_size; gone with the device)."""
+        from pyroute2 import IPRoute
+        try:
+            with IPRoute() as ipr:
+                idx = links.index_of(ipr, self.ifname)
+                if idx is not None:
+                    ipr.link("set", index=idx, gso_max_size=size)
+        except Exception as e:   # an old kernel: keep 64 KiB super-packets
+            self.log(f"note: cannot limit TSO size on {self.ifname}: {e}")
 
     def setup_role(self) -> None:
         """Role-specific host changes (routes for the client, NAT for the server)."""
