@@ -398,13 +398,14 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
 @click.option("--paths", help="Comma-separated subset of: bare, vpnedu-wireguard, vpnedu-wireguard-simple, "
                               "vpnedu-aes256gcm, vpnedu-null-teaching, wireguard-go, openvpn; or "
                               "vpnedu-SUITE@DATAPATH, e.g. vpnedu-wireguard@fast,no-tso.")
+@click.option("--tests", "tests_", help="Comma-separated subset of: tcp1_up, tcp1_down, tcp4_up, tcp4_down.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
 @click.option("--prefix", default="vb-", show_default=True, help="Namespace name prefix of the bench lab.")
-def bench(quick, rounds, seconds, paths, json_path, png_path, prefix) -> None:
+def bench(quick, rounds, seconds, paths, tests_, json_path, png_path, prefix) -> None:
     """Throughput, RTT, CPU/GB and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
     import json as _json
-    from .bench import PATHS, Bench, Settings, chart, table, valid_path
+    from .bench import PATHS, TESTS, Bench, Settings, chart, table, valid_path
     from .lab.topology import Lab
     from .node.base import has_net_admin
     if not has_net_admin():
@@ -420,6 +421,10 @@ def bench(quick, rounds, seconds, paths, json_path, png_path, prefix) -> None:
         if bad:
             raise VpneduError(f"unknown path(s): {', '.join(bad)}", "choose from: " + ", ".join(PATHS))
         s.paths = wanted
+    if tests_:
+        s.tests = [t.strip() for t in tests_.split(",") if t.strip()]
+        if not s.tests or any(t not in TESTS for t in s.tests):
+            raise VpneduError(f"--tests {tests_!r}", "choose from: " + ", ".join(TESTS))
     lab = Lab(prefix=prefix, clients=s.concurrency_clients, log=lambda m: None)
     try:
         lab.up()
