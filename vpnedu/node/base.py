@@ -434,6 +434,7 @@ class Node:
             "addresses": [str(a) for a in self.cfg.interface.addresses],
             "mtu": self.device.mtu,
             "datapath": self.datapath_options.describe() if self.datapath_options else "simple",
+            "datapath_stats": dict(self.fastpath.stats) if self.fastpath else {},
             "started": self.started,
             "changes": list(self.changes),
         })
