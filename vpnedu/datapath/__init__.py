@@ -8,9 +8,11 @@ the wire format (one WireGuard transport message per inner packet, every datagra
 path MTU) and the same keys, counters and replay windows, and cuts the per-packet cost:
 
 ========================  ===========================================================================
-``tso``                   TUN with ``IFF_VNET_HDR`` + ``TUNSETOFFLOAD``: one read returns a TCP
-                          super-packet of up to 64 KiB; we split it into MTU-sized segments with full
-                          checksums (:func:`vpnedu.net.offload.split_tso`).
+``tso`` (off by default)  TUN with ``IFF_VNET_HDR`` + ``TUNSETOFFLOAD``: one read returns a TCP
+                          super-packet (up to ``tso_max`` bytes); we split it into MTU-sized segments
+                          with full checksums (:func:`vpnedu.net.offload.split_tso`).  Measured: the
+                          checksums in Python cost more than the reads they save, so by default the
+                          kernel segments and checksums (in C) and we read packet by packet.
 ``udp_gso``               all datagrams of a batch leave in one ``sendmsg`` with ``UDP_SEGMENT``.
 ``udp_gro``               ``UDP_GRO`` on the socket: one ``recvmsg`` returns many datagrams.
 ``tun_gro``               decrypted segments of one TCP flow are written to TUN as one super-packet
@@ -56,7 +58,9 @@ PER_PACKET_RECEIVE = ("udp.received", "data.decrypted", "tun.write")
 class Options:
     """Which optimisations are on (``--datapath fast,no-tso`` turns one off)."""
 
-    tso: bool = True
+    #: Off by default: measured side by side, our TSO split (TCP checksums in Python) costs more
+    #: than letting the kernel segment and checksum in C and reading packet by packet (BENCHMARKS.md).
+    tso: bool = False
     udp_gso: bool = True
     udp_gro: bool = True
     tun_gro: bool = True
@@ -73,7 +77,7 @@ class Options:
 
     @classmethod
     def parse(cls, spec: str | None) -> "Options | None":
-        """``simple`` -> None (the readable path); ``fast`` or ``fast,no-tso,batch=8`` -> Options."""
+        """``simple`` -> None (the readable path); ``fast`` or ``fast,tso,no-tun-gro,batch=8`` -> Options."""
         spec = (spec or "fast").strip().lower()
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         if parts[:1] == ["simple"] and len(parts) == 1:
@@ -89,14 +93,18 @@ class Options:
                 setattr(opts, names[key], int(value))
             elif key.startswith("no-") and key[3:] in names and key[3:] not in ("batch", "tso-max"):
                 setattr(opts, names[key[3:]], False)
+            elif not eq and key in names and key not in ("batch", "tso-max"):
+                setattr(opts, names[key], True)
             else:
                 raise VpneduError(f"--datapath: unknown option {p!r}",
-                                  "use no-tso, no-udp-gso, no-udp-gro, no-tun-gro, batch=N or tso-max=BYTES")
+                                  "use tso, no-udp-gso, no-udp-gro, no-tun-gro, batch=N or tso-max=BYTES")
         return opts
 
     def describe(self) -> str:
-        off = [f.name.replace("_", "-") for f in fields(self) if f.type in (bool, "bool") and not getattr(self, f.name)]
-        return ("fast" + "".join(f",no-{o}" for o in off) + (f",batch={self.batch}" if self.batch != 64 else "")
+        off = [f.name.replace("_", "-") for f in fields(self)
+               if f.type in (bool, "bool") and f.name != "tso" and not getattr(self, f.name)]
+        return ("fast" + (",tso" if self.tso else "") + "".join(f",no-{o}" for o in off)
+                + (f",batch={self.batch}" if self.batch != 64 else "")
                 + (f",tso-max={self.tso_max}" if self.tso_max != 16384 and self.tso else ""))
 
 
