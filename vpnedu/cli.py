@@ -86,6 +86,9 @@ def _node_options(f):
                      help="Write session secrets for Wireshark's WireGuard dissector (wg.keylog_file).")(f)
     f = click.option("--timers", "timers", metavar="NAME=S,...",
                      help="Shorten WireGuard's timers for a lab, e.g. rekey_after_time=5.")(f)
+    f = click.option("--datapath", default="fast", show_default=True, metavar="fast|simple",
+                     help="'simple': one packet at a time through the readable protocol core; 'fast': "
+                          "batches with TSO/GRO and UDP GSO/GRO (turn one off with e.g. fast,no-tso).")(f)
     return f
 
 
@@ -98,7 +101,8 @@ def _node_options(f):
               help="Proxy idle timeouts, e.g. tcp=600,udp=30,icmp=30 (the defaults).")
 @_node_options
 @click.pass_context
-def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_teaching, keylog, timers) -> None:
+def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_teaching, keylog, timers,
+           datapath) -> None:
     """Run the VPN server (or provision it: 'server init', 'server add-client')."""
     if ctx.invoked_subcommand is not None:
         return
@@ -109,7 +113,8 @@ def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_te
     from .node.server import Server
     from .proxy import parse_idle
     node = Server(_load_config(config_path, allow_null_teaching), ifname=ifname, forwarding=forwarding,
-                  proxy_idle=parse_idle(proxy_idle), log=click.echo, keylog=keylog, timers=parse_timers(timers))
+                  proxy_idle=parse_idle(proxy_idle), log=click.echo, keylog=keylog, timers=parse_timers(timers),
+                  datapath=datapath)
     _print_events(node.events, show)
 
     def ready(n):
@@ -179,13 +184,13 @@ def _endpoint(text: str, default_port: int) -> tuple[str, int]:
 @click.option("--handshake-timeout", default=20.0, show_default=True, type=float,
               help="Give up if the server has not answered after this many seconds.")
 @_node_options
-def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, keylog, timers) -> None:
+def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, keylog, timers, datapath) -> None:
     """Connect to a VPN server: TUN device, handshake, routes through the tunnel."""
     from .node.base import parse_timers
     from .node.client import Client
     node = Client(_load_config(config_path, allow_null_teaching), ifname=ifname,
                   handshake_timeout=handshake_timeout, log=click.echo, keylog=keylog,
-                  timers=parse_timers(timers))
+                  timers=parse_timers(timers), datapath=datapath)
     _print_events(node.events, show)
 
     def ready(n):
@@ -402,15 +407,17 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
 @click.option("--quick", is_flag=True, help="One round of 2 s per test (under 3 minutes).")
 @click.option("--rounds", type=click.IntRange(1, 20), help="Rounds (paths alternate within each); default 3.")
 @click.option("--seconds", type=click.FloatRange(1, 120), help="Seconds per iperf3 test; default 10.")
-@click.option("--paths", help="Comma-separated subset of: bare, vpnedu-wireguard, vpnedu-aes256gcm, "
-                              "vpnedu-null-teaching, wireguard-go, openvpn.")
+@click.option("--paths", help="Comma-separated subset of: bare, vpnedu-wireguard, vpnedu-wireguard-simple, "
+                              "vpnedu-aes256gcm, vpnedu-null-teaching, wireguard-go, openvpn; or "
+                              "vpnedu-SUITE@DATAPATH, e.g. vpnedu-wireguard@fast,no-tso.")
+@click.option("--tests", "tests_", help="Comma-separated subset of: tcp1_up, tcp1_down, tcp4_up, tcp4_down.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
 @click.option("--prefix", default="vb-", show_default=True, help="Namespace name prefix of the bench lab.")
-def bench(quick, rounds, seconds, paths, json_path, png_path, prefix) -> None:
+def bench(quick, rounds, seconds, paths, tests_, json_path, png_path, prefix) -> None:
     """Throughput, RTT, CPU/GB and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
     import json as _json
-    from .bench import PATHS, Bench, Settings, chart, table
+    from .bench import PATHS, TESTS, Bench, Settings, chart, table, valid_path
     from .lab.topology import Lab
     from .node.base import has_net_admin
     if not has_net_admin():
@@ -421,11 +428,15 @@ def bench(quick, rounds, seconds, paths, json_path, png_path, prefix) -> None:
     if seconds:
         s.seconds = seconds
     if paths:
-        wanted = [p.strip() for p in paths.split(",") if p.strip()]
-        bad = [p for p in wanted if p not in PATHS]
+        wanted = [p.strip() for p in paths.split(";" if ";" in paths else ",") if p.strip()]
+        bad = [p for p in wanted if not valid_path(p)]
         if bad:
             raise VpneduError(f"unknown path(s): {', '.join(bad)}", "choose from: " + ", ".join(PATHS))
         s.paths = wanted
+    if tests_:
+        s.tests = [t.strip() for t in tests_.split(",") if t.strip()]
+        if not s.tests or any(t not in TESTS for t in s.tests):
+            raise VpneduError(f"--tests {tests_!r}", "choose from: " + ", ".join(TESTS))
     lab = Lab(prefix=prefix, clients=s.concurrency_clients, log=lambda m: None)
     try:
         lab.up()

@@ -30,7 +30,8 @@ TESTS = {"tcp1_up": ("1 stream, client -> server", ["-P", "1"]),
          "tcp1_down": ("1 stream, server -> client", ["-P", "1", "-R"]),
          "tcp4_up": ("4 streams, client -> server", ["-P", "4"]),
          "tcp4_down": ("4 streams, server -> client", ["-P", "4", "-R"])}
-PATHS = ["bare", "vpnedu-wireguard", "vpnedu-aes256gcm", "vpnedu-null-teaching", "wireguard-go", "openvpn"]
+PATHS = ["bare", "vpnedu-wireguard", "vpnedu-wireguard-simple", "vpnedu-aes256gcm", "vpnedu-null-teaching",
+         "wireguard-go", "openvpn"]
 REFERENCES = ("openvpn", "wireguard-go", "bare")
 
 
@@ -80,6 +81,26 @@ class Results:
             rows[path] = row
         return {"machine": machine(), "settings": self.settings.__dict__, "paths": rows,
                 "handshakes": self.handshakes, "concurrency": self.concurrency}
+
+
+def vpnedu_path(path: str) -> tuple[str, str] | None:
+    """``vpnedu-SUITE`` (fast datapath), ``vpnedu-SUITE-simple`` (readable datapath) or
+    ``vpnedu-SUITE@SPEC`` (any ``--datapath`` SPEC, e.g. ``vpnedu-wireguard@fast,no-tso``)
+    -> (suite, datapath); None if ``path`` is not a vpnedu path."""
+    from ..protocol.suites import SUITES
+    if not path.startswith("vpnedu-"):
+        return None
+    rest = path[len("vpnedu-"):]
+    suite, at, spec = rest.partition("@")
+    if not at:
+        spec = "fast"
+        if suite.endswith("-simple"):
+            suite, spec = suite[:-len("-simple")], "simple"
+    return (suite, spec) if suite in SUITES else None
+
+
+def valid_path(path: str) -> bool:
+    return path in PATHS or vpnedu_path(path) is not None
 
 
 def one_line(e: BaseException, limit: int = 160) -> str:
@@ -139,8 +160,11 @@ class Bench:
     def make(self, path: str) -> Tunnel:
         if path == "bare":
             return Bare(self.lab)
-        if path.startswith("vpnedu-"):
-            return Vpnedu(self.lab, path[len("vpnedu-"):])
+        vp = vpnedu_path(path)
+        if vp is not None:
+            tun = Vpnedu(self.lab, vp[0], extra=("--datapath", vp[1]))
+            tun.name = path
+            return tun
         if path == "wireguard-go":
             return WireGuardGoPair(self.lab)
         if path == "openvpn":

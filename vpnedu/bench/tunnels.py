@@ -136,7 +136,8 @@ class WireGuardGoPair(Tunnel):
         from ..lab.wireguard_go import WireGuardGo
         base = Vpnedu(self.lab, "wireguard")
         base.dir = self.lab.dir / "wireguard-go"
-        base.provision()
+        if not (base.dir / "server.conf").exists():   # the same keys in every round
+            base.provision()
         # Distinct names: wireguard-go's control sockets (/var/run/wireguard/NAME.sock) are shared
         # by every network namespace on the machine.
         self.ends = []

@@ -7,6 +7,11 @@ to it is received by the kernel as if it had arrived on that interface.
 ``IFF_NO_PI`` drops the 4-byte packet-information header, so each read is
 exactly one IP packet.  The device disappears when the descriptor is closed
 (including when the process dies), taking its addresses and routes with it.
+
+The fast datapath also asks for ``IFF_VNET_HDR``: every packet then starts with a
+10-byte virtio-net header, and ``TUNSETOFFLOAD`` lets the kernel hand over TCP
+super-packets of up to 64 KiB (TSO) and take coalesced ones back (see
+:mod:`vpnedu.net.offload`).
 """
 
 from __future__ import annotations
@@ -21,13 +26,21 @@ from ..errors import VpneduError
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
 TUN_PATH = "/dev/net/tun"
+_PLAIN_HDR = bytes(10)
 
 
 class Tun:
     """An open TUN device (non-blocking)."""
 
-    def __init__(self, name: str = "vpnedu%d"):
+    def __init__(self, name: str = "vpnedu%d", *, vnet_hdr: bool = False, tso: bool = False):
         if len(name.encode()) > 15:
             raise VpneduError(f"interface name {name!r} is longer than 15 characters",
                               "choose a shorter name, e.g. vpnedu0")
@@ -40,7 +53,8 @@ class Tun:
             raise VpneduError(f"no permission to open {TUN_PATH}",
                               "run as root (sudo) or give the program CAP_NET_ADMIN") from None
         try:
-            ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            ifr = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
         except OSError as e:
             os.close(fd)
             if e.errno == errno.EPERM:
@@ -52,15 +66,34 @@ class Tun:
             raise VpneduError(f"cannot create TUN device {name}: {e.strerror}") from None
         self.fd = fd
         self.name = ifr[:16].rstrip(b"\0").decode()
+        #: Every read starts with, and every write needs, a virtio-net header.
+        self.vnet_hdr = vnet_hdr
+        #: The kernel may hand us TCP super-packets (read) -- we must split them.
+        self.tso = False
+        if vnet_hdr and tso:
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN)
+                self.tso = True
+            except OSError:
+                pass  # an old kernel: plain packets with a header, still correct
 
     def fileno(self) -> int:
         return self.fd
 
     def read(self) -> bytes:
-        return os.read(self.fd, 65536)
+        """One read: an IP packet (with ``vnet_hdr``: a virtio-net header, then the packet)."""
+        return os.read(self.fd, 65536 + 10)
 
     def write(self, packet: bytes) -> None:
-        os.write(self.fd, packet)
+        """Write one plain IP packet."""
+        if self.vnet_hdr:
+            os.writev(self.fd, (_PLAIN_HDR, packet))
+        else:
+            os.write(self.fd, packet)
+
+    def write_parts(self, parts) -> None:
+        """Write one packet given as pieces (with ``vnet_hdr``: the header is the first piece)."""
+        os.writev(self.fd, parts)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -9,6 +9,10 @@ between them, and an asyncio loop that moves packets.
       [ kernel ] <--write-- TUN <--------- Device.receive <----- UDP recvfrom
                                    Device.tick  (timers: retries, keepalives, rekeys)
 
+That is the *readable* datapath (``--datapath simple``), one packet at a time.  By default a
+node runs the *fast* datapath of :mod:`vpnedu.datapath`: the same protocol state, in batches,
+with TSO/GRO offloads on the TUN device and GSO/GRO on the UDP socket.
+
 Setting up changes the host (a device, addresses, routes, NAT, sysctls).
 Every change goes through a :class:`~vpnedu.net.journal.Journal` first and is
 undone on exit, on Ctrl-C, on SIGTERM, and after a crash at the next start.
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
+from ..datapath import FastPath, Options
 from ..errors import ConfigError, VpneduError
 from ..events import EventBus
 from ..net import journal as _journal
@@ -107,7 +112,7 @@ class Node:
     def __init__(self, cfg: Config, *, ifname: str = "vpnedu0", events: EventBus | None = None,
                  log: Callable[[str], None] = print, control: bool = True,
                  timers: Timers = DEFAULT_TIMERS, control_path: str | None = None,
-                 keylog: str | None = None):
+                 keylog: str | None = None, datapath: str | None = "fast"):
         if cfg.interface.private_key is None:
             raise ConfigError(f"{cfg.source}: [Interface] has no PrivateKey",
                               "add 'PrivateKey = ...' (make one with 'vpnedu genkey')")
@@ -135,6 +140,9 @@ class Node:
         self.control_path = Path(control_path) if control_path else None
         self.tun: Tun | None = None
         self.sock: socket.socket | None = None
+        #: None: the readable datapath; else the fast datapath's options (see vpnedu.datapath).
+        self.datapath_options: Options | None = Options.parse(datapath)
+        self.fastpath: FastPath | None = None
         self.started = time.time()
         self.changes: list[str] = []  # human-readable list of what we changed on the host
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -191,12 +199,26 @@ class Node:
         links.check_no_clash(self.cfg.interface.addresses, self.ifname)
         self.journal.start()
         self.journal.record("link", ifname=self.ifname)
-        self.tun = Tun(self.ifname)
+        opts = self.datapath_options
+        self.tun = Tun(self.ifname, vnet_hdr=bool(opts and opts.vnet_hdr), tso=bool(opts and opts.tso))
         links.configure(self.journal, self.ifname, self.cfg.interface.addresses, self.device.mtu)
+        if self.tun.tso and opts.tso_max < 65536:
+            self._limit_tso(opts.tso_max)
         addrs = ", ".join(str(a) for a in self.cfg.interface.addresses)
         self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
         self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
         self.setup_role()
+
+    def _limit_tso(self, size: int) -> None:
+        """Cap the TSO super-packets of our TUN device (gso_max_size; gone with the device)."""
+        from pyroute2 import IPRoute
+        try:
+            with IPRoute() as ipr:
+                idx = links.index_of(ipr, self.ifname)
+                if idx is not None:
+                    ipr.link("set", index=idx, gso_max_size=size)
+        except Exception as e:   # an old kernel: keep 64 KiB super-packets
+            self.log(f"note: cannot limit TSO size on {self.ifname}: {e}")
 
     def setup_role(self) -> None:
         """Role-specific host changes (routes for the client, NAT for the server)."""
@@ -343,8 +365,13 @@ class Node:
                 self._control = ControlServer(self, self.control_path)
                 await self._control.start()
             await self.start_services()
-            loop.add_reader(self.tun.fileno(), self._on_tun_readable)
-            loop.add_reader(self.sock.fileno(), self._on_udp_readable)
+            if self.datapath_options is not None:
+                self.fastpath = FastPath(self, self.datapath_options)
+                loop.add_reader(self.tun.fileno(), self.fastpath.on_tun_readable)
+                loop.add_reader(self.sock.fileno(), self.fastpath.on_udp_readable)
+            else:
+                loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+                loop.add_reader(self.sock.fileno(), self._on_udp_readable)
             self._schedule_tick()
             start = asyncio.ensure_future(self.after_start())
             if ready is not None:
@@ -425,6 +452,8 @@ class Node:
             "listen_port": self.listen_port,
             "addresses": [str(a) for a in self.cfg.interface.addresses],
             "mtu": self.device.mtu,
+            "datapath": self.datapath_options.describe() if self.datapath_options else "simple",
+            "datapath_stats": dict(self.fastpath.stats) if self.fastpath else {},
             "started": self.started,
             "changes": list(self.changes),
         })

@@ -526,6 +526,64 @@ class Device:
             if peer.t_new_handshake is None:
                 peer.t_new_handshake = now + self.timers.keepalive_timeout + self.timers.rekey_timeout
 
+    # ------------------------------------------------------------ fast-path helpers
+    # The fast datapath (vpnedu.datapath) encrypts and decrypts whole batches itself, with the
+    # same keypairs, counters and replay windows, and calls these once per batch so that
+    # counters, timers and rekeys end up as if every packet had gone through send()/receive().
+
+    def fast_send_keypair(self, peer: Peer, count: int, now: float) -> Keypair | None:
+        """The keypair with which the fast path may encrypt ``count`` data packets for ``peer``
+        now, or None: then use :meth:`send` (no session yet, keys expiring, no endpoint)."""
+        kp = peer.current
+        timers = self.timers
+        if (kp is None or peer.endpoint is None or now - kp.created >= timers.reject_after_time
+                or kp.send_counter + count >= timers.reject_after_messages):
+            return None
+        return kp
+
+    def fast_sent(self, peer: Peer, kp: Keypair, packets: int, nbytes: int, now: float) -> list[Datagram]:
+        """Bookkeeping after the fast path sent ``packets`` data messages (``nbytes`` bytes on the
+        wire) with ``kp``: counters, timers and, when due, a rekey (what :meth:`send` does)."""
+        peer.tx_bytes += nbytes
+        peer.tx_packets += packets
+        self._authenticated_sent(peer, now)
+        if peer.t_new_handshake is None:
+            peer.t_new_handshake = now + self.timers.keepalive_timeout + self.timers.rekey_timeout
+        if (kp.initiator and (kp.send_counter > self.timers.rekey_after_messages
+                              or now - kp.created >= self.timers.rekey_after_time)):
+            if now - peer.last_initiation_sent >= self.timers.rekey_timeout:
+                self.events.emit("timer.rekey", peer.label, reason="REKEY_AFTER_TIME or "
+                                 "REKEY_AFTER_MESSAGES reached while sending")
+            return self._initiate(peer, now, retry=False)
+        return []
+
+    def fast_received(self, peer: Peer, kp: Keypair, packets: int, nbytes: int, data_packets: int,
+                      source: Endpoint, now: float) -> list[Datagram]:
+        """Bookkeeping after the fast path accepted ``packets`` transport messages (``nbytes``
+        bytes, ``data_packets`` of them not keepalives) for ``kp`` from ``source``: roaming,
+        counters, timers, the initiator's last-minute rekey (what :meth:`receive` does)."""
+        self.counters["received." + msgs.TYPE_NAMES[msgs.TRANSPORT_DATA]] += packets
+        self._set_endpoint(peer, source)
+        peer.rx_bytes += nbytes
+        peer.rx_packets += packets
+        self._authenticated_received(peer, now)
+        out: list[Datagram] = []
+        cur = peer.current
+        timers = self.timers
+        if (cur is not None and cur.initiator and not peer.sent_last_minute_handshake
+                and now - cur.created >= timers.receive_rekey_age):
+            peer.sent_last_minute_handshake = True
+            self.events.emit("timer.rekey", peer.label, reason="keys near REJECT_AFTER_TIME while receiving")
+            out.extend(self._initiate(peer, now, retry=False))
+        if data_packets:
+            if peer.t_keepalive is None:
+                peer.t_keepalive = now + timers.keepalive_timeout
+                if data_packets > 1:
+                    peer.need_another_keepalive = True
+            else:
+                peer.need_another_keepalive = True
+        return out
+
     def _flush_staged(self, peer: Peer, now: float, out: list[Datagram]) -> None:
         kp = peer.current
         while peer.staged and kp is not None and self._usable(peer, kp, now):
