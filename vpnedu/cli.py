@@ -539,6 +539,34 @@ from .course import course_cli as _course_cli  # noqa: E402
 cli.add_command(_course_cli)
 
 
+
+# ---------------------------------------------------------------------------- lab exercises (vpnedu/labs/)
+@cli.group("labs")
+def labs_cli() -> None:
+    """Classroom lab exercises: students build parts of the VPN; checks say at once if they are right."""
+
+
+@labs_cli.command("list")
+def labs_list() -> None:
+    """The exercises, their notebooks and what each teaches."""
+    from .labs import EXERCISES
+    for ex in EXERCISES.values():
+        click.echo(f"{ex.name:<8} {ex.notebook:<28} ~{ex.minutes} min  {ex.goal}")
+
+
+@labs_cli.command("build")
+@click.option("--out", "out_dir", default="labs-build", show_default=True, type=click.Path(file_okay=False),
+              help="Writes OUT/student/*.ipynb and OUT/instructor/*.ipynb.")
+@click.option("--source", "source_dir", type=click.Path(file_okay=False, exists=True),
+              help="The source notebooks (default: the exercises/ folder of this checkout).")
+def labs_build(out_dir, source_dir) -> None:
+    """Make the student version (solutions stripped) and the instructor version of every exercise."""
+    from .labs.build import build
+    written = build(out_dir, source_dir)
+    for kind, paths in written.items():
+        click.echo(f"{kind:<10} {len(paths)} notebook(s) in {os.path.join(out_dir, kind)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every VpneduError into one line."""
     warnings.showwarning = _show_warning

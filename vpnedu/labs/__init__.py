@@ -1,0 +1,78 @@
+"""Classroom lab exercises: students build parts of the VPN and know at once whether they got them right.
+
+Each exercise is a notebook in ``exercises/`` (the single source: solutions are
+marked with ``### BEGIN SOLUTION`` / ``### END SOLUTION``; ``vpnedu labs build``
+makes the student and instructor versions, see :mod:`vpnedu.labs.build`).  The
+student writes one real piece -- a parser, the replay window, the key schedule,
+the route plan, a NAT table -- and a check cell runs::
+
+    from vpnedu.labs import check
+    check("replay", ReplayWindow)
+
+:func:`check` runs the student's code against hidden cases that live here, in
+the package, not in the notebook: most of them put the student's piece inside
+the real machinery (a real protocol ``Device`` pair, the simulated lab's hosts)
+and compare with the real implementation.  It prints one friendly line -- a pass,
+or the first failing case with a hint -- and never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import VpneduError
+from .checking import CheckResult, LabCheckFailed, run_cases
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One lab: its check name, notebook, the module with its cases, and what it teaches."""
+
+    name: str
+    notebook: str
+    module: str
+    goal: str
+    minutes: int
+
+    def load(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    @property
+    def title(self) -> str:
+        return self.load().TITLE
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return self.load().PARTS
+
+
+_ALL = (
+    Exercise("replay", "lab2-replay-window.ipynb", "replay",
+             "the sliding replay window (RFC 6479) that makes a replayed packet worthless", 40),
+)
+EXERCISES: dict[str, Exercise] = {e.name: e for e in sorted(_ALL, key=lambda e: e.notebook)}
+
+
+def check(name: str, *objects: Any, quiet: bool = False, **named: Any) -> CheckResult:
+    """Check the student's code for exercise ``name``; print a verdict and return it (truthy on pass).
+
+    The student's pieces are given in the order of the exercise's ``PARTS``
+    (``check("kdf", kdf, handshake_chain)``) or by name.  Whatever the student's
+    code does -- raise, return the wrong type, not exist yet -- this prints a
+    one-line verdict with a hint instead of a traceback.
+    """
+    ex = EXERCISES.get(name)
+    if ex is None:
+        raise VpneduError(f"no lab exercise called {name!r}", "choose one of: " + ", ".join(EXERCISES))
+    mod = ex.load()
+    parts = dict(zip(mod.PARTS, objects))
+    parts.update(named)
+    missing = [p for p in mod.PARTS if p not in parts]
+    if missing or len(objects) > len(mod.PARTS):
+        raise VpneduError(f"check({name!r}, ...) needs {len(mod.PARTS)} piece(s): " + ", ".join(mod.PARTS))
+    return run_cases(name, mod.TITLE, mod.cases(), parts, out=None if quiet else print)
+
+
+__all__ = ["EXERCISES", "CheckResult", "Exercise", "LabCheckFailed", "check"]
