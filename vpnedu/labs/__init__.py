@@ -49,6 +49,8 @@ class Exercise:
 
 
 _ALL = (
+    Exercise("ipv4", "lab1-ipv4-header.ipynb", "ipv4",
+             "parse an IPv4 header (RFC 791) from packets read off the TUN device", 30),
     Exercise("replay", "lab2-replay-window.ipynb", "replay",
              "the sliding replay window (RFC 6479) that makes a replayed packet worthless", 40),
 )
