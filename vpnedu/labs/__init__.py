@@ -49,6 +49,8 @@ class Exercise:
 
 
 _ALL = (
+    Exercise("kdf", "lab3-noise-kdf.ipynb", "kdf",
+             "the Noise KDF chain of the handshake, down to the transport keys", 45),
     Exercise("ipv4", "lab1-ipv4-header.ipynb", "ipv4",
              "parse an IPv4 header (RFC 791) from packets read off the TUN device", 30),
     Exercise("replay", "lab2-replay-window.ipynb", "replay",
