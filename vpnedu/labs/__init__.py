@@ -49,6 +49,8 @@ class Exercise:
 
 
 _ALL = (
+    Exercise("routes", "lab4-client-routes.ipynb", "routes",
+             "the client's route change (full and split tunnel) and its undo", 35),
     Exercise("kdf", "lab3-noise-kdf.ipynb", "kdf",
              "the Noise KDF chain of the handshake, down to the transport keys", 45),
     Exercise("ipv4", "lab1-ipv4-header.ipynb", "ipv4",
