@@ -49,6 +49,8 @@ class Exercise:
 
 
 _ALL = (
+    Exercise("nat", "lab5-udp-nat.ipynb", "nat",
+             "a UDP NAT table: allocate public ports, translate both ways, expire idle mappings", 45),
     Exercise("routes", "lab4-client-routes.ipynb", "routes",
              "the client's route change (full and split tunnel) and its undo", 35),
     Exercise("kdf", "lab3-noise-kdf.ipynb", "kdf",
