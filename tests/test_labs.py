@@ -213,3 +213,105 @@ def test_student_version_fails_every_check_kindly(name, built, kernel_path, monk
     for c in nb.cells:
         assert "Traceback" not in _text(c)
         assert not [o for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_labs_check_grades_a_students_notebook(built, kernel_path, monkeypatch, tmp_path, capsys):
+    """``vpnedu labs check`` runs a notebook headless: full points for the solution, none for the stub."""
+    from vpnedu.cli import main
+    monkeypatch.setenv("JUPYTER_PATH", str(kernel_path))
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    name = EXERCISES["replay"].notebook
+    assert main(["labs", "check", str(built / "instructor" / name)]) == 0
+    out = capsys.readouterr().out
+    assert "5/5 points" in out and "[check-replay] " + PASS_MARK in out
+    assert main(["labs", "check", str(built / "student" / name)]) == 1
+    captured = capsys.readouterr()
+    assert "0/5 points" in captured.out and NOT_WRITTEN in captured.out and "did not pass" in captured.err
+
+
+# ------------------------------------------------------------------------------------------ mistakes
+def _mistakes():
+    """A typical wrong answer per exercise, and the case that must catch it."""
+    import ipaddress
+    import struct
+
+    from vpnedu.errors import MessageError
+    from vpnedu.protocol.suites import WIREGUARD
+
+    def parse_no_options(packet):  # payload from byte 20: ignores IHL and the padding
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            raise MessageError("bad")
+        total = struct.unpack_from("!H", packet, 2)[0]
+        if total > len(packet) or total < 20:
+            raise MessageError("bad")
+        ff = struct.unpack_from("!H", packet, 6)[0]
+        return {"version": 4, "header_length": (packet[0] & 15) * 4, "total_length": total,
+                "ident": struct.unpack_from("!H", packet, 4)[0], "dont_fragment": bool(ff & 0x4000),
+                "more_fragments": bool(ff & 0x2000), "fragment_offset": (ff & 0x1FFF) * 8, "ttl": packet[8],
+                "protocol": packet[9], "src": str(ipaddress.IPv4Address(packet[12:16])),
+                "dst": str(ipaddress.IPv4Address(packet[16:20])), "payload": packet[20:total]}
+
+    class OffByOne:  # accepts a counter exactly WINDOW_SIZE behind
+        def __init__(self):
+            from vpnedu.protocol.replay import WINDOW_SIZE
+            self.seen, self.top, self.size = set(), -1, WINDOW_SIZE
+
+        def check(self, c):
+            return c > self.top or (self.top - c <= self.size and c not in self.seen)
+
+        def accept(self, c):
+            if not self.check(c):
+                return False
+            self.seen.add(c)
+            self.top = max(self.top, c)
+            return True
+
+    def kdf_swapped(key, data, n):  # HMAC's arguments the wrong way round
+        return WIREGUARD.kdf(data if len(data) == 32 else key, key if len(data) == 32 else data, n)
+
+    def chain_unused(rec):
+        raise AssertionError("not reached")
+
+    def plan_zero(cfg, route_to):  # one 0.0.0.0/0 route into the tunnel, no host route
+        return [("0.0.0.0/0", cfg.gateway, cfg.ifname)]
+
+    class PortKeyed:  # keys mappings by the client's port only
+        def __init__(self, ip, ports, timeout):
+            self.ip, self.ports, self.map, self.remotes = ip, ports, {}, set()
+
+        def outbound(self, client, remote, now):
+            self.map.setdefault(client[1], (client, len(self.map) + self.ports.start))
+            self.remotes.add(remote)
+            return (self.ip, self.map[client[1]][1])
+
+        def inbound(self, port, remote, now):
+            if remote not in self.remotes:
+                return None
+            return next((c for c, p in self.map.values() if p == port), None)
+
+    return [
+        ("ipv4", (parse_no_options,), "options (IHL > 5)"),
+        ("replay", (OffByOne,), "the window edge"),
+        ("kdf", (kdf_swapped, chain_unused), "KDF1, KDF2 and KDF3 on hidden inputs"),
+        ("routes", (plan_zero, lambda plan: plan[::-1]), "full tunnel: the lab's config"),
+        ("nat", (PortKeyed,), "two clients with the same source port"),
+    ]
+
+
+@pytest.mark.parametrize("name,parts,case", _mistakes(), ids=[m[0] for m in _mistakes()])
+def test_each_check_catches_a_typical_mistake(name, parts, case, capsys):
+    r = check(name, *parts)
+    out = capsys.readouterr().out
+    assert not r and r.failed_case == case, out
+    assert f"case '{case}' failed" in out and "Traceback" not in out and "hint:" in out
+
+
+@pytest.mark.parametrize("name", ["ipv4", "replay", "routes"])
+def test_the_real_implementations_pass_where_the_exercise_mirrors_one(name, capsys):
+    """The checks accept vpnedu's own code where it has the student's interface (no hidden bias)."""
+    from vpnedu.labs import routes
+    from vpnedu.labs.ipv4 import reference
+    from vpnedu.protocol.replay import ReplayWindow
+    real = {"ipv4": (reference,), "replay": (ReplayWindow,),
+            "routes": (routes.real_plan, lambda plan: list(reversed(plan)))}
+    assert check(name, *real[name]), capsys.readouterr().out

@@ -567,6 +567,24 @@ def labs_build(out_dir, source_dir) -> None:
         click.echo(f"{kind:<10} {len(paths)} notebook(s) in {os.path.join(out_dir, kind)}")
 
 
+@labs_cli.command("check")
+@click.argument("notebooks", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--kernel", "kernel_name", help="Jupyter kernel to run them in (default: the notebook's own).")
+def labs_check(notebooks, kernel_name) -> None:
+    """Run students' notebooks headless and print each check's verdict and the points (exit 1 if any failed)."""
+    from .labs.grade import grade_notebook
+    failed = 0
+    for path in notebooks:
+        grades = grade_notebook(path, kernel_name)
+        total = sum(g.points for g in grades)
+        click.echo(f"{path}: {sum(g.score for g in grades):g}/{total:g} points")
+        for g in grades:
+            click.echo(f"  [{g.grade_id}] " + g.verdict.replace("\n", "\n    "))
+        failed += sum(not g.ok for g in grades)
+    if failed:
+        raise VpneduError(f"{failed} check(s) did not pass", "the verdicts above name the case and give a hint")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every VpneduError into one line."""
     warnings.showwarning = _show_warning
