@@ -289,7 +289,14 @@ def _mistakes():
                 return None
             return next((c for c, p in self.map.values() if p == port), None)
 
+    def dissect_big_endian(d):  # network byte order, as in IP -- but WireGuard's fields are little-endian
+        if len(d) < 32 or d[0] != 4 or d[1:4] != bytes(3):
+            raise MessageError("not transport data")
+        t, r, c = struct.unpack_from(">B3xIQ", d)
+        return {"type": t, "receiver": r, "counter": c, "encrypted_length": len(d) - 16}
+
     return [
+        ("capture", (dissect_big_endian, lambda d, suite: None), "the header of a real message (wireguard)"),
         ("ipv4", (parse_no_options,), "options (IHL > 5)"),
         ("replay", (OffByOne,), "the window edge"),
         ("kdf", (kdf_swapped, chain_unused), "KDF1, KDF2 and KDF3 on hidden inputs"),

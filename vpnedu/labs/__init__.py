@@ -49,6 +49,8 @@ class Exercise:
 
 
 _ALL = (
+    Exercise("capture", "lab6-capture-suites.ipynb", "capture",
+             "choose a cipher suite and show in a capture what each one hides", 30),
     Exercise("nat", "lab5-udp-nat.ipynb", "nat",
              "a UDP NAT table: allocate public ports, translate both ways, expire idle mappings", 45),
     Exercise("routes", "lab4-client-routes.ipynb", "routes",
