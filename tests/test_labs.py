@@ -50,7 +50,7 @@ def test_build_is_byte_for_byte_reproducible(built, tmp_path):
     build(tmp_path)
     files = sorted(p.relative_to(built) for p in built.rglob("*.ipynb"))
     assert files == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ipynb"))
-    assert len(files) == 2 * len(SOURCES)
+    assert len(files) == 3 * len(SOURCES)
     for f in files:
         assert (built / f).read_bytes() == (tmp_path / f).read_bytes(), f
 
@@ -77,8 +77,12 @@ def test_student_version_contains_no_solution_text(built):
         assert lines, p.name
         for line in lines:
             assert line not in text, f"{p.name}: solution text in the student version: {line!r}"
-        # the instructor version keeps the solutions (and nbgrader's markers)
-        assert "### BEGIN SOLUTION" in (built / "instructor" / p.name).read_text()
+        # the instructor version keeps the solutions (and nbgrader's markers) and the notes
+        instructor = (built / "instructor" / p.name).read_text()
+        assert "### BEGIN SOLUTION" in instructor and "Instructor notes" in instructor
+        # nbgrader's source keeps the solutions (nbgrader strips them) but not the notes (it would release them)
+        nbg = (built / "nbgrader" / "source" / p.stem / p.name).read_text()
+        assert "### BEGIN SOLUTION" in nbg and "Instructor notes" not in nbg
 
 
 def test_split_solutions_keeps_indentation_and_rejects_broken_markers():

@@ -556,7 +556,7 @@ def labs_list() -> None:
 
 @labs_cli.command("build")
 @click.option("--out", "out_dir", default="labs-build", show_default=True, type=click.Path(file_okay=False),
-              help="Writes OUT/student/*.ipynb and OUT/instructor/*.ipynb.")
+              help="Writes OUT/student/*.ipynb, OUT/instructor/*.ipynb and OUT/nbgrader/source/.")
 @click.option("--source", "source_dir", type=click.Path(file_okay=False, exists=True),
               help="The source notebooks (default: the exercises/ folder of this checkout).")
 def labs_build(out_dir, source_dir) -> None:

@@ -9,7 +9,8 @@ instructor who uses nbgrader can put them in its ``source/`` folder as they are:
 * such a cell carries ``metadata.nbgrader`` with ``solution: true``; a check
   cell carries ``grade: true, locked: true`` and its ``points``;
 * a cell tagged ``instructor`` (notes, common mistakes) exists only in the
-  instructor version.
+  instructor version (the ``nbgrader/source`` copy leaves it out too, since
+  nbgrader would release it to students).
 
 Both versions are written without outputs, with sorted keys and one-space
 indentation (how nbformat writes), so building twice gives the same bytes and
@@ -92,6 +93,16 @@ def _tags(cell: dict) -> list[str]:
     return cell.get("metadata", {}).get("tags", [])
 
 
+def nbgrader_source(nb: dict) -> dict:
+    """The source without instructor-only cells: what goes into nbgrader's ``source/<assignment>/``.
+
+    nbgrader strips the solution regions itself but releases every other cell, so the instructor's
+    notes must not be in what it is given."""
+    out = _clean(copy.deepcopy(nb))
+    out["cells"] = [c for c in out.get("cells", []) if INSTRUCTOR_TAG not in _tags(c)]
+    return out
+
+
 def make_versions(nb: dict, where: str = "notebook") -> tuple[dict, dict, list[str]]:
     """(student, instructor, solution texts) from one source notebook (a dict as in the .ipynb)."""
     instructor = _clean(copy.deepcopy(nb))
@@ -131,14 +142,16 @@ def sources(source: Path | None = None) -> list[Path]:
 
 
 def build(out: Path, source: Path | None = None) -> dict[str, list[Path]]:
-    """Write ``out/student/*.ipynb`` and ``out/instructor/*.ipynb``; return the written paths."""
+    """Write ``out/student/*.ipynb``, ``out/instructor/*.ipynb`` and, for nbgrader,
+    ``out/nbgrader/source/<exercise>/<exercise>.ipynb``; return the written paths."""
     out = Path(out)
-    written: dict[str, list[Path]] = {"student": [], "instructor": []}
+    written: dict[str, list[Path]] = {"student": [], "instructor": [], "nbgrader": []}
     for path in sources(source):
         nb = json.loads(path.read_text(encoding="utf-8"))
         student, instructor, _ = make_versions(nb, path.name)
-        for kind, version in (("student", student), ("instructor", instructor)):
-            d = out / kind
+        for kind, version, d in (("student", student, out / "student"),
+                                 ("instructor", instructor, out / "instructor"),
+                                 ("nbgrader", nbgrader_source(nb), out / "nbgrader" / "source" / path.stem)):
             d.mkdir(parents=True, exist_ok=True)
             target = d / path.name
             target.write_text(dumps(version), encoding="utf-8")
