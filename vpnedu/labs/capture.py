@@ -79,7 +79,7 @@ def _inner_clear(dissect, inner):
     for d, sent in capture("null-teaching", _packets(random.Random(2), 8)):
         got = inner(d, "null-teaching")
         expect(got is not None and bytes(got) == sent,
-               f"null-teaching: inner_packet gave " + ("None" if got is None else
+               "null-teaching: inner_packet gave " + ("None" if got is None else
                                                        f"{bytes(got)[:12].hex()}... ({len(got)} bytes)")
                + f", the client sent {sent[:12].hex()}... ({len(sent)} bytes)",
                "after the 16-byte header comes the packet, its padding to 16 bytes, then a 16-byte tag: "
