@@ -138,6 +138,14 @@ def test_check_catches_any_exception_and_not_written_yet(capsys):
     assert NOT_WRITTEN in capsys.readouterr().out
 
 
+def test_a_check_called_wrongly_says_so_without_a_traceback(capsys):
+    assert not check("replay")
+    assert not check("kdf", len)
+    assert not check("no-such-lab", len)
+    out = capsys.readouterr().out
+    assert out.count(FAIL_MARK) == 3 and "takes 2 piece(s): kdf, chain" in out and "'no-such-lab'" in out
+
+
 def test_a_failed_check_fails_the_cell_under_nbgrader(monkeypatch, capsys):
     from vpnedu.protocol.replay import ReplayWindow
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")

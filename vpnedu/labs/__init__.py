@@ -19,10 +19,10 @@ or the first failing case with a hint -- and never a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import VpneduError
 from .checking import CheckResult, LabCheckFailed, run_cases
 
 
@@ -75,14 +75,26 @@ def check(name: str, *objects: Any, quiet: bool = False, **named: Any) -> CheckR
     """
     ex = EXERCISES.get(name)
     if ex is None:
-        raise VpneduError(f"no lab exercise called {name!r}", "choose one of: " + ", ".join(EXERCISES))
+        return _misuse(name, name, f"there is no lab exercise called {name!r}",
+                       "choose one of: " + ", ".join(EXERCISES), quiet)
     mod = ex.load()
     parts = dict(zip(mod.PARTS, objects))
     parts.update(named)
-    missing = [p for p in mod.PARTS if p not in parts]
-    if missing or len(objects) > len(mod.PARTS):
-        raise VpneduError(f"check({name!r}, ...) needs {len(mod.PARTS)} piece(s): " + ", ".join(mod.PARTS))
+    unknown = [p for p in named if p not in mod.PARTS]
+    if unknown or len(parts) != len(mod.PARTS) or len(objects) > len(mod.PARTS):
+        return _misuse(name, mod.TITLE, f"check({name!r}, ...) takes {len(mod.PARTS)} piece(s): "
+                       + ", ".join(mod.PARTS), "pass what you wrote, in that order, as the check cell does", quiet)
     return run_cases(name, mod.TITLE, mod.cases(), parts, out=None if quiet else print)
+
+
+def _misuse(name: str, title: str, problem: str, hint: str, quiet: bool) -> CheckResult:
+    """A check cell called wrongly: a verdict like any other (no traceback), and no points."""
+    result = CheckResult(name, title, 0, 1, "calling the check", problem, hint)
+    if not quiet:
+        print(result.message())
+    if os.environ.get("NBGRADER_EXECUTION"):
+        raise LabCheckFailed(result.message())
+    return result
 
 
 __all__ = ["EXERCISES", "CheckResult", "Exercise", "LabCheckFailed", "check"]

@@ -55,7 +55,11 @@ def grade_notebook(path: str | Path, kernel_name: str | None = None, timeout: in
     kernel = kernel_name or nb.metadata.get("kernelspec", {}).get("name", "python3")
     client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=True,
                                      resources={"metadata": {"path": str(path.parent.resolve())}})
-    client.execute()
+    try:
+        client.execute()
+    except Exception as e:  # the kernel could not start or died: say so in one line
+        raise VpneduError(f"{path}: could not run the notebook ({type(e).__name__}: {str(e).splitlines()[0]})",
+                          "is the kernel installed? see 'jupyter kernelspec list', or pass --kernel NAME") from None
     grades = []
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})
