@@ -550,6 +550,52 @@ from .course import course_cli as _course_cli  # noqa: E402
 cli.add_command(_course_cli)
 
 
+
+# ---------------------------------------------------------------------------- lab exercises (vpnedu/labs/)
+@cli.group("labs")
+def labs_cli() -> None:
+    """Classroom lab exercises: students build parts of the VPN; checks say at once if they are right."""
+
+
+@labs_cli.command("list")
+def labs_list() -> None:
+    """The exercises, their notebooks and what each teaches."""
+    from .labs import EXERCISES
+    for ex in EXERCISES.values():
+        click.echo(f"{ex.name:<8} {ex.notebook:<28} ~{ex.minutes} min  {ex.goal}")
+
+
+@labs_cli.command("build")
+@click.option("--out", "out_dir", default="labs-build", show_default=True, type=click.Path(file_okay=False),
+              help="Writes OUT/student/*.ipynb, OUT/instructor/*.ipynb and OUT/nbgrader/source/.")
+@click.option("--source", "source_dir", type=click.Path(file_okay=False, exists=True),
+              help="The source notebooks (default: the exercises/ folder of this checkout).")
+def labs_build(out_dir, source_dir) -> None:
+    """Make the student version (solutions stripped) and the instructor version of every exercise."""
+    from .labs.build import build
+    written = build(out_dir, source_dir)
+    for kind, paths in written.items():
+        click.echo(f"{kind:<10} {len(paths)} notebook(s) in {os.path.join(out_dir, kind)}")
+
+
+@labs_cli.command("check")
+@click.argument("notebooks", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--kernel", "kernel_name", help="Jupyter kernel to run them in (default: the notebook's own).")
+def labs_check(notebooks, kernel_name) -> None:
+    """Run students' notebooks headless and print each check's verdict and the points (exit 1 if any failed)."""
+    from .labs.grade import grade_notebook
+    failed = 0
+    for path in notebooks:
+        grades = grade_notebook(path, kernel_name)
+        total = sum(g.points for g in grades)
+        click.echo(f"{path}: {sum(g.score for g in grades):g}/{total:g} points")
+        for g in grades:
+            click.echo(f"  [{g.grade_id}] " + g.verdict.replace("\n", "\n    "))
+        failed += sum(not g.ok for g in grades)
+    if failed:
+        raise VpneduError(f"{failed} check(s) did not pass", "the verdicts above name the case and give a hint")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every VpneduError into one line."""
     warnings.showwarning = _show_warning
