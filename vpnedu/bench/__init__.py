@@ -285,16 +285,17 @@ class Bench:
 def table(r: Results) -> str:
     lines = []
     s = r.settings
+    w = max([22, *(len(p) for p in s.paths)])   # the path column fits the longest name
     for t in s.tests:
         lines.append(f"TCP throughput, {TESTS[t][0]} (Mbit/s, median of {s.rounds})")
-        lines.append(f"  {'path':22s} {'Mbit/s':>9s} {'x OpenVPN':>10s} {'x wg-go':>8s} {'x bare':>7s}")
+        lines.append(f"  {'path':{w}s} {'Mbit/s':>9s} {'x OpenVPN':>10s} {'x wg-go':>8s} {'x bare':>7s}")
         for p in s.paths:
             m = r.median(p, t)
             if m is None:
-                lines.append(f"  {p:22s} {'-':>9s}  ({r.skipped.get(p, 'no result')})")
+                lines.append(f"  {p:{w}s} {'-':>9s}  ({r.skipped.get(p, 'no result')})")
                 continue
             rat = [ratio(m, r.median(ref, t)) for ref in REFERENCES]
-            lines.append(f"  {p:22s} {m:9.1f} " + " ".join(
+            lines.append(f"  {p:{w}s} {m:9.1f} " + " ".join(
                 f"{'-' if x is None else f'{x:.2f}':>{w}s}" for x, w in zip(rat, (10, 8, 7))))
         lines.append("")
     lines.append("Ping RTT (ms, median) and CPU seconds per GB moved (both ends of the tunnel)")
@@ -302,7 +303,7 @@ def table(r: Results) -> str:
         rtt = statistics.median(r.rtt_ms[p]) if r.rtt_ms.get(p) else None
         cpu = r.cpu_s_per_gb(p)
         reason = f"  ({r.skipped[p]})" if p in r.skipped and rtt is None else ""
-        lines.append(f"  {p:22s} rtt {'-' if rtt is None else f'{rtt:.3f}':>7s}   cpu "
+        lines.append(f"  {p:{w}s} rtt {'-' if rtt is None else f'{rtt:.3f}':>7s}   cpu "
                      f"{'-' if cpu is None else f'{cpu:.1f} s/GB':>10s}{reason}")
     lines.append("")
     h = r.handshakes
