@@ -114,6 +114,7 @@ class FastPath:
     def __init__(self, node: "Node", opts: Options):
         self.node = node
         self.opts = opts
+        self._handshakes = 0
         self.dev = node.device
         self.events = node.events
         self.tun = node.tun
@@ -291,6 +292,7 @@ class FastPath:
         src_cache: dict = {}
         cmsg = _udp.GRO_CMSG_SPACE if self.gro else 0
         stats = self.stats
+        self._handshakes = 0   # handshake messages in this wakeup (see Node.note_handshakes)
         for _ in range(self.opts.batch):
             try:
                 n, anc, _flags, addr = sock.recvmsg_into(bufs, cmsg)
@@ -298,6 +300,9 @@ class FastPath:
                 break
             stats["udp_reads"] += 1
             addr = addr[:2]
+            if n == 0:   # an empty datagram: malformed, counted as a drop like any other
+                self._receive_readable(b"", addr, deliver)
+                continue
             size = _udp.gro_segment_size(anc, n) if anc else n
             # Per-batch bookkeeping for the (peer, keypair) of the run of datagrams being handled.
             cur_idx = -1
@@ -379,6 +384,9 @@ class FastPath:
         """One datagram through the readable path (:meth:`Device.receive`), as the simple
         datapath does, its packets joining ``deliver`` in order."""
         node, dev, ev = self.node, self.dev, self.events
+        if data and data[0] in (1, 2):
+            self._handshakes += 1
+            node.note_handshakes(self._handshakes)
         if ev.wants("udp.received"):
             ev.emit("udp.received", None, source=f"{addr[0]}:{addr[1]}", size=len(data),
                     type=data[0] if data else None)

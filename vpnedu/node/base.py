@@ -269,6 +269,14 @@ class Node:
     def _under_load(self) -> bool:
         return time.monotonic() < self._under_load_until
 
+    def note_handshakes(self, in_this_batch: int) -> None:
+        """Called with the running count of handshake messages in one wakeup's batch: at
+        UNDER_LOAD_BATCH the node is under load for the next UNDER_LOAD_HOLD seconds."""
+        if in_this_batch == UNDER_LOAD_BATCH:
+            if not self._under_load():
+                self.events.emit("handshake.under-load", None, batch=in_this_batch, hold=UNDER_LOAD_HOLD)
+            self._under_load_until = time.monotonic() + UNDER_LOAD_HOLD
+
     def _on_udp_readable(self) -> None:
         sock, dev, tun, ev = self.sock, self.device, self.tun, self.events
         handshakes = 0
@@ -281,11 +289,7 @@ class Node:
                 break
             if data and data[0] in (1, 2):
                 handshakes += 1
-                if handshakes == UNDER_LOAD_BATCH:
-                    if not self._under_load():
-                        ev.emit("handshake.under-load", None, batch=handshakes,
-                                hold=UNDER_LOAD_HOLD)
-                    self._under_load_until = time.monotonic() + UNDER_LOAD_HOLD
+                self.note_handshakes(handshakes)
             if ev.wants("udp.received"):
                 ev.emit("udp.received", None, source=f"{addr[0]}:{addr[1]}", size=len(data),
                         type=data[0] if data else None)
