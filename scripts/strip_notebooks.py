@@ -16,16 +16,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def strip(nb: dict) -> dict:
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code":
-            cell["outputs"] = []
-            cell["execution_count"] = None
-        cell.get("metadata", {}).pop("execution", None)
-    nb.get("metadata", {}).pop("widgets", None)
-    return nb
+    from vpnedu.labs.build import strip_outputs   # the same cleaning 'vpnedu labs build' does
+    return strip_outputs(nb)
 
 
 def main(argv: list[str]) -> int:

@@ -52,6 +52,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def kernel_path(tmp_path_factory):
+    """A 'python3' Jupyter kernel spec that runs this interpreter (put its folder first on
+    JUPYTER_PATH), so notebooks execute with the same vpnedu in CI as in the test process."""
+    import json
+    d = tmp_path_factory.mktemp("jupyter")
+    spec = d / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (vpnedu tests)", "language": "python"}))
+    return d
+
+
 _lab_counter = [0]
 
 

@@ -2,7 +2,6 @@
 kindly (no traceback), and ``vpnedu labs build`` is reproducible and leaks no solution."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -163,18 +162,6 @@ def test_a_failed_check_fails_the_cell_under_nbgrader(monkeypatch, capsys):
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-
-
-@pytest.fixture(scope="module")
-def kernel_path(tmp_path_factory):
-    """A 'python3' kernel spec that runs this interpreter, first on JUPYTER_PATH."""
-    d = tmp_path_factory.mktemp("jupyter")
-    spec = d / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (vpnedu tests)", "language": "python"}))
-    return d
 
 
 def _run(path: Path, kernel_path: Path, monkeypatch):

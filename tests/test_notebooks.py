@@ -6,7 +6,6 @@ The kernel is this interpreter (the test virtualenv): a kernel spec named ``pyth
 temporary JUPYTER_PATH, which comes first in Jupyter's search path.
 """
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -57,18 +56,6 @@ EXPECT_MODE = {
              "01-tun.ipynb": {"check-tun": ["(real TUN device)"]},
              "06-performance.ipynb": {"check-compare": ["wireguard-go"]}},
 }
-
-
-@pytest.fixture(scope="module")
-def kernel_path(tmp_path_factory):
-    """A 'python3' kernel spec that runs this interpreter, first on JUPYTER_PATH."""
-    d = tmp_path_factory.mktemp("jupyter")
-    spec = d / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (vpnedu tests)", "language": "python"}))
-    return d
 
 
 def run_notebook(name: str, env: dict, kernel_path: Path, timeout: int = 120):

@@ -78,7 +78,7 @@ def split_solutions(text: str, where: str = "cell") -> tuple[str, list[str]]:
     return new, removed
 
 
-def _clean(nb: dict) -> dict:
+def strip_outputs(nb: dict) -> dict:
     """No outputs, execution counts, execution timings or widget state (they hold time and noise)."""
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
@@ -98,14 +98,14 @@ def nbgrader_source(nb: dict) -> dict:
 
     nbgrader strips the solution regions itself but releases every other cell, so the instructor's
     notes must not be in what it is given."""
-    out = _clean(copy.deepcopy(nb))
+    out = strip_outputs(copy.deepcopy(nb))
     out["cells"] = [c for c in out.get("cells", []) if INSTRUCTOR_TAG not in _tags(c)]
     return out
 
 
 def make_versions(nb: dict, where: str = "notebook") -> tuple[dict, dict, list[str]]:
     """(student, instructor, solution texts) from one source notebook (a dict as in the .ipynb)."""
-    instructor = _clean(copy.deepcopy(nb))
+    instructor = strip_outputs(copy.deepcopy(nb))
     student = copy.deepcopy(instructor)
     cells, solutions = [], []
     for i, cell in enumerate(student.get("cells", [])):
