@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
+from tests.conftest import IN_CI, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -76,7 +76,13 @@ def jupyterlab(tmp_path):
 
 def test_notebook_02_renders_ladder_and_plot_in_chromium(jupyterlab):
     chromium = require_tool("chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        msg = "the playwright Python package is missing (the test command installs it)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
     url, token = jupyterlab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as pw:
@@ -95,6 +101,10 @@ def test_notebook_02_renders_ladder_and_plot_in_chromium(jupyterlab):
                                             timeout=90_000)
             ladder.scroll_into_view_if_needed()
             page.locator(".vpnedu-ladder").first.screenshot(path=str(ARTIFACTS / "02-ladder.png"))
+            # The whole diagram fits its output area (nothing cut off on the right).
+            svg = page.locator(".vpnedu-ladder svg").first.bounding_box()
+            area = page.locator(".jp-OutputArea-output", has=page.locator(".vpnedu-ladder")).first.bounding_box()
+            assert svg["x"] + svg["width"] <= area["x"] + area["width"] + 1, (svg, area)
             # The plot: an <img> of the Image widget that has loaded a picture.
             page.wait_for_function(
                 "() => [...document.querySelectorAll('img.vpnedu-throughput')]"

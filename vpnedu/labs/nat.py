@@ -4,13 +4,16 @@ Clients' packets leave the tunnel with private sources (10.0.0.x) that the
 internet cannot answer.  The server rewrites each one to its own public address
 and a public port, remembers the mapping, and rewrites the replies back
 (:mod:`vpnedu.net.nat` asks the kernel's nftables to do it; the simulated lab
-does it in :class:`vpnedu.sim.host.SimHost`).  The behaviour asked for here is
-the one RFC 4787 recommends for UDP:
+does it in :class:`vpnedu.sim.host.SimHost`).  The behaviour asked for here
+follows RFC 4787's rules for UDP:
 
 * **endpoint-independent mapping** (REQ-1): one client address and port keep
   one public port, whatever destination they send to;
 * **address-and-port-dependent filtering**: a reply is let in only from an
-  endpoint the client has sent to -- the NAT is also a firewall;
+  endpoint the client has sent to -- the NAT is also a firewall.  This is the
+  strictest filtering of RFC 4787 section 5 and what Linux's masquerade does;
+  REQ-8 recommends endpoint-independent filtering for transparency, or
+  address-dependent filtering where stricter filtering matters;
 * every mapping gets its **own public port**: two clients that both use source
   port 5353 must not share one;
 * mappings **expire** after ``idle_timeout`` seconds without traffic (REQ-5),

@@ -7,11 +7,12 @@ WireGuard's handshake (paper section 5.4, Noise_IKpsk2) is one round trip:
    bytes) under a key only the responder can derive, a TAI64N *timestamp*
    encrypted the same way (12 + 16 bytes; the responder rejects one not newer than
    the last it saw, so a recorded initiation cannot be replayed), then *mac1*
-   (keyed by the responder's public key: "this is for you") and *mac2* (a cookie,
-   zeros unless the responder is under load).
+   (keyed by the responder's public key: "this is for you") and *mac2* (zeros
+   unless the initiator holds a fresh cookie: the responder sent one because it was under load).
 2. **response** (92 bytes): the responder's *sender index*, the initiator's index
    as *receiver index*, its own *ephemeral* key, *encrypted nothing* (an empty
-   AEAD: just the 16-byte tag, proving it derived the same keys), mac1, mac2.
+   AEAD: just the 16-byte tag, proving it derived the same keys), mac1 (keyed by
+   the *initiator's* public key now: always the receiver's), mac2.
 3. both sides derive the transport keys; the initiator's first data message (or
    an empty keepalive) *confirms* the session to the responder.
 
@@ -33,14 +34,14 @@ from ..events import Event, EventBus
 FIELD_NOTES = {
     "sender_index": "the sender's 32-bit name for this handshake/session (5.4.2)",
     "receiver_index": "echoes the initiator's sender index (5.4.3)",
-    "ephemeral": "fresh X25519 public key, sent in the clear (5.4.2)",
+    "ephemeral": "fresh X25519 public key, sent in the clear (5.4.2, 5.4.3)",
     "encrypted_static": "initiator's static public key, AEAD: 32 + 16-byte tag (5.4.2)",
     "static": "...which the responder decrypted: the initiator's static public key",
     "encrypted_timestamp": "TAI64N timestamp, AEAD: 12 + 16-byte tag; anti-replay (5.1, 5.4.2)",
     "timestamp": "the timestamp (must be newer than the last one seen from this peer)",
     "encrypted_nothing": "empty AEAD: only the 16-byte tag, proves the keys match (5.4.3)",
-    "mac1": "MAC keyed by HASH(\"mac1----\" || responder's public key): 'meant for you' (5.4.4)",
-    "mac2": "cookie MAC: zeros unless the receiver is under load (5.4.4, 5.4.7)",
+    "mac1": "MAC keyed by HASH(\"mac1----\" || the receiver's public key): 'meant for you' (5.4.4)",
+    "mac2": "cookie MAC: zeros unless the sender holds a fresh (< 120 s) cookie from the receiver (5.4.4, 5.4.7)",
 }
 
 
@@ -176,7 +177,8 @@ class HandshakeLadder(w.HTML):
 
     # ------------------------------------------------------------------ drawing
     def render(self) -> None:
-        width, left, right = 1040, 110, 930
+        # Wide enough for the longest field line; the SVG scales down to fit the output area.
+        width, left, right = 1200, 110, 1090
         y = 50
         parts = [f'<text x="{left}" y="20" text-anchor="middle" font-weight="bold">{html.escape(self.names[0])}</text>',
                  f'<text x="{right}" y="20" text-anchor="middle" font-weight="bold">{html.escape(self.names[1])}</text>']
@@ -216,8 +218,9 @@ class HandshakeLadder(w.HTML):
                      f'<line x1="{right}" y1="28" x2="{right}" y2="{height - 5}" stroke="#333"/>')
         defs = ('<defs><marker id="vpnedu-arrow" markerWidth="10" markerHeight="8" refX="9" refY="4" '
                 'orient="auto"><path d="M0,0 L10,4 L0,8 z" fill="#2a6"/></marker></defs>')
-        self.value = (f'<svg class="vpnedu-ladder-svg" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-                      f'height="{height}" font-family="sans-serif" font-size="12">{defs}{lifelines}'
+        self.value = (f'<svg class="vpnedu-ladder-svg" xmlns="http://www.w3.org/2000/svg" '
+                      f'viewBox="0 0 {width} {height}" width="100%" style="max-width:{width}px" '
+                      f'font-family="sans-serif" font-size="12">{defs}{lifelines}'
                       + "".join(parts) + "</svg>")
 
     def close(self) -> None:
