@@ -54,6 +54,17 @@ def test_provisioning_errors(tmp_path):
         add_client(small, "two")
     r = run_cli("server", "init", "-c", str(tmp_path / "x.conf"), "--subnet", "banana")
     assert r.returncode == 1 and r.stderr.startswith("vpnedu: error: 'banana' is not a subnet")
+    # A path that cannot be written (its "folder" is a file): one line naming the file and the fix,
+    # and nothing half-written.
+    (tmp_path / "afile").write_text("")
+    r = run_cli("server", "init", "-c", str(tmp_path / "afile" / "s.conf"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"vpnedu: error: cannot write {tmp_path / 'afile' / 's.conf'}: {tmp_path / 'afile'} is not a folder")
+    assert "exists and is writable" in r.stderr
+    before = sc.read_text()
+    r = run_cli("server", "add-client", "zed", "-c", str(sc), "--endpoint", "203.0.113.2", "--out", str(tmp_path / "afile" / "sub"))
+    assert r.returncode == 1 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sc.read_text() == before and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_conf_check_export_and_import(tmp_path):

@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, KeyFormatError, SuiteError
+from .errors import ConfigError, KeyFormatError, SuiteError, VpneduError
 from .protocol import keys as _keys
 from .protocol.suites import SUITES, get_suite
 
@@ -364,12 +364,28 @@ def dumps(cfg: Config) -> str:
 
 
 def save(cfg: Config, path: str | os.PathLike) -> None:
-    """Write a config file readable by its owner only (it holds a private key)."""
+    """Write a config file readable by its owner only (it holds a private key).
+
+    The text goes to a temporary file beside it, created 0600, which then replaces the old file in
+    one rename: a full disk or a crash half-way leaves the old config whole, never half a file.
+    A missing folder is created."""
     p = Path(path)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(dumps(cfg))
-    os.chmod(p, 0o600)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(dumps(cfg))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, p)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    except OSError as e:
+        why = f"{p.parent} is not a folder" if p.parent.exists() and not p.parent.is_dir() else e.strerror
+        raise VpneduError(f"cannot write {p}: {why}",
+                          f"check that the folder {p.parent} exists and is writable, or choose another path") from None
 
 
 #: The keys `wg setconf` understands; everything else in a wg-quick file is for wg-quick itself.

@@ -39,7 +39,6 @@ def init_server(path: str | Path, *, endpoint: tuple[str, int] | None, port: int
                                  listen_port=port, cipher_suite=suite,
                                  public_endpoint=(endpoint[0], endpoint[1] or port) if endpoint else None),
                  source=str(p))
-    p.parent.mkdir(parents=True, exist_ok=True)
     _config.save(cfg, p)
     return cfg
 
@@ -80,7 +79,6 @@ def add_client(server_conf: str | Path, name: str, *, out_dir: str | Path | None
                     allowed_ips=[addr.network] if split else [ipaddress.ip_network("0.0.0.0/0")],
                     endpoint=ep, persistent_keepalive=keepalive, name="server")])
     out = Path(out_dir) if out_dir else sp.parent
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.conf"
     if path.exists():
         raise VpneduError(f"{path} already exists", "remove it or choose another name")
