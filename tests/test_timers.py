@@ -129,3 +129,32 @@ def test_shortened_timers_rekey_repeatedly_without_loss(pair_factory):
     assert len(pair.net.delivered[pair.server_ep]) == sent
     assert len(pair.net.delivered[pair.client_ep]) == sent
     assert not log.drops()
+
+
+def test_rekey_and_reject_after_messages(pair_factory):
+    """REKEY_AFTER_MESSAGES starts a new handshake; past REJECT_AFTER_MESSAGES a key is used for
+    nothing more, sending or receiving (both shortened here: 2**60 messages take a while)."""
+    pair = pair_factory(timers=Timers(rekey_after_messages=4, reject_after_messages=8))
+    log = EventLog(pair.events)
+    pair.handshake()
+    # The receiver is stricter than the sender, so the receive check is seen on its own.
+    pair.server.timers = Timers(rekey_after_messages=4, reject_after_messages=6)
+    pair.net.on_wire = lambda data, s, d: None if data[0] == m.INITIATION else data  # no rekey can finish
+    pair.net.clock.advance(6)   # past REKEY_TIMEOUT since the first handshake, far before REKEY_AFTER_TIME
+    kp = pair.server_peer.current
+    assert kp.send_counter == 1          # the keepalive that confirmed the session to the responder
+    for _ in range(3):
+        pair.client_sends(PING)          # counters 1..3
+    assert handshakes_sent(log) == 1 and not log.of("timer.rekey")
+    pair.client_sends(PING)              # counter 4: the 5th message on these keys, time for new ones
+    assert handshakes_sent(log) == 2
+    assert any("REKEY_AFTER_MESSAGES" in e["reason"] for e in log.of("timer.rekey"))
+    for _ in range(3):
+        pair.client_sends(PING)          # counters 5..7 still go out on the old keys ...
+    assert kp.send_counter == 8 and not log.of("session.expired")
+    pair.client_sends(PING)              # ... an 8th would reach REJECT_AFTER_MESSAGES: it waits
+    assert log.of("session.expired") and pair.server_peer.current is None
+    assert len(pair.server_peer.staged) == 1
+    # The receiver took the pings with counters 1..5 and dropped 6 and 7 as an expired session.
+    assert len(pair.net.delivered[pair.server_ep]) == 5
+    assert len(log.drops("expired-session")) == 2
