@@ -59,6 +59,27 @@ def test_null_teaching_shows_the_marker_on_the_client_link(lab_factory):
     assert res.marker_in_client_capture and res.marker_in_server_capture and res.ok
 
 
+def test_the_readme_demo_command_runs_and_leaves_nothing_behind():
+    """'vpnedu lab demo' (what scripts/demo.sh runs) as a user runs it: every step, then no trace."""
+    prefix = f"vd{os.getpid() % 10000}-"
+    try:
+        r = subprocess.run(vpnedu("lab", "demo", "--prefix", prefix), capture_output=True, text=True,
+                           timeout=180)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+        out = r.stdout
+        for words in ("-> the default gateway is the LAN router 198.51.100.1",
+                      "+ 0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "0% packet loss",
+                      f"app's log: request from {SERVER_PUBLIC}", "nat and proxy side by side",
+                      "marker text in the client's capture: False", "-> identical to step 2",
+                      "demo complete: every step did what it says"):
+            assert words in out, (words, out[-3000:])
+        assert "Traceback" not in r.stderr
+    finally:
+        subprocess.run(vpnedu("lab", "down", "--prefix", prefix), capture_output=True, timeout=60)
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in left
+
+
 def test_host_is_restored_after_exit_sigterm_and_sigkill(lab_factory):
     lab = lab_factory()
     provision(lab)
@@ -71,6 +92,10 @@ def test_host_is_restored_after_exit_sigterm_and_sigkill(lab_factory):
     assert during["routes"] != before["client"]["routes"] and "vpnedu0" in during["links"]
     assert "masquerade" in snapshot(lab, "server")["nft"]
     assert ping(lab, "client", "10.0.0.1")
+    # The client told its user what it changed in the routing table.
+    log = (lab.dir / "vpn-client.log").read_text()
+    assert "routing table change:" in log and "+ 0.0.0.0/1 via 10.0.0.1" in log
+    assert "+ 128.0.0.0/1 via 10.0.0.1" in log and f"+ {SERVER_PUBLIC} via 198.51.100.1 dev eth0" in log, log
     lab.run("client", *vpnedu("status"))
     r = lab.run("client", sys_python(), "-c",
                 "from vpnedu.node import control as c; print(c.request(c.pick_socket(), {'cmd': 'stop'}))")
@@ -78,9 +103,12 @@ def test_host_is_restored_after_exit_sigterm_and_sigkill(lab_factory):
     assert cli.wait(15) == 0
     assert snapshot(lab, "client") == before["client"]
 
-    # 2. SIGTERM.
+    # 2. SIGTERM, and Ctrl-C (SIGINT).
     cli = start_client(lab)
     assert stop(cli, signal.SIGTERM) == 0
+    assert snapshot(lab, "client") == before["client"]
+    cli = start_client(lab)
+    assert stop(cli, signal.SIGINT) in (0, 130)
     assert snapshot(lab, "client") == before["client"]
 
     # 3. SIGKILL: the host route to the server stays behind ... until the next start cleans it up.
@@ -251,6 +279,12 @@ def test_bad_situations_get_one_line_and_leave_the_host_unchanged(lab_factory):
     one_line_error(r, "bad.conf:2: PrivateKey: private key 'abc' is not 32 bytes of base64")
     r = lab.run("client", *vpnedu("client", "-c", str(d / "missing.conf")))
     one_line_error(r, "no such file")
+
+    # No TUN driver: /dev/net/tun hidden under an empty tmpfs in a mount namespace of its own.
+    r = lab.run("client", "unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /dev/net && exec "$@"',
+                "sh", *vpnedu("client", "-c", str(d / "client.conf")))
+    one_line_error(r, "/dev/net/tun is missing")
+    assert "modprobe tun" in r.stderr
 
     # An address clash with an existing interface.
     lab.run("client", "ip", "link", "add", "dummy9", "type", "veth", "peer", "name", "dummy9b", check=True)
