@@ -101,3 +101,37 @@ def test_unsubscribe_stops_delivery():
     log.close()
     bus.emit("tun.read")
     assert len(log.events) == 1 and not bus.wants("tun.read")
+
+
+def test_event_fields_are_the_bytes_on_the_wire(pair_factory):
+    """What a student reads in an event is what the datagram carried (checked against the wire)."""
+    import base64
+
+    from vpnedu.protocol import messages as m
+    pair = pair_factory()
+    log = EventLog(pair.events)
+    wire = []
+    pair.net.on_wire = lambda data, s, d: wire.append(data) or data
+    pair.handshake()
+    pair.client_sends(PING)
+    init, resp = m.parse(wire[0]), m.parse(wire[1])
+    sent = log.of("handshake.initiation.sent")[0]
+    assert sent["sender_index"] == init.sender
+    assert base64.b64decode(sent["ephemeral"]) == init.ephemeral
+    assert bytes.fromhex(sent["encrypted_static"]) == init.encrypted_static
+    assert bytes.fromhex(sent["mac1"]) == init.mac1 and sent["mac2"] == "00" * 16
+    assert sent["timestamp"] == log.of("handshake.initiation.received")[0]["timestamp"]
+    got = log.of("handshake.response.received")[0]
+    assert (got["sender_index"], got["receiver_index"]) == (resp.sender, resp.receiver) == \
+        (resp.sender, init.sender)
+    assert base64.b64decode(got["ephemeral"]) == resp.ephemeral
+    est = {e["role"]: e for e in log.of("session.established")}
+    assert est["initiator"]["local_index"] == init.sender == est["responder"]["remote_index"]
+    # The ping: 39 bytes, padded to 48, + 16-byte tag + 16-byte header = the 80-byte datagram sent.
+    enc = [e for e in log.of("data.encrypted") if not e["keepalive"]][0]
+    data = wire[-1]
+    assert enc["plaintext_len"] == len(PING) and enc["padded_len"] == -(-len(PING) // 16) * 16
+    assert enc["ciphertext_len"] == enc["padded_len"] + 16 and enc["datagram_len"] == len(data) == 16 + 48 + 16
+    assert enc["counter"] == m.parse(data).counter == 1   # 0 was the keepalive that confirmed the session
+    dec = [e for e in log.of("data.decrypted") if not e["keepalive"]][0]
+    assert (dec["counter"], dec["plaintext_len"]) == (1, len(PING)) and "ICMP echo request" in dec["packet"]
