@@ -66,3 +66,24 @@ def test_handshake_demo_null_teaching_warns():
     r = run_cli("handshake-demo", "--suite", "null-teaching", "--allow-null-teaching")
     assert r.returncode == 0
     assert "NOT encrypted" in r.stderr and "WARNING" in r.stdout
+
+
+def test_course_commands_show_what_the_notebooks_show():
+    """'vpnedu course ...' is the course without Jupyter: the same simulated lab, as text."""
+    import json
+
+    from vpnedu.packet.ip import IPv4Packet
+    r = run_cli("course", "sim")
+    assert r.returncode == 0, r.stderr
+    for words in ("SIMULATED MODE", "handshake.initiation.sent", "session.established",
+                  "+ 0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "3 received, 0% packet loss",
+                  "the app server logged the request from 203.0.113.2", "reason=bad-mac", "reason=replay",
+                  "the journey of one ping:", "masquerade: source 10.0.0.2"):
+        assert words in r.stdout, words
+    r = run_cli("course", "tun", "--sim", "--json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    ip = IPv4Packet.parse(bytes.fromhex(got["raw"]))
+    assert got["mode"] == "simulated" and ip.protocol == 1 and str(ip.dst).startswith("10.")
+    r = run_cli("course", "suites")
+    assert r.returncode == 0 and "DOES NOT ENCRYPT" in r.stdout and "AESGCM_SHA256" in r.stdout, r.stderr

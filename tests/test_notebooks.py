@@ -7,6 +7,7 @@ temporary JUPYTER_PATH, which comes first in Jupyter's search path.
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ EXPECT = {
                            "check-fields": ["encrypted_static", "encrypted_timestamp", "ephemeral", "mac1",
                                             "mac2", "receiver_index", "TAI64N"],
                            "check-plot": ["vpnedu:", "Mbit/s up"]},
-    "03-encryption.ipynb": {"check-counter": ["0% packet loss", "never reused"],
+    "03-encryption.ipynb": {"check-counter": ["0% packet loss", "one counter value per packet"],
                             "check-tamper": ["packet.dropped", "reason=bad-mac"],
                             "check-replay": ["packet.dropped", "reason=replay"],
                             "check-counters": ["'dropped.bad-mac': 1", "'dropped.replay': 1"],
@@ -54,7 +55,26 @@ EXPECT_MODE = {
             "06-performance.ipynb": {"check-compare": ["wireguard-go needs the real lab"]}},
     "real": {"00-setup.ipynb": {"check-banner": ["REAL MODE", "network namespaces"]},
              "01-tun.ipynb": {"check-tun": ["(real TUN device)"]},
+             "05-proxy.ipynb": {"check-proxy": ["your address is 203.0.113.2", "client 10.0.0.2:",
+                                                "as 203.0.113.2:", "-> 192.0.2.80:80", "closed"]},
              "06-performance.ipynb": {"check-compare": ["wireguard-go"]}},
+}
+
+
+def _counter_grew(text: str) -> bool:
+    m = re.search(r"went from (\d+) to (\d+)", text)
+    return bool(m) and int(m[2]) - int(m[1]) >= 5   # five pings: five new counter values (or more)
+
+
+def _all_rates_positive(text: str) -> bool:
+    rates = [float(x) for x in re.findall(r"([\d.]+) Mbit/s", text)]
+    return bool(rates) and all(r > 0 for r in rates)
+
+
+# Checks on the numbers a cell printed (tag -> predicate), for both modes.
+EXPECT_TRUE = {
+    "03-encryption.ipynb": {"check-counter": _counter_grew},
+    "06-performance.ipynb": {"check-vpnedu": _all_rates_positive, "check-compare": _all_rates_positive},
 }
 
 
@@ -99,6 +119,8 @@ def check(nb, name: str, mode: str) -> None:
     for tag, subs in want.items():
         for s in subs:
             assert s in texts.get(tag, ""), f"{name} [{tag}] lacks {s!r}; it printed:\n{texts.get(tag, '')}"
+    for tag, pred in EXPECT_TRUE.get(name, {}).items():
+        assert pred(texts.get(tag, "")), f"{name} [{tag}]: {pred.__name__} fails on:\n{texts.get(tag, '')}"
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
 
@@ -146,6 +168,7 @@ def test_committed_notebooks_have_no_outputs_and_no_secrets():
         assert "widgets" not in nb.metadata
         text = (NOTEBOOKS / name).read_text()
         assert "PrivateKey" not in text and "PresharedKey" not in text
+        assert not re.search(r"[A-Za-z0-9+/]{43}=", text), f"{name}: a base64 key in a committed notebook"
 
 
 def test_strip_script_finds_and_removes_outputs(tmp_path):
@@ -176,3 +199,27 @@ def test_binder_launches_the_course_in_simulated_mode():
                         "from vpnedu.course import choose_mode; print(choose_mode()[0])"],
                        capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "VPNEDU_MODE"})
     assert r.stdout.strip() == "sim", r.stderr
+
+
+def test_the_mode_is_chosen_automatically_and_either_can_be_forced(monkeypatch):
+    """No root: the simulation, saying why; MODE in the notebook beats VPNEDU_MODE; nonsense is refused."""
+    import subprocess
+
+    from vpnedu.course import choose_mode
+    from vpnedu.errors import VpneduError
+    monkeypatch.delenv("VPNEDU_MODE", raising=False)
+    code = "from vpnedu.course import choose_mode; print(*choose_mode(), sep='|')"
+    if os.geteuid() == 0:   # as root: really drop to another user, and also see 'auto' pick the real lab
+        r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                            "-c", code], capture_output=True, text=True, cwd="/",
+                           env={**os.environ, "PYTHONPATH": str(NOTEBOOKS.parent)})
+        assert choose_mode()[0] == "real"
+    else:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip().startswith("sim|not root"), r.stdout + r.stderr
+    assert choose_mode("sim") == ("sim", "asked for the simulation")
+    monkeypatch.setenv("VPNEDU_MODE", "real")
+    assert choose_mode("sim")[0] == "sim"
+    monkeypatch.setenv("VPNEDU_MODE", "banana")
+    with pytest.raises(VpneduError, match="unknown course mode 'banana'"):
+        choose_mode()

@@ -56,6 +56,13 @@ class FlowTableView(w.HTML):
             return
         self.render()
 
+    def as_text(self) -> str:
+        """The table as lines of text, one flow each (what a notebook prints under the widget)."""
+        if not self.flows:
+            return "(no flows)"
+        return "\n".join(f"{f.get('proto') or '':<5} client {f.get('client') or '':<21} as {f.get('proxy') or '':<21} "
+                         f"-> {f.get('destination') or ''}  ({f.get('state') or ''})" for f in self.flows.values())
+
     def render(self) -> None:
         if not self.flows:
             body = f"<tr><td colspan='{len(COLUMNS)}'><i>no flows</i></td></tr>"
