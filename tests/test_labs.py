@@ -321,3 +321,49 @@ def test_the_real_implementations_pass_where_the_exercise_mirrors_one(name, caps
     real = {"ipv4": (reference,), "replay": (ReplayWindow,),
             "routes": (routes.real_plan, lambda plan: list(reversed(plan)))}
     assert check(name, *real[name]), capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ nbgrader
+def test_nbgrader_releases_and_autogrades_every_exercise(built, tmp_path, kernel_path):
+    """The instructor's real nbgrader round trip on 'vpnedu labs build' output: generate_assignment
+    releases each exercise without its solutions, and autograde gives a submission of the solved
+    notebook full marks and the untouched release zero."""
+    import csv
+    import os
+    import shutil
+    import subprocess
+    import sys
+    pytest.importorskip("nbgrader")
+    bindir = Path(sys.executable).parent
+    course = tmp_path / "course"
+    shutil.copytree(built / "nbgrader", course)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",   # nbgrader runs alembic
+           "JUPYTER_PATH": str(kernel_path), "VPNEDU_MODE": "sim"}
+
+    def nbgrader(*args):
+        r = subprocess.run([str(bindir / "nbgrader"), *args, f"--CourseDirectory.root={course}"], cwd=course,
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        return r
+
+    labs = sorted(p.name for p in (course / "source").iterdir())
+    assert len(labs) == len(SOURCES)
+    for student in ("solved", "untouched"):
+        nbgrader("db", "student", "add", student)
+    for lab in labs:
+        nbgrader("generate_assignment", lab, "--force")
+        released = course / "release" / lab / f"{lab}.ipynb"
+        secret = _solution_lines(json.loads((ROOT / "exercises" / f"{lab}.ipynb").read_text()))
+        text = released.read_text()
+        assert secret and not [s for s in secret if s in text], lab
+        for student, nb in (("solved", built / "instructor" / f"{lab}.ipynb"), ("untouched", released)):
+            (course / "submitted" / student / lab).mkdir(parents=True)
+            shutil.copy(nb, course / "submitted" / student / lab / f"{lab}.ipynb")
+        nbgrader("autograde", lab, "--force")
+    nbgrader("export", "--to", str(tmp_path / "grades.csv"))
+    grades = {(row["assignment"], row["student_id"]): (float(row["score"]), float(row["max_score"]))
+              for row in csv.DictReader((tmp_path / "grades.csv").open())}
+    for lab in labs:
+        score, top = grades[(lab, "solved")]
+        assert top > 0 and score == top, (lab, grades)
+        assert grades[(lab, "untouched")][0] == 0, (lab, grades)
