@@ -1,7 +1,8 @@
 """The server's two ways out for clients -- kernel NAT and the transport-layer proxy -- driven
 for real in the namespace lab: a 100 MB download, 500 concurrent TCP echoes, a UDP
-request/response, ping and a refused connection, each through the tunnel, with the flow table
-watched and the server's file descriptors counted before and after."""
+request/response, ping, a refused connection, an idle TCP connection and one the application
+resets mid-stream, each through the tunnel, with the flow table watched and the server's file
+descriptors counted before and after."""
 
 import json
 import os
@@ -94,12 +95,52 @@ def vpn(request):
         lab.down()
 
 
+def spawn_traffic(lab, name: str, *args: str):
+    """Start ``python -m vpnedu.lab.traffic ARGS`` on the client in the background."""
+    return lab.spawn("client", name, *lab.python("-m", "vpnedu.lab.traffic", *args))
+
+
+def traffic_lines(lab, name: str) -> list[dict]:
+    log = lab.dir / f"{name}.log"
+    text = log.read_text() if log.exists() else ""
+    return [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+
+
+def held_connection(lab, name: str, proc) -> str:
+    """The client address:port of a ``traffic hold`` once it has connected."""
+    def connected():
+        return next((d["connected"] for d in traffic_lines(lab, name) if "connected" in d), None)
+    return wait_for(connected, timeout=15, what=f"{name} to connect", proc=proc, log=lab.dir / f"{name}.log")
+
+
+def finish(proc, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    proc.wait(timeout)
+
+
 def test_forwarding_mode_is_reported(vpn):
     st = vpn.status()
     assert st["forwarding"] == vpn.mode
-    r = vpn.lab.run("server", *vpnedu("status", "--flows"))
+    # A live flow -- a TCP connection held open to the echo service -- is a row of the text table.
+    hold = spawn_traffic(vpn.lab, "hold-status", "hold", APP_ADDRESS, "7", "--seconds", "15")
+    try:
+        local = held_connection(vpn.lab, "hold-status", hold)
+        wait_for(lambda: any(f["client"] == local for f in vpn.flows()), timeout=10, what="the flow listed")
+        r = vpn.lab.run("server", *vpnedu("status", "--flows"))
+    finally:
+        finish(hold)
     assert r.returncode == 0, r.stderr
     assert f"via {vpn.mode}" in r.stdout
+    lines = r.stdout.splitlines()
+    head = next(x for x in lines if x.split()[:2] == ["proto", "client"])
+    assert head.split()[2:6] == ["server", "end", "destination", "state"], head
+    rows = [x.split() for x in lines if local in x.split()]
+    assert len(rows) == 1, r.stdout
+    proto, client, server_end, destination, state = rows[0][:5]
+    assert (proto, client, destination, state) == ("tcp", local, f"{APP_ADDRESS}:7", "established"), rows
+    # The server's own end: the proxy's socket, or the address and port NAT rewrote the client's to.
+    assert server_end.startswith(SERVER_PUBLIC + ":") and int(server_end.rsplit(":", 1)[1]) > 0, rows
 
 
 def test_http_download_of_100_mb_arrives_intact(vpn):
@@ -122,16 +163,14 @@ def test_http_download_of_100_mb_arrives_intact(vpn):
 
 def test_500_concurrent_tcp_connections_each_echo_64_kib(vpn):
     fds_before = vpn.fds()
-    seen = {}
-
-    def watch():
-        for f in vpn.flows():
-            if f["proto"] == "tcp" and f["destination"] == f"{APP_ADDRESS}:7":
-                seen[f["client"]] = f
-        return False
+    stop_watching = vpn.watch_flows()
     got = vpn.traffic("echo", APP_ADDRESS, "7", "--connections", "500", "--size", "65536")
+    seen = stop_watching()
     assert got["ok"] == 500, got
-    watch()
+    # The flow table listed the echoes while they ran: many distinct client ports to the echo port.
+    echoes = {client for proto, client, dst in seen if proto == "tcp" and dst == f"{APP_ADDRESS}:7"}
+    assert len(echoes) >= 100, f"only {len(echoes)} echo flows seen in the flow table"
+    assert all(c.startswith("10.0.0.2:") for c in echoes), echoes
     if vpn.mode == "proxy":
         # The flows closed after the echoes; the proxy's table is empty and its sockets are gone.
         wait_for(lambda: vpn.no_flows_left("tcp"), timeout=15, what="proxy TCP flows to close")
@@ -140,7 +179,9 @@ def test_500_concurrent_tcp_connections_each_echo_64_kib(vpn):
         wait_for(lambda: vpn.fds() <= fds_before, timeout=15, what="file descriptors back to before")
     else:
         # conntrack keeps closed flows in TIME_WAIT for a while: they are listed as such.
-        states = {f["state"] for f in vpn.flows() if f["destination"] == f"{APP_ADDRESS}:7"}
+        after = [f for f in vpn.flows() if f["destination"] == f"{APP_ADDRESS}:7"]
+        assert len({f["client"] for f in after}) >= 500, f"{len(after)} conntrack entries for the echoes"
+        states = {f["state"] for f in after}
         assert states <= {"time-wait", "close", "fin-wait", "last-ack", "close-wait"}, states
         assert vpn.fds() <= fds_before
 
@@ -191,6 +232,78 @@ def test_events_show_proxy_flows_opening_and_closing(vpn):
     assert opened["fields"]["destination"] == f"{APP_ADDRESS}:80"
     assert opened["fields"]["proxy"].startswith(SERVER_PUBLIC + ":")
     assert closed["fields"]["reason"] in ("closed", "reset")
+
+
+@pytest.fixture
+def short_idle_proxy():
+    """A lab of its own whose proxy closes TCP flows idle for 2 s (the module's server waits 20 s)."""
+    from vpnedu.lab.topology import Lab
+    lab = Lab(prefix=f"vf{os.getpid() % 10000}i-", clients=1, log=lambda s: None)
+    try:
+        lab.up()
+        provision(lab)
+        server = start_server(lab, "--forwarding", "proxy", "--proxy-idle", "tcp=2")
+        client = start_client(lab)
+        v = Vpn(lab, "proxy", server, client)
+        v.fds_at_start = v.fds()
+        yield v
+        stop(client)
+        stop(server)
+    finally:
+        lab.down()
+
+
+def test_idle_tcp_connection_is_closed_after_the_idle_timeout(vpn, request):
+    if vpn.mode == "nat":
+        # NAT leaves the connection end to end: vpnedu sets no idle timeout, and conntrack keeps an
+        # established TCP entry for days (nf_conntrack_tcp_timeout_established).  The same silent
+        # connection the proxy closes below is still alive afterwards.
+        got = vpn.traffic("hold", APP_ADDRESS, "7", "--seconds", "3", "--then-echo")
+        assert got["result"] == "open" and got["echo"] is True, got
+        return
+    v = request.getfixturevalue("short_idle_proxy")
+    ev = v.lab.spawn("server", "idle-events", *vpnedu("events", "--kind", "proxy.flow.closed", "--json",
+                                                      "--count", "1"))
+    time.sleep(0.5)
+    hold = spawn_traffic(v.lab, "hold-idle", "hold", APP_ADDRESS, "7", "--seconds", "15")
+    try:
+        local = held_connection(v.lab, "hold-idle", hold)
+        # Listed while it is open (and silent) ...
+        wait_for(lambda: any(f["client"] == local and f["state"] == "established" for f in v.flows()),
+                 timeout=5, what="the held flow listed")
+        hold.wait(15)
+    finally:
+        finish(hold)
+    got = traffic_lines(v.lab, "hold-idle")[-1]
+    # ... then the proxy closed it: the client's read ended, well before its own 15 s.
+    assert got["result"] in ("eof", "reset") and got["bytes"] == 0, got
+    assert 1.5 < got["seconds"] < 8, got
+    assert not [f for f in v.flows() if f["client"] == local]
+    ev.wait(10)
+    [closed] = [json.loads(x) for x in (v.lab.dir / "idle-events.log").read_text().splitlines()
+                if x.startswith("{")]
+    assert closed["kind"] == "proxy.flow.closed"
+    assert closed["fields"]["reason"] == "idle", closed
+    assert (closed["fields"]["client"], closed["fields"]["destination"]) == (local, f"{APP_ADDRESS}:7")
+    wait_for(lambda: v.fds() <= v.fds_at_start, timeout=10, what="the idle flow's sockets closed")
+
+
+def test_reset_by_the_application_mid_stream_reaches_the_client(vpn):
+    """The application server greets, then aborts the connection (RST): the client reads the
+    greeting, then a reset -- at once, not at the idle timeout."""
+    port = "8007"
+    srv = vpn.lab.spawn("app", "reset-server",
+                        *vpn.lab.python("-m", "vpnedu.lab.traffic", "reset-server", port))
+    try:
+        vpn.lab.wait_for_port("app", int(port))
+        got = vpn.traffic("hold", APP_ADDRESS, port, "--seconds", "10")
+    finally:
+        finish(srv)
+    assert (got["result"], got["bytes"]) == ("reset", len(b"hello\n")), got
+    assert got["seconds"] < 3, got
+    if vpn.mode == "proxy":
+        wait_for(lambda: not [f for f in vpn.flows() if f["client"] == got["local"]], timeout=5,
+                 what="the reset flow to leave the table")
 
 
 def test_nothing_leaks_after_all_the_flows(vpn):

@@ -137,3 +137,146 @@ def test_reset_for_a_syn_matches_the_rfc():
     sport, dport, seq, ack = struct.unpack_from("!HHII", rst, 20)
     assert (sport, dport, seq, ack) == (81, 1234, 0, 0)   # the ack wraps around 2**32
     assert tcp_checksum_ok(rst)
+
+
+# ---------------------------------------------------------------------- the TCP relay on loopback
+class _Spoofed:
+    """A StreamWriter whose addresses read like TPROXY's: the peer is the tunnel client and the
+    local address the original destination (what an accepted transparent socket reports)."""
+
+    def __init__(self, writer, peername, sockname):
+        self._w, self._names = writer, {"peername": peername, "sockname": sockname}
+
+    def get_extra_info(self, name, default=None):
+        return self._names.get(name) or self._w.get_extra_info(name, default)
+
+    def __getattr__(self, name):
+        return getattr(self._w, name)
+
+
+async def _relay_pair(app_handler):
+    """A relayed flow on loopback: (relay, flow, task, the client's end, the proxy's upstream writer,
+    the app server); the test holds the client's end, ``app_handler`` the application's."""
+    from vpnedu.proxy.tcp import TcpRelay
+    app = await asyncio.start_server(app_handler, "127.0.0.1", 0)
+    relay = TcpRelay(FlowTable(EventBus()), deliver=lambda p: None, inject=lambda p: None)
+    u_r, u_w = await asyncio.open_connection(*app.sockets[0].getsockname()[:2])
+    accepted = asyncio.get_running_loop().create_future()
+    front = await asyncio.start_server(lambda r, w: accepted.set_result((r, w)), "127.0.0.1", 0)
+    client = await asyncio.open_connection(*front.sockets[0].getsockname()[:2])
+    c_r, c_w = await accepted
+    front.close()
+    flow = relay.table.new("tcp", ("10.0.0.2", 40000), ("192.0.2.80", 80))
+    relay.table.opened(flow, u_w.get_extra_info("sockname")[:2])
+    task = asyncio.ensure_future(relay._relay(flow, c_r, c_w, u_r, u_w))
+    return relay, flow, task, client, u_w, app
+
+
+def _rst(writer):
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def test_relay_passes_a_reset_from_the_destination_to_an_idle_client():
+    """The application resets an established connection while the client only listens: the
+    client's read fails with a reset at once (not after the idle timeout)."""
+    async def go():
+        async def app(r, w):
+            w.write(b"hello")
+            await w.drain()
+            await asyncio.sleep(0.2)
+            _rst(w)
+        relay, flow, task, (cr, cw), _u_w, srv = await _relay_pair(app)
+        got = b""
+        try:
+            async with asyncio.timeout(3):
+                while chunk := await cr.read(100):
+                    got += chunk
+            outcome = "eof"
+        except ConnectionResetError:
+            outcome = "reset"
+        await asyncio.wait_for(task, 3)
+        cw.close()
+        srv.close()
+        return got, outcome, relay
+    got, outcome, relay = asyncio.run(go())
+    assert (got, outcome) == (b"hello", "reset")
+    assert len(relay.table) == 0
+
+
+def test_relay_resets_the_destination_when_the_client_resets_during_a_download(monkeypatch):
+    """A client that half-closed (sent its request) then resets mid-download: the error shows up
+    writing towards the client, and the reset must go to the destination, not back to the client."""
+    from vpnedu.proxy import tcp
+    resets = []
+    real_reset = tcp._reset
+    monkeypatch.setattr(tcp, "_reset", lambda w: (resets.append(w), real_reset(w)))
+
+    async def go():
+        app_saw = asyncio.get_running_loop().create_future()
+
+        async def app(r, w):
+            await r.read()               # the request, up to the client's FIN
+            try:
+                while True:
+                    w.write(bytes(65536))
+                    await w.drain()
+            except (ConnectionResetError, BrokenPipeError) as e:
+                app_saw.set_result(type(e).__name__)
+        relay, flow, task, (cr, cw), u_w, srv = await _relay_pair(app)
+        cw.write(b"GET /big\r\n")
+        cw.write_eof()
+        while flow.bytes_down < 1 << 20:
+            await cr.read(65536)
+        await asyncio.sleep(0.2)        # stop reading: the relay's writes to the client back up
+        _rst(cw)
+        await asyncio.wait_for(task, 3)
+        saw = await asyncio.wait_for(app_saw, 3)
+        srv.close()
+        return u_w, saw, relay
+    u_w, saw, relay = asyncio.run(go())
+    assert resets == [u_w]
+    assert saw in ("ConnectionResetError", "BrokenPipeError")
+    assert len(relay.table) == 0
+
+
+def test_a_syn_retransmitted_after_the_accept_opens_no_second_upstream_connection():
+    async def go():
+        upstream_conns = []
+
+        async def app(r, w):
+            upstream_conns.append(w)
+            await r.read()
+            w.close()
+        srv = await asyncio.start_server(app, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        delivered = []
+        p = make_proxy(delivered, [])
+        syn = build_tcp("10.0.0.2", 40002, "127.0.0.1", port, seq=7, flags=TCP_SYN)
+        assert p.intercept("client", syn)
+        for _ in range(100):
+            if delivered:
+                break
+            await asyncio.sleep(0.02)
+        # The released SYN reaches the (here: plain) listener; its socket reads like TPROXY's.
+        front = await asyncio.start_server(
+            lambda r, w: p.tcp._accepted(r, _Spoofed(w, ("10.0.0.2", 40002), ("127.0.0.1", port))),
+            "127.0.0.1", 0)
+        cr, cw = await asyncio.open_connection(*front.sockets[0].getsockname()[:2])
+        for _ in range(100):
+            if p.flows() and p.flows()[0]["state"] == "established":
+                break
+            await asyncio.sleep(0.02)
+        # A late copy of the client's SYN: the kernel's (challenge ACK), not a new flow.
+        taken = p.intercept("client", syn)
+        await asyncio.sleep(0.2)
+        flows = p.flows()
+        cw.close()
+        await p.tcp.close()
+        front.close()
+        srv.close()
+        return taken, flows, len(upstream_conns)
+    taken, flows, conns = asyncio.run(go())
+    assert not taken
+    assert [f["state"] for f in flows] == ["established"]
+    assert conns == 1

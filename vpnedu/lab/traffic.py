@@ -9,6 +9,13 @@
     one UDP request/response (the lab's DNS-like service); print the answer.
 ``python -m vpnedu.lab.traffic connect HOST PORT``
     try a TCP connection; print "connected" or the error and how long it took.
+``python -m vpnedu.lab.traffic hold HOST PORT --seconds 10 [--then-echo]``
+    open a TCP connection, send nothing and read until the other end closes it
+    (end-of-file), resets it, or SECONDS pass; with ``--then-echo`` a connection still
+    open afterwards sends a line and expects it back (is it really alive?).
+``python -m vpnedu.lab.traffic reset-server PORT``
+    (on the app host) a TCP service that greets each connection, then resets it
+    (``SO_LINGER`` 0): a server aborting an established connection mid-stream.
 
 Each prints one JSON line, so tests and the notebook can read the result.
 """
@@ -21,6 +28,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import sys
 import time
 import urllib.request
@@ -94,6 +102,59 @@ def connect(host: str, port: int, timeout: float = 10.0) -> dict:
     return {"result": result, "seconds": round(time.monotonic() - t0, 3)}
 
 
+def hold(host: str, port: int, seconds: float, then_echo: bool = False,
+         connect_timeout: float = 10.0) -> dict:
+    t0 = time.monotonic()
+    with socket.create_connection((host, port), timeout=connect_timeout) as s:
+        local = "%s:%d" % s.getsockname()
+        print(json.dumps({"connected": local}), flush=True)
+        got, result = 0, "open"
+        end = t0 + seconds
+        try:
+            while (left := end - time.monotonic()) > 0:
+                s.settimeout(left)
+                try:
+                    data = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not data:
+                    result = "eof"
+                    break
+                got += len(data)
+        except ConnectionResetError:
+            result = "reset"
+        out = {"result": result, "bytes": got, "seconds": round(time.monotonic() - t0, 3), "local": local}
+        if then_echo and result == "open":
+            s.settimeout(5)
+            line = b"still there?\n"
+            s.sendall(line)
+            back = b""
+            try:
+                while len(back) < len(line) and (data := s.recv(65536)):
+                    back += data
+            except OSError:
+                pass
+            out["echo"] = back == line
+    return out
+
+
+def reset_server(port: int, greeting: bytes = b"hello\n", after: float = 0.3) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(64)
+    print(json.dumps({"listening": port}), flush=True)
+    while True:
+        conn, _ = srv.accept()
+        try:
+            conn.sendall(greeting)
+            time.sleep(after)
+        except OSError:
+            pass
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()   # with a zero linger time: a RST, not a FIN
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vpnedu.lab.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -111,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("connect")
     c.add_argument("host")
     c.add_argument("port", type=int)
+    h = sub.add_parser("hold")
+    h.add_argument("host")
+    h.add_argument("port", type=int)
+    h.add_argument("--seconds", type=float, default=10.0)
+    h.add_argument("--then-echo", action="store_true")
+    r = sub.add_parser("reset-server")
+    r.add_argument("port", type=int)
     a = ap.parse_args(argv)
     try:
         if a.cmd == "download":
@@ -119,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             out = echo(a.host, a.port, a.connections, a.size)
         elif a.cmd == "query":
             out = query(a.host, a.port, a.name)
+        elif a.cmd == "hold":
+            out = hold(a.host, a.port, a.seconds, a.then_echo)
+        elif a.cmd == "reset-server":
+            reset_server(a.port)
+            return 0
         else:
             out = connect(a.host, a.port)
     except OSError as err:

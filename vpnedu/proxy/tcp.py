@@ -24,7 +24,10 @@ other side's buffer has drained (``drain``) -- so a slow reader slows the
 sender down instead of growing a buffer (backpressure).  An end-of-file on one
 side is passed on as a half-close (``shutdown(SHUT_WR)``), so protocols that
 send "request, FIN, then read the answer" work.  A reset on one side is passed
-on as a reset on the other.  A flow idle longer than the idle timeout is closed.
+on as a reset on the other, at once: the pump that sees it says which side failed
+(a read error is its source's, a write error its destination's), the other pump
+is stopped, and the *other* side gets the RST.  A flow idle longer than the idle
+timeout is closed.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class TcpRelay:
         self.inject = inject        # send a packet to a client through the tunnel
         self.connect_timeout = connect_timeout
         self.pending: dict[tuple, _Pending] = {}
+        #: Connections accepted, by (client, port, destination, port): a late SYN of theirs is the kernel's.
+        self.accepted: dict[tuple, Flow] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -113,11 +118,15 @@ class TcpRelay:
         sport, dport = struct.unpack_from("!HH", packet, ihl)
         src, dst = socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20])
         key = (src, sport, dst, dport)
+        if key in self.accepted:
+            return False  # a duplicate or late SYN of a connection we relay: the kernel answers it
         p = self.pending.get(key)
         if p is None:
             flow = self.table.new("tcp", (src, sport), (dst, dport), peer)
             flow.state = "connecting"
             p = _Pending(flow, bytes(packet))
+            # The idle sweeper (or the server stopping) drops a flow still being set up properly.
+            flow.abort = lambda reason, p=p: self._drop_pending(p, reason)
             self.pending[key] = p
             p.task = self._spawn(self._connect(key, p))
             return True
@@ -150,7 +159,7 @@ class TcpRelay:
             del self.pending[key]
         if p.expire is not None:
             p.expire.cancel()
-        if p.task is not None and not p.task.done() and reason == "server stopping":
+        if p.task is not None and not p.task.done() and p.task is not asyncio.current_task():
             p.task.cancel()
         if p.upstream is not None:
             p.upstream[1].transport.abort()
@@ -163,24 +172,33 @@ class TcpRelay:
         task = asyncio.current_task()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        p = self.pending.pop((*client, *dst), None)
+        key = (*client, *dst)
+        p = self.pending.pop(key, None)
         if p is None or p.upstream is None:
             # The SYN did not pass our gate (e.g. it was queued before the proxy started): connect now.
             if p is not None:
                 self._drop_pending(p, "raced")
             flow = self.table.new("tcp", client, dst)
-            try:
-                up = await asyncio.wait_for(asyncio.open_connection(dst[0], dst[1], limit=CHUNK),
-                                            self.connect_timeout)
-            except (asyncio.TimeoutError, OSError):
-                _reset(writer)
-                self.table.close(flow, "refused")
-                return
         else:
             p.expire.cancel()
-            flow, up = p.flow, p.upstream
-        self.table.opened(flow, up[1].get_extra_info("sockname")[:2])
-        await self._relay(flow, reader, writer, *up)
+            flow = p.flow
+        self.accepted[key] = flow
+        try:
+            if p is None or p.upstream is None:
+                try:
+                    up = await asyncio.wait_for(asyncio.open_connection(dst[0], dst[1], limit=CHUNK),
+                                                self.connect_timeout)
+                except (asyncio.TimeoutError, OSError):
+                    _reset(writer)
+                    self.table.close(flow, "refused")
+                    return
+            else:
+                up = p.upstream
+            self.table.opened(flow, up[1].get_extra_info("sockname")[:2])
+            await self._relay(flow, reader, writer, *up)
+        finally:
+            if self.accepted.get(key) is flow:
+                del self.accepted[key]
 
     async def _relay(self, flow: Flow, c_r, c_w, u_r, u_w) -> None:
         up = asyncio.ensure_future(self._pump(flow, c_r, u_w, up=True))
@@ -192,13 +210,31 @@ class TcpRelay:
             up.cancel()
             down.cancel()
         flow.abort = abort
+        failed = None     # "client" or "upstream": the side whose connection was reset
         try:
-            results = await asyncio.gather(up, down, return_exceptions=True)
+            waiting = {up, down}
+            while waiting and failed is None:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if not t.cancelled() and t.exception() is None and t.result() != "eof":
+                        failed = failed or t.result()
+            # A reset ends both directions: the other pump may be waiting on a side that stays silent.
+            for t in waiting:
+                t.cancel()
+            if waiting:
+                await asyncio.wait(waiting)
+        except asyncio.CancelledError:
+            up.cancel()
+            down.cancel()
+            for w in (c_w, u_w):
+                w.transport.abort()
+            self.table.close(flow, why["reason"] if why["reason"] != "closed" else "server stopping")
+            raise
         finally:
             flow.abort = None
-        if "reset" in results:
+        if failed is not None:
             # One side reset: tell the other side the same way.
-            _reset(c_w if results[1] == "reset" else u_w)
+            _reset(u_w if failed == "client" else c_w)
             why["reason"] = "reset"
         for w in (c_w, u_w):
             w.close()
@@ -211,23 +247,30 @@ class TcpRelay:
 
     async def _pump(self, flow: Flow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     up: bool) -> str:
+        """Copy one direction until end-of-file; returns "eof", or the side that was reset
+        ("client" or "upstream"): an error reading is the source's, writing the destination's."""
         table = self.table
-        try:
-            while True:
+        source, destination = ("client", "upstream") if up else ("upstream", "client")
+        while True:
+            try:
                 data = await reader.read(CHUNK)
-                if not data:
-                    break
+            except OSError:      # ConnectionResetError and the like
+                return source
+            if not data:
+                break
+            try:
                 writer.write(data)
                 if up:
                     table.touch(flow, up=len(data))
                 else:
                     table.touch(flow, down=len(data))
                 await writer.drain()
-            flow.state = "half-closed" if flow.state == "established" else flow.state
+            except OSError:      # BrokenPipeError, ConnectionResetError ...
+                return destination
+        flow.state = "half-closed" if flow.state == "established" else flow.state
+        try:
             if writer.can_write_eof() and not writer.is_closing():
                 writer.write_eof()
-            return "eof"
-        except (ConnectionResetError, BrokenPipeError):
-            return "reset"
         except OSError:
-            return "reset"
+            return destination
+        return "eof"
