@@ -383,6 +383,10 @@ def lab_status(prefix) -> None:
         addrs = lb.run(h, "ip", "-brief", "-4", "addr").stdout.split("\n")
         shown = "; ".join(" ".join(a.split()[::2]) for a in addrs if a.strip() and not a.startswith("lo"))
         click.echo(f"{h:<9} {lb.ns(h):<20} {shown}")
+    from .lab.impair import describe, running
+    imp = running(lb._procs.get("impair"))
+    click.echo(f"the internet router impairs UDP port {imp.port}: {describe(imp)}" if imp
+               else "the internet router forwards everything unimpaired")
 
 
 @lab.command("demo")
@@ -516,7 +520,6 @@ def conf_export(path, wg_format) -> None:
 @click.option("--duration", default=0.0, help="With -w: stop after this many seconds.")
 def capture(iface, out, pcap, port, keylog, count, duration) -> None:
     """Record the tunnel's outer packets (tcpdump), or decode a recording (tshark's WireGuard dissector)."""
-    import subprocess as sp
     from . import capture as cap
     if pcap:
         for row in cap.decode(pcap, port, keylog):
@@ -524,11 +527,7 @@ def capture(iface, out, pcap, port, keylog, count, duration) -> None:
         return
     if not out:
         raise VpneduError("nothing to do", "record with -w FILE, or decode with -r FILE [--keylog KEYLOG]")
-    cmd = cap.record_command(iface, out, port, count, duration)
-    click.echo("$ " + " ".join(cmd))
-    r = sp.run(cmd)
-    if r.returncode not in (0, 124):
-        raise VpneduError(f"tcpdump failed (exit {r.returncode})", "are you root, and does the interface exist?")
+    cap.record(iface, out, port, count, duration, echo=click.echo)
 
 
 @cli.command()

@@ -16,7 +16,10 @@ available everywhere, so the lab's router impairs the tunnel's packets itself, i
 
 ``python -m vpnedu.lab.impair --port 51820 --loss 5 --dup 1 --reorder 2 --delay 20`` (run in
 the router's namespace by ``vpnedu lab up --loss ...``).  On SIGTERM it writes its counts
-(JSON) to ``--stats``.
+(JSON) to ``--stats``; datagrams still held back at that moment are never sent.  The loss dice
+are rolled once per datagram, *before* duplication, so both copies of a duplicate are sent;
+``duplicated_data_delivered`` counts the duplicated transport-data messages (type 4) whose two
+copies both left the relay -- each of those is one replay drop at the receiving end.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def install(vpn_port: int, relay_port: int) -> None:
     # With br_netfilter loaded, packets arriving through the clients' bridge meet the IP hooks
     # in the bridge's context, where TPROXY's socket assignment is lost before local delivery.
     # This namespace's bridge needs no IP filtering: turn it off here (a per-namespace setting).
-    subprocess.run(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"], capture_output=True)
+    subprocess.run(["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0"], capture_output=True, check=False)
     subprocess.run(["nft", "-f", "-"], input=ruleset(vpn_port, relay_port), text=True, check=True,
                    capture_output=True)
     subprocess.run(["ip", "rule", "add", "fwmark", str(MARK), "lookup", str(TABLE)], check=True, capture_output=True)
@@ -68,7 +71,7 @@ class Impairment:
         self.delay = delay_ms / 1000
         self.rng = random.Random(seed)
         self.stats = {"received": 0, "sent": 0, "dropped": 0, "duplicated": 0, "duplicated_data": 0,
-                      "reordered": 0}
+                      "duplicated_data_delivered": 0, "reordered": 0}
         self.socks: dict[tuple[str, int], socket.socket] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -105,27 +108,35 @@ class Impairment:
             self.stats["dropped"] += 1
             return
         copies = 1
+        pair = None   # for a duplicated data message: how many of its two copies were sent
         if rng.random() < self.dup:
             copies = 2
             self.stats["duplicated"] += 1
             if data[:1] == b"\x04":
                 self.stats["duplicated_data"] += 1
+                pair = [0]
         for _ in range(copies):
             hold = self.delay
             if rng.random() < self.reorder:
                 hold += REORDER_HOLD + self.delay
                 self.stats["reordered"] += 1
             if hold > 0:
-                self.loop.call_later(hold, self._send, data, src, dst)
+                self.loop.call_later(hold, self._send, data, src, dst, pair)
             else:
-                self._send(data, src, dst)
+                self._send(data, src, dst, pair)
 
-    def _send(self, data: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+    def _send(self, data: bytes, src: tuple[str, int], dst: tuple[str, int],
+              pair: list[int] | None = None) -> None:
         try:
             self._sender(src).sendto(data, dst)
             self.stats["sent"] += 1
         except OSError:
             self.stats["dropped"] += 1
+            return
+        if pair is not None:
+            pair[0] += 1
+            if pair[0] == 2:
+                self.stats["duplicated_data_delivered"] += 1
 
     async def run(self, relay_port: int, stats_path: str | None, ready) -> None:
         self.loop = asyncio.get_running_loop()
@@ -140,7 +151,26 @@ class Impairment:
                 json.dump(self.stats, f)
 
 
-def main(argv: list[str] | None = None) -> int:
+def describe(settings: argparse.Namespace) -> str:
+    """``5% loss, 1% duplicated, 2% reordered, +20 ms`` (what ``vpnedu lab up`` prints)."""
+    return (f"{settings.loss:g}% loss, {settings.dup:g}% duplicated, {settings.reorder:g}% reordered, "
+            f"+{settings.delay:g} ms")
+
+
+def running(pid: int | None) -> argparse.Namespace | None:
+    """The settings of the relay running as ``pid`` (read from its command line), or None if no
+    relay runs there -- for ``vpnedu lab status``."""
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            argv = [a.decode() for a in f.read().split(b"\0") if a]
+    except (OSError, TypeError, ValueError):
+        return None
+    if "vpnedu.lab.impair" not in argv:
+        return None
+    return _parser().parse_args(argv[argv.index("vpnedu.lab.impair") + 1:])
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m vpnedu.lab.impair")
     ap.add_argument("--port", type=int, default=51820, help="the VPN's UDP port")
     ap.add_argument("--relay-port", type=int, default=7672)
@@ -150,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay", type=float, default=0, help="milliseconds added to every datagram")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--stats", help="write the counts here (JSON) on exit")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     install(a.port, a.relay_port)
     imp = Impairment(a.loss, a.dup, a.reorder, a.delay, a.seed)
     asyncio.run(imp.run(a.relay_port, a.stats, lambda: print("impairing", flush=True)))
