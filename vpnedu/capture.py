@@ -5,13 +5,22 @@ tshark's.  tshark knows WireGuard: with ``-d udp.port==51820,wg`` it names each
 datagram's message type, and with ``-o wg.keylog_file:KEYLOG`` -- the file
 ``vpnedu client|server --keylog`` writes -- it decrypts the handshake and then
 shows the IP packets inside the tunnel.
+
+Debian confines tcpdump with an AppArmor profile (``/etc/apparmor.d/usr.bin.tcpdump``)
+that lets it write only files named ``*.pcap`` or ``*.cap`` (and files under
+``/tmp`` and home directories): :func:`record_command` refuses any other name up
+front, with the fix, instead of letting tcpdump fail with "Permission denied".
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
+import struct
 import subprocess
 from pathlib import Path
+from typing import Callable, Sequence
 
 from .errors import VpneduError
 
@@ -27,7 +36,53 @@ def _tool(name: str, package: str) -> str:
     return path
 
 
+#: File names the tcpdump AppArmor profile lets it write anywhere ("-W adds a numerical suffix").
+_APPARMOR_NAMES = re.compile(r"\.(pcap|cap)[0-9]*$", re.IGNORECASE)
+#: Where its profile lets it write any name (abstractions/user-tmp, @{HOME}).
+_APPARMOR_DIRS = re.compile(r"^(/tmp/|/var/tmp/|/root/|/home/[^/]+/)")
+
+
+def apparmor_confines_tcpdump() -> bool:
+    """True if AppArmor is on and enforces a profile on tcpdump (as Debian and Ubuntu ship it)."""
+    try:
+        if Path("/sys/module/apparmor/parameters/enabled").read_text().strip() != "Y":
+            return False
+    except OSError:
+        return False
+    try:
+        for line in Path("/sys/kernel/security/apparmor/profiles").read_text().splitlines():
+            name, _, mode = line.rpartition(" ")
+            if name in ("tcpdump", "/usr/bin/tcpdump", "/usr/sbin/tcpdump"):
+                return mode == "(enforce)"
+        return False
+    except OSError:  # securityfs not mounted or not readable: go by the installed profile
+        return (Path("/etc/apparmor.d/usr.bin.tcpdump").exists()
+                and not Path("/etc/apparmor.d/disable/usr.bin.tcpdump").exists())
+
+
+def check_output_file(out: str, confined: bool | None = None) -> None:
+    """Fail early, with the fix, where tcpdump could not write ``out`` ("-" is standard output)."""
+    if out == "-":
+        return
+    given, path = Path(out), Path(out).absolute()
+    if not path.parent.is_dir():
+        raise VpneduError(f"cannot record to {out}: the directory {path.parent} does not exist",
+                          "create it, or give -w a file in an existing directory")
+    if _APPARMOR_NAMES.search(path.name):
+        return
+    if confined is None:
+        confined = apparmor_confines_tcpdump()
+    in_free_dir = _APPARMOR_DIRS.match(str(path)) and not any(part.startswith(".") for part in path.parts)
+    if confined and not in_free_dir:
+        raise VpneduError(f"tcpdump may not write {out}: its AppArmor profile "
+                          "(/etc/apparmor.d/usr.bin.tcpdump) only lets it write files named *.pcap or *.cap",
+                          f"name the file so, e.g. -w {given.with_name(given.stem + '.pcap')}")
+
+
 def record_command(interface: str, out: str, port: int = 51820, count: int = 0, duration: float = 0) -> list[str]:
+    """The tcpdump command line that records the tunnel's outer packets to ``out`` ("-": stdout);
+    with ``duration`` it runs under ``timeout --signal=INT`` (exit status 124: a normal stop)."""
+    check_output_file(out)
     cmd = [_tool("tcpdump", "tcpdump"), "-i", interface, "-U", "--immediate-mode", "-n", "-s", "0", "-w", out]
     if count:
         cmd += ["-c", str(count)]
@@ -36,16 +91,61 @@ def record_command(interface: str, out: str, port: int = 51820, count: int = 0, 
     return cmd + ["udp", "port", str(port)]
 
 
+def count_packets(pcap: str | Path) -> int:
+    """How many packets a pcap file (tcpdump's format) holds; 0 if it is empty or cut short."""
+    data = Path(pcap).read_bytes()
+    if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
+                                          b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+        return 0
+    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    n, pos = 0, 24
+    while pos + 16 <= len(data):
+        (caplen,) = struct.unpack_from(endian + "I", data, pos + 8)
+        pos += 16 + caplen
+        if pos <= len(data):
+            n += 1
+    return n
+
+
+def record(interface: str, out: str, port: int = 51820, count: int = 0, duration: float = 0,
+           echo: Callable[[str], None] = print) -> int:
+    """``vpnedu capture -w``: run tcpdump (printing its command line) until ``count`` packets,
+    ``duration`` seconds or Ctrl-C -- each a normal end -- then say where the file is and how
+    to read it.  Returns the number of packets recorded."""
+    cmd = record_command(interface, out, port, count, duration)
+    echo("$ " + " ".join(cmd))
+    p = subprocess.Popen(cmd)
+    try:
+        rc = p.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to tcpdump too: let it close the file
+        try:
+            rc = p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        rc = 0 if rc in (0, 124, 128 + signal.SIGINT, -signal.SIGINT) else rc
+    if rc not in (0, 124):  # 124: `timeout` ended the recording after `duration` seconds
+        raise VpneduError(f"tcpdump failed (exit {rc})",
+                          f"are you root, and does interface {interface} exist?")
+    if out != "-":
+        n = count_packets(out)
+        echo(f"wrote {out}: {n} packet(s); read it with: vpnedu capture -r {out} [--keylog KEYLOG]")
+        return n
+    return 0
+
+
 def decode(pcap: str | Path, port: int = 51820, keylog: str | Path | None = None,
-           display_filter: str | None = None) -> list[dict[str, str]]:
-    """Dissect a capture with tshark; one dict of FIELDS per frame."""
+           display_filter: str | None = None, fields: Sequence[str] = FIELDS) -> list[dict[str, str]]:
+    """Dissect a capture with tshark; one dict of ``fields`` (tshark field names, by default
+    FIELDS) per frame.  A field that occurs more than once (``ip.src`` of the outer and, once
+    decrypted, the inner packet) has its values joined with commas."""
     cmd = [_tool("tshark", "tshark"), "-r", str(pcap), "-n", "-d", f"udp.port=={port},wg",
            "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=,"]
     if keylog:
         cmd += ["-o", f"wg.keylog_file:{keylog}"]
     if display_filter:
         cmd += ["-Y", display_filter]
-    for f in FIELDS:
+    for f in fields:
         cmd += ["-e", f]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -53,7 +153,7 @@ def decode(pcap: str | Path, port: int = 51820, keylog: str | Path | None = None
     rows = []
     for line in r.stdout.splitlines():
         parts = line.split("\t")
-        rows.append(dict(zip(FIELDS, parts + [""] * (len(FIELDS) - len(parts)))))
+        rows.append(dict(zip(fields, parts + [""] * (len(fields) - len(parts)))))
     return rows
 
 
