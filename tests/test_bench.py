@@ -42,7 +42,12 @@ def test_quick_bench_reports_every_path(tmp_path):
                 assert row[t][f"vs_{ref}"] == (round(got / base, 2) if got and base else None), (path, t, ref)
         if path != "bare" and not row["skipped"]:
             assert row["cpu_s_per_gb"] > 0 and row["rtt_ms"] > 0
-    assert data["handshakes"].get("handshakes_per_second", 0) > 0 or data["handshakes"].get("skipped")
+    h = data["handshakes"]
+    assert h.get("handshakes_per_second", 0) > 0 or h.get("skipped")
+    if not h.get("skipped"):
+        # A server under load answers with cookies and the clients come back with mac2: almost every
+        # handshake completes (not a speed figure: a server that drops them all fails here).
+        assert h["handshakes_completed"] > 10 * h["lost"], h
     c = data["concurrency"]
     assert (c.get("clients") == 4 and len(c["per_client_mbit_s"]) == 4) or c.get("skipped")
     if not c.get("skipped"):

@@ -309,7 +309,8 @@ def table(r: Results) -> str:
     h = r.handshakes
     if "handshakes_per_second" in h:
         lines.append(f"Handshakes: {h['handshakes_per_second']}/s completed by the vpnedu server from "
-                     f"{h['clients']} clients ({h['handshakes_completed']} in {h['seconds']} s, {h['lost']} lost)")
+                     f"{h['clients']} clients ({h['handshakes_completed']} in {h['seconds']} s, "
+                     f"{h.get('cookie_replies', 0)} cookie replies under load, {h['lost']} lost)")
     else:
         lines.append(f"Handshakes: - ({h.get('skipped', 'not run')})")
     c = r.concurrency

@@ -6,6 +6,12 @@ Each client sends a handshake initiation, waits for the response (which complete
 handshake), and starts again -- never faster than the 20 ms per peer that WireGuard's
 flood protection allows.  The rate is the number of completed handshakes per second.
 
+So many handshakes at once put the server *under load* (WireGuard paper, 5.3): it answers an
+initiation without a valid mac2 with a cookie reply instead.  A client then does what a real
+one does -- keeps the cookie and sends its initiation again, now with mac2 -- only at once rather
+than after REKEY_TIMEOUT, so the rate measures the server, not the clients' timers.  The
+cookie replies are counted too.
+
 Run inside the client's namespace:
 ``python -m vpnedu.bench.handshakes [rate] HOST:PORT SERVER_PUBKEY KEYFILE SECONDS`` (prints JSON), or
 ``python -m vpnedu.bench.handshakes flood HOST:PORT SERVER_PUBKEY SECONDS [RATE]`` (an attacker's flood,
@@ -54,7 +60,7 @@ def run(endpoint: tuple[str, int], server_pub: bytes, keys: list[bytes], seconds
     virtual = [0.0] * len(devs)      # each device's own clock, moved past REKEY_TIMEOUT per attempt
     next_at = [0.0] * len(devs)
     waiting = [False] * len(devs)
-    completed = sent = timeouts = 0
+    completed = sent = timeouts = cookies = 0
     sent_at = [0.0] * len(devs)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)
@@ -95,9 +101,18 @@ def run(endpoint: tuple[str, int], server_pub: bytes, keys: list[bytes], seconds
                     if p.current is not None:
                         completed += 1
                     waiting[i] = False
+                elif len(data) == 64 and data[0] == 3:   # a cookie reply: store it, retry with mac2
+                    i = by_index.pop(int.from_bytes(data[4:8], "little"), None)
+                    if i is None:
+                        continue
+                    d, p = devs[i]
+                    d.receive(data, endpoint, now=virtual[i])
+                    cookies += 1
+                    waiting[i] = False
+                    next_at[i] = max(next_at[i], time.monotonic())
     elapsed = time.monotonic() - t0
     return {"clients": len(keys), "seconds": round(elapsed, 2), "initiations_sent": sent,
-            "handshakes_completed": completed, "lost": timeouts,
+            "handshakes_completed": completed, "cookie_replies": cookies, "lost": timeouts,
             "handshakes_per_second": round(completed / elapsed, 1)}
 
 
