@@ -61,3 +61,16 @@ def test_atheris_short_run():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("Done 20000 runs") == len(fuzzing.TARGETS)
+
+
+def test_control_requests_are_checked_before_the_daemon_acts():
+    """The control target is the daemon's own decoder: each field the daemon reads has its shape
+    checked, so a stranger's line ends in a 'bad request' reply, not in the dispatch code."""
+    from vpnedu.node.control import parse_request
+    assert parse_request(b'{"cmd": "events", "kinds": ["handshake"]}\n')["kinds"] == ["handshake"]
+    for bad, why in ((b'{"cmd": "events", "kinds": 5}', "'kinds' must be a list of strings"),
+                     (b'{"cmd": "events", "layers": [1]}', "'layers' must be a list of strings"),
+                     (b'{"cmd": 42}', "unknown command 42"), (b"[1]", "not a JSON object"),
+                     (b"\xff\xfe", "not UTF-8"), (b"[" * 100_000, "nested too deeply"), (b"{", "Expecting")):
+        with pytest.raises(ValueError, match=why):
+            parse_request(bad)

@@ -14,7 +14,7 @@ Each target takes bytes and checks those promises itself:
 ``messages``   :func:`vpnedu.protocol.messages.parse`
 ``config``     :func:`vpnedu.config.loads` (wg-quick INI text)
 ``ip``         :class:`vpnedu.packet.ip.IPv4Packet` and :func:`~vpnedu.packet.ip.describe`
-``control``    a control-socket request line, as the daemon decodes it
+``control``    :func:`vpnedu.node.control.parse_request`, the daemon's decoding of a request line
 
 ``python -m vpnedu.fuzzing TARGET [libFuzzer options]`` runs one under atheris (coverage-guided;
 ``pip install atheris``), e.g. ``python -m vpnedu.fuzzing receive -runs=1000000``; ``all`` runs
@@ -91,13 +91,14 @@ def target_ip(data: bytes) -> None:
 
 
 def target_control(data: bytes) -> None:
-    """What the control socket does with a request line before dispatching it."""
+    """The daemon's own decoding of a control-socket request line: a request, or ValueError."""
+    from .node.control import COMMANDS, parse_request
     try:
-        req = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        req = parse_request(data)
+    except ValueError:
         return
-    if isinstance(req, dict):
-        req.get("cmd")
+    if req["cmd"] not in COMMANDS:
+        raise AssertionError(f"an unknown command passed: {data[:60]!r}")
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     with atheris.instrument_imports():
         from . import config  # noqa: F401
+        from .node import control  # noqa: F401
         from .packet import ip  # noqa: F401
         from .protocol import cookie, device, handshake, messages, replay, session  # noqa: F401
     atheris.Setup([argv[0], *argv[2:]], TARGETS[names[0]])

@@ -80,12 +80,9 @@ class ControlServer:
                 await _reply(writer, {"error": "permission denied: the control socket serves only its owner"})
                 return
             try:
-                line = await asyncio.wait_for(reader.readline(), 10)
-                req = json.loads(line.decode("utf-8"))
-                if not isinstance(req, dict):
-                    raise ValueError("not an object")
-            except (ValueError, UnicodeDecodeError, asyncio.LimitOverrunError, asyncio.TimeoutError) as e:
-                await _reply(writer, {"error": f"bad request: {type(e).__name__}: send one JSON object "
+                req = parse_request(await asyncio.wait_for(reader.readline(), 10))
+            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as e:
+                await _reply(writer, {"error": f"bad request: {type(e).__name__}: {e}; send one JSON object "
                                                "per line, e.g. {\"cmd\": \"status\"}"})
                 return
             cmd = req.get("cmd")
@@ -122,8 +119,6 @@ class ControlServer:
             elif cmd == "stop":
                 await _reply(writer, {"stopping": True})
                 self.node.stop()
-            else:
-                await _reply(writer, {"error": f"unknown command {cmd!r}: use status, events, reload or stop"})
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception as e:  # a bug must not kill the daemon; tell the client
@@ -137,6 +132,31 @@ class ControlServer:
                 writer.close()
             except Exception:
                 pass
+
+
+COMMANDS = ("status", "events", "reload", "stop")
+
+
+def parse_request(line: bytes) -> dict:
+    """One request line -> the request, or ValueError saying what is wrong with it.
+
+    Everything a stranger's bytes can do to the daemon passes through here first (the fuzz
+    target ``control`` feeds it), so it checks the shape of every field the daemon reads."""
+    try:
+        req = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(req, dict):
+        raise ValueError("not a JSON object")
+    if req.get("cmd") not in COMMANDS:
+        raise ValueError(f"unknown command {req.get('cmd')!r}: use {', '.join(COMMANDS)}")
+    for key in ("kinds", "layers"):
+        v = req.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise ValueError(f"{key!r} must be a list of strings")
+    return req
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict) -> None:
