@@ -173,7 +173,20 @@ def test_unknown_client_gets_no_reply_and_the_server_reports_a_drop(lab_factory)
     (lab.dir / "stranger.conf").write_text("\n".join(conf) + "\n")
     (lab.dir / "stranger.conf").chmod(0o600)
     before = snapshot(lab, "client")
+    # Watch the stranger's link for anything at all coming back from the server.
+    pcap = lab.dir / "stranger.pcap"
+    tcpdump = lab.spawn("client", "tcpdump", "tcpdump", "-ni", "eth0", "-U", "--immediate-mode",
+                        "-w", str(pcap), f"src host {SERVER_PUBLIC}")
+    wait_for(lambda: "listening on eth0" in (lab.dir / "tcpdump.log").read_text(), what="tcpdump", proc=tcpdump)
     r = lab.run("client", *vpnedu("client", "-c", str(lab.dir / "stranger.conf"), "--handshake-timeout", "2"))
+    time.sleep(0.5)
+    assert ping(lab, "client", SERVER_PUBLIC, count=1)   # proof that the capture sees the server
+    time.sleep(0.3)
+    tcpdump.terminate()
+    tcpdump.wait(10)
+    from vpnedu import capture as cap
+    seen = [row["_ws.col.Protocol"] for row in cap.decode(pcap)]
+    assert seen == ["ICMP"], (seen, (lab.dir / "tcpdump.log").read_text())    # the ping's reply; to the stranger: no response, no cookie, nothing
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("vpnedu: error: no handshake response from "
                                                         f"{SERVER_PUBLIC}:51820 after 2 s; check the server's public key")
