@@ -190,11 +190,10 @@ def test_tshark_decodes_our_packets_and_decrypts_with_our_keylog(lab_factory):
     lab = lab_factory()
     provision(lab)
     client_keys, server_keys = lab.dir / "client.keys", lab.dir / "server.keys"
-    # One datagram per packet: with UDP GSO a burst (here the two segments of the HTTP answer)
-    # crosses the lab's veth cables as one super-datagram, which tcpdump records as one frame and
-    # of which tshark decodes only the first WireGuard message (a real NIC would have split it).
-    no_gso = ("--datapath", "fast,no-udp-gso")
-    start_server(lab, "--keylog", str(server_keys), *no_gso)
+    # The default datapath, UDP GSO on: a burst (e.g. the two segments of the HTTP answer) crosses
+    # the lab's veth cables as one super-datagram; 'vpnedu capture -w' splits it into the datagrams
+    # a real cable carries, or tshark would decode only its first message.
+    start_server(lab, "--keylog", str(server_keys))
     # Record the client's outer link with the CLI, for a fixed time: a normal, timed stop.
     pcap, log = lab.dir / "outer.pcap", lab.dir / "capture.log"
     seconds = 5  # what follows takes about 1 s
@@ -202,7 +201,7 @@ def test_tshark_decodes_our_packets_and_decrypts_with_our_keylog(lab_factory):
                                                  "--duration", str(seconds)))
     wait_for(lambda: "listening on eth0" in log.read_text(), what="tcpdump", proc=rec, log=log)
     started = time.monotonic()
-    client = start_client(lab, "client", None, "--keylog", str(client_keys), *no_gso)
+    client = start_client(lab, "client", None, "--keylog", str(client_keys))
     assert ping_count(lab, "client", "10.0.0.1", count=3) == (3, 3)
     r = lab.run("client", sys.executable, "-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}/")
     assert f"your address is {SERVER_PUBLIC}" in r.stdout, r.stdout + r.stderr  # through the tunnel

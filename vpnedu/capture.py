@@ -6,6 +6,14 @@ datagram's message type, and with ``-o wg.keylog_file:KEYLOG`` -- the file
 ``vpnedu client|server --keylog`` writes -- it decrypts the handshake and then
 shows the IP packets inside the tunnel.
 
+A sender with UDP GSO (vpnedu's fast datapath) hands the kernel a burst of transport
+messages as one large datagram, which the kernel segments only where a real NIC would; on a
+veth cable -- the namespace lab -- the capture then holds the whole burst as one datagram,
+and Wireshark's dissector reads only its first message.  :func:`split_gso_bursts` rewrites
+such a capture into the datagrams a physical cable carries (``vpnedu capture -w`` does it
+after recording), recognising a burst by the run of transport headers inside it: same
+receiver index, consecutive counters, one segment size.
+
 Debian confines tcpdump with an AppArmor profile (``/etc/apparmor.d/usr.bin.tcpdump``)
 that lets it write only files named ``*.pcap`` or ``*.cap`` (and files under
 ``/tmp`` and home directories): :func:`record_command` refuses any other name up
@@ -107,6 +115,80 @@ def count_packets(pcap: str | Path) -> int:
     return n
 
 
+_TRANSPORT = b"\x04\x00\x00\x00"
+_LINK_HEADER = {1: 14, 113: 16, 276: 20, 101: 0, 12: 0}   # Ethernet, Linux cooked v1/v2, raw IP
+
+
+def wireguard_segments(payload: bytes) -> list[bytes] | None:
+    """The transport messages of one UDP GSO burst, or None if ``payload`` is a single message.
+
+    A burst is ``n`` messages of one size (the GSO segment size), the last possibly shorter, all
+    to the same receiver index with consecutive counters: the segment size is the first offset,
+    a multiple of 16, where the next such header starts."""
+    if len(payload) < 64 or payload[:4] != _TRANSPORT:
+        return None
+    ridx = payload[4:8]
+    (first,) = struct.unpack_from("<Q", payload, 8)
+    size = next((k for k in range(32, len(payload) - 31, 16)
+                 if payload[k:k + 8] == _TRANSPORT + ridx and struct.unpack_from("<Q", payload, k + 8)[0] == first + 1),
+                None)
+    if size is None:
+        return None
+    segs = [payload[o:o + size] for o in range(0, len(payload), size)]
+    for i, seg in enumerate(segs):
+        if (len(seg) < 32 or len(seg) % 16 or seg[:8] != _TRANSPORT + ridx
+                or struct.unpack_from("<Q", seg, 8)[0] != first + i):
+            return None
+    return segs
+
+
+def split_gso_bursts(pcap: str | Path) -> tuple[int, int]:
+    """Rewrite a pcap file so that every UDP GSO burst of WireGuard transport messages becomes the
+    datagrams a cable carries (same timestamp, IP and UDP headers with their own lengths and a
+    fresh IP checksum; UDP checksum 0, "none", as IPv4 allows).  Returns (bursts, datagrams made);
+    a file with none is left untouched."""
+    from .packet.ip import checksum
+    path = Path(pcap)
+    data = path.read_bytes()
+    if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
+                                          b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+        return 0, 0
+    e = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    link = _LINK_HEADER.get(struct.unpack_from(e + "I", data, 20)[0] & 0xFFFF)
+    if link is None:
+        return 0, 0
+    out, pos, bursts, made = [data[:24]], 24, 0, 0
+    while pos + 16 <= len(data):
+        ts_sec, ts_frac, caplen, origlen = struct.unpack_from(e + "IIII", data, pos)
+        frame = data[pos + 16:pos + 16 + caplen]
+        pos += 16 + caplen
+        segs = None
+        ip = frame[link:]
+        if caplen == origlen and len(ip) >= 28 and ip[0] >> 4 == 4 and ip[9] == 17 \
+                and not (struct.unpack_from("!H", ip, 6)[0] & 0x3FFF):   # UDP, not a fragment
+            ihl = (ip[0] & 15) * 4
+            total = struct.unpack_from("!H", ip, 2)[0]   # not the Ethernet padding of a short frame
+            segs = wireguard_segments(ip[ihl + 8:total if total > ihl + 8 else len(ip)])
+        if not segs:
+            out.append(data[pos - 16 - caplen:pos])
+            continue
+        bursts += 1
+        made += len(segs)
+        for seg in segs:
+            iph = bytearray(ip[:ihl])
+            struct.pack_into("!H", iph, 2, ihl + 8 + len(seg))
+            struct.pack_into("!H", iph, 10, 0)
+            struct.pack_into("!H", iph, 10, checksum(bytes(iph)))
+            udp = ip[ihl:ihl + 4] + struct.pack("!HH", 8 + len(seg), 0)
+            new = frame[:link] + bytes(iph) + udp + seg
+            out.append(struct.pack(e + "IIII", ts_sec, ts_frac, len(new), len(new)) + new)
+    if bursts:
+        tmp = path.with_name(path.name + ".split")
+        tmp.write_bytes(b"".join(out))
+        tmp.replace(path)
+    return bursts, made
+
+
 def record(interface: str, out: str, port: int = 51820, count: int = 0, duration: float = 0,
            echo: Callable[[str], None] = print) -> int:
     """``vpnedu capture -w``: run tcpdump (printing its command line) until ``count`` packets,
@@ -128,6 +210,9 @@ def record(interface: str, out: str, port: int = 51820, count: int = 0, duration
         raise VpneduError(f"tcpdump failed (exit {rc})",
                           f"are you root, and does interface {interface} exist?")
     if out != "-":
+        bursts, made = split_gso_bursts(out)
+        if bursts:
+            echo(f"split {bursts} UDP GSO burst(s) into {made} datagrams, as a cable carries them")
         n = count_packets(out)
         echo(f"wrote {out}: {n} packet(s); read it with: vpnedu capture -r {out} [--keylog KEYLOG]")
         return n
