@@ -28,7 +28,7 @@ import signal
 import struct
 import subprocess
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .errors import VpneduError
 
@@ -99,20 +99,28 @@ def record_command(interface: str, out: str, port: int = 51820, count: int = 0, 
     return cmd + ["udp", "port", str(port)]
 
 
+#: The four magic numbers of a pcap file: byte order, microsecond or nanosecond timestamps.
+_PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": "<", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\xa1\xb2\x3c\x4d": ">"}
+
+
+def _pcap_records(data: bytes) -> Iterator[tuple[tuple[int, int, int, int], bytes]]:
+    """The complete records of a pcap file's bytes: ((ts_sec, ts_frac, caplen, origlen), frame)."""
+    e = _PCAP_MAGIC.get(data[:4])
+    if e is None or len(data) < 24:
+        return
+    pos = 24
+    while pos + 16 <= len(data):
+        head = struct.unpack_from(e + "IIII", data, pos)
+        frame = data[pos + 16:pos + 16 + head[2]]
+        pos += 16 + head[2]
+        if pos > len(data):
+            return   # cut short: tcpdump was stopped in the middle of writing
+        yield head, frame
+
+
 def count_packets(pcap: str | Path) -> int:
     """How many packets a pcap file (tcpdump's format) holds; 0 if it is empty or cut short."""
-    data = Path(pcap).read_bytes()
-    if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
-                                          b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
-        return 0
-    endian = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    n, pos = 0, 24
-    while pos + 16 <= len(data):
-        (caplen,) = struct.unpack_from(endian + "I", data, pos + 8)
-        pos += 16 + caplen
-        if pos <= len(data):
-            n += 1
-    return n
+    return sum(1 for _ in _pcap_records(Path(pcap).read_bytes()))
 
 
 _TRANSPORT = b"\x04\x00\x00\x00"
@@ -150,18 +158,12 @@ def split_gso_bursts(pcap: str | Path) -> tuple[int, int]:
     from .packet.ip import checksum
     path = Path(pcap)
     data = path.read_bytes()
-    if len(data) < 24 or data[:4] not in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",
-                                          b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
-        return 0, 0
-    e = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    link = _LINK_HEADER.get(struct.unpack_from(e + "I", data, 20)[0] & 0xFFFF)
+    e = _PCAP_MAGIC.get(data[:4])
+    link = _LINK_HEADER.get(struct.unpack_from(e + "I", data, 20)[0] & 0xFFFF) if e and len(data) >= 24 else None
     if link is None:
         return 0, 0
-    out, pos, bursts, made = [data[:24]], 24, 0, 0
-    while pos + 16 <= len(data):
-        ts_sec, ts_frac, caplen, origlen = struct.unpack_from(e + "IIII", data, pos)
-        frame = data[pos + 16:pos + 16 + caplen]
-        pos += 16 + caplen
+    out, bursts, made = [data[:24]], 0, 0
+    for (ts_sec, ts_frac, caplen, origlen), frame in _pcap_records(data):
         segs = None
         ip = frame[link:]
         if caplen == origlen and len(ip) >= 28 and ip[0] >> 4 == 4 and ip[9] == 17 \
@@ -170,7 +172,7 @@ def split_gso_bursts(pcap: str | Path) -> tuple[int, int]:
             total = struct.unpack_from("!H", ip, 2)[0]   # not the Ethernet padding of a short frame
             segs = wireguard_segments(ip[ihl + 8:total if total > ihl + 8 else len(ip)])
         if not segs:
-            out.append(data[pos - 16 - caplen:pos])
+            out.append(struct.pack(e + "IIII", ts_sec, ts_frac, caplen, origlen) + frame)
             continue
         bursts += 1
         made += len(segs)
