@@ -101,6 +101,27 @@ def test_cli_build_and_list(tmp_path):
     assert main(["labs", "list"]) == 0
 
 
+def test_cli_build_is_the_same_from_any_process_and_folder(tmp_path):
+    """Two 'vpnedu labs build' runs in separate processes (other hash seeds, other working folders)
+    write the same bytes: the build can be committed or diffed."""
+    import os
+    import subprocess
+    import sys
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"out{seed}"
+        (tmp_path / f"cwd{seed}").mkdir()
+        r = subprocess.run([sys.executable, "-m", "vpnedu", "labs", "build", "--out", str(out),
+                            "--source", str(ROOT / "exercises")], cwd=tmp_path / f"cwd{seed}",
+                           env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        outs.append(out)
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
+    for f in files:
+        assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+
+
 # ------------------------------------------------------------------------------------------ check()
 def test_check_reports_a_wrong_window_kindly(capsys):
     class Naive:  # "counter must be greater than the last one": drops reordered packets
