@@ -35,6 +35,28 @@ def test_the_receive_target_reaches_authentication():
     assert counters["dropped.bad-mac"] > 100
 
 
+def test_the_fastpath_target_runs_the_daemons_receive_path_and_would_catch_a_leak():
+    """Forged data reaches the fast path's own AEAD check (bad-mac counted); and a genuine data
+    message, which the fast path does write to TUN, makes the target fail: its check is real."""
+    from vpnedu.sim import make_pair
+    for i in range(300):
+        fuzzing.target_fastpath(bytes([3, 1]) + os.urandom(2 + 16 * (1 + i % 8)))
+    assert fuzzing._server().server.counters["dropped.bad-mac"] > 100
+    assert fuzzing._fast.fast.stats["datagrams_received"] >= 300
+    p = make_pair()
+    p.handshake()
+    p.client_sends(b"\x45" + bytes(19))
+    from vpnedu.packet.ip import build_icmp_echo
+    (data, _), = p.client.send(p.server_peer, build_icmp_echo("10.0.0.2", "10.0.0.1"))
+    fuzzing._pair, saved = p, fuzzing._fast
+    try:
+        with pytest.raises(AssertionError, match="reached TUN"):
+            fuzzing.target_fastpath(bytes([3, 0]) + data[2:])   # steered to type 4, index kept
+    finally:
+        fuzzing._pair, fuzzing._fast = None, None
+        saved.sock.close()
+
+
 def test_a_forged_reply_would_be_caught():
     """The target's own check is real: a valid handshake initiation (which does earn a response)
     makes it fail."""

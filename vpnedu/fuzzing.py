@@ -11,6 +11,9 @@ Each target takes bytes and checks those promises itself:
 ``receive``    a server :class:`~vpnedu.protocol.device.Device` with an established session;
                the input, with its first byte steered to a real message type and, for data
                messages, the real receiver index, so the fuzzer reaches deep code quickly
+``fastpath``   the same, through the daemons' default receive path
+               (:meth:`vpnedu.datapath.FastPath.on_udp_readable`): a real UDP socket on the
+               loopback address and a datagram socket pair standing in for the TUN device
 ``messages``   :func:`vpnedu.protocol.messages.parse`
 ``config``     :func:`vpnedu.config.loads` (wg-quick INI text)
 ``ip``         :class:`vpnedu.packet.ip.IPv4Packet` and :func:`~vpnedu.packet.ip.describe`
@@ -43,25 +46,93 @@ def _server():
     return _pair
 
 
-def target_receive(data: bytes) -> None:
-    pair = _server()
-    server = pair.server
+def _steer(pair, data: bytes) -> bytes:
+    """The first byte picks a real message type; for data, the second may aim at the live session."""
     if len(data) >= 4:
-        # Steer: the first byte picks a real message type; for data, aim at the live session.
         mtype, aim = 1 + data[0] % 4, data[1] % 2
         data = bytes([mtype]) + b"\0\0\0" + data[4:]
         if mtype == 4 and len(data) >= 8 and aim:
             kp = pair.client_peer.current   # the server's session with the client
             if kp is not None:
                 data = data[:4] + kp.local_index.to_bytes(4, "little") + data[8:]
-    before = sum(v for k, v in server.counters.items() if k.startswith("dropped."))
+    return data
+
+
+def _drops(device) -> int:
+    return sum(v for k, v in device.counters.items() if k.startswith("dropped."))
+
+
+def target_receive(data: bytes) -> None:
+    pair = _server()
+    server = pair.server
+    data = _steer(pair, data)
+    before = _drops(server)
     out = server.receive(data, ("198.51.100.66", 40000))
     # Forged bytes cannot carry a valid MAC or AEAD tag: no reply, no packet, one drop counted.
     if out.datagrams or out.packets:
         raise AssertionError(f"a forged {len(data)}-byte message got a reply or was accepted: {data[:40].hex()}")
-    after = sum(v for k, v in server.counters.items() if k.startswith("dropped."))
-    if after != before + 1:
+    if _drops(server) != before + 1:
         raise AssertionError(f"a rejected message was not counted as exactly one drop: {data[:40].hex()}")
+
+
+class _LoopbackNode:
+    """What :class:`~vpnedu.datapath.FastPath` needs of a daemon, over real sockets: its UDP socket
+    bound to 127.0.0.1, and a datagram socket pair as the TUN device (it keeps packet boundaries);
+    whatever the fast path would send or write is kept, to be checked."""
+
+    def __init__(self, device):
+        import socket
+
+        from .datapath import FastPath, Options
+        self.device, self.events, self.intercept = device, device.events, None
+        self.tun_end, peer_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (self.tun_end, peer_end):
+            s.setblocking(False)
+        self.tun = type("Tun", (), {"fd": peer_end.fileno(), "vnet_hdr": False, "tso": False,
+                                    "write": lambda _self, p: peer_end.send(p)})()
+        self._peer_end = peer_end
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sent: list = []
+        self.fast = FastPath(self, Options.parse("fast,no-tun-gro"))
+
+    def _send(self, datagrams) -> None:
+        self.sent.extend(datagrams)
+
+    def _schedule_tick(self) -> None:
+        pass
+
+    def note_handshakes(self, n: int) -> None:
+        pass
+
+    def written(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(self.tun_end.recv(70000))
+            except BlockingIOError:
+                return out
+
+
+_fast = None
+
+
+def target_fastpath(data: bytes) -> None:
+    global _fast
+    pair = _server()
+    if _fast is None or _fast.device is not pair.server:
+        _fast = _LoopbackNode(pair.server)
+    node = _fast
+    data = _steer(pair, data)[:65000]
+    before = _drops(pair.server)
+    node.sender.sendto(data, node.sock.getsockname())
+    node.fast.on_udp_readable()
+    if node.sent or node.written():
+        raise AssertionError(f"a forged {len(data)}-byte datagram got a reply or reached TUN: {data[:40].hex()}")
+    if _drops(pair.server) != before + 1:
+        raise AssertionError(f"a rejected datagram was not counted as exactly one drop: {data[:40].hex()}")
 
 
 def target_messages(data: bytes) -> None:
@@ -102,7 +173,7 @@ def target_control(data: bytes) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    "receive": target_receive, "messages": target_messages, "config": target_config, "ip": target_ip,
+    "receive": target_receive, "fastpath": target_fastpath, "messages": target_messages, "config": target_config, "ip": target_ip,
     "control": target_control,
 }
 
@@ -126,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     with atheris.instrument_imports():
         from . import config  # noqa: F401
+        from . import datapath  # noqa: F401
         from .node import control  # noqa: F401
         from .packet import ip  # noqa: F401
         from .protocol import cookie, device, handshake, messages, replay, session  # noqa: F401
