@@ -72,6 +72,20 @@ def _tools():
         require_tool(t)
 
 
+def pings_across_rekeys(lab, host: str) -> dict:
+    """Two rounds of 100 pings (about 10 s) from the client to 10.0.0.1, both without loss, while
+    ``host`` (the vpnedu end, with REKEY_AFTER_TIME shortened) starts at least two rekeys that
+    wireguard-go answers; returns ``host``'s status afterwards."""
+    before = status(lab, host)["counters"]
+    for _ in range(2):
+        assert ping_count(lab, "client", "10.0.0.1", count=100) == (100, 100)  # ~5 s of traffic
+        time.sleep(0.5)
+    st = status(lab, host)
+    we_initiated_rekeys(before, st["counters"], 2)
+    assert st["peers"][0]["session"]["initiator"] is True
+    return st
+
+
 def test_vpnedu_client_with_wireguard_go_server(lab_factory):
     lab = lab_factory()
     provision(lab)
@@ -101,13 +115,7 @@ def test_vpnedu_client_with_wireguard_go_server(lab_factory):
         assert idle_keepalives(lab, "client") >= 2
 
         # Rekeys: our shortened REKEY_AFTER_TIME makes us initiate; wireguard-go answers each time.
-        before = status(lab, "client")["counters"]
-        assert ping_count(lab, "client", "10.0.0.1", count=100) == (100, 100)  # ~5 s of traffic
-        time.sleep(0.5)
-        assert ping_count(lab, "client", "10.0.0.1", count=100) == (100, 100)
-        after = status(lab, "client")
-        we_initiated_rekeys(before, after["counters"], 2)
-        assert after["peers"][0]["session"]["initiator"] is True
+        pings_across_rekeys(lab, "client")
 
         # `wg showconf` of the wireguard-go interface is accepted by vpnedu conf import.
         shown = lab.run("server", "wg", "showconf", "wg0").stdout
@@ -172,13 +180,7 @@ def test_wireguard_go_client_from_an_unchanged_add_client_file(lab_factory):
         assert idle_keepalives(lab, "server") >= 2
 
         # Rekeys: our REKEY_AFTER_TIME of 4 s makes us initiate; wireguard-go answers each time.
-        before = status(lab, "server")["counters"]
-        assert ping_count(lab, "client", "10.0.0.1", count=100) == (100, 100)  # ~5 s of traffic
-        time.sleep(0.5)
-        assert ping_count(lab, "client", "10.0.0.1", count=100) == (100, 100)
-        st = status(lab, "server")
-        we_initiated_rekeys(before, st["counters"], 2)
-        assert st["peers"][0]["session"]["initiator"] is True
+        st = pings_across_rekeys(lab, "server")
         assert st["peers"][0]["latest_handshake"] and counter(st["counters"], "dropped.bad-mac") == 0
         assert counter(st["counters"], "dropped.expired-session") == 0  # no session ran out under load
     finally:
