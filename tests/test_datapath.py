@@ -284,55 +284,9 @@ def test_datapath_options():
 # ---------------------------------------------------------------------- FastPath vs Device
 import socket  # noqa: E402
 
-from vpnedu.datapath import FastPath  # noqa: E402
+from vpnedu.fuzzing import LoopbackNode  # noqa: E402
 from vpnedu.protocol.device import _HEADER  # noqa: E402
 from vpnedu.sim import make_pair  # noqa: E402
-
-
-class _Tun:
-    """A TUN stand-in: a datagram socketpair keeps packet boundaries, like a TUN fd."""
-
-    def __init__(self, vnet_hdr):
-        self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.a.setblocking(False)
-        self.b.setblocking(False)
-        self.fd = self.a.fileno()
-        self.vnet_hdr = vnet_hdr
-        self.tso = False
-
-    def write(self, packet):
-        os.writev(self.fd, (off.PLAIN_HDR, packet) if self.vnet_hdr else (packet,))
-
-    def written(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self.b.recv(70000))
-            except BlockingIOError:
-                return out
-
-
-class _Node:
-    def __init__(self, device, opts):
-        self.device = device
-        self.events = device.events
-        self.intercept = None
-        self.tun = _Tun(opts.vnet_hdr)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.sent = []
-        self.fast = FastPath(self, opts)
-
-    def _send(self, datagrams):
-        self.sent.extend(datagrams)
-
-    def _schedule_tick(self):
-        pass
-
-    def close(self):
-        for s in (self.sock, self.tun.a, self.tun.b):
-            s.close()
 
 
 def _drain(sock):
@@ -348,7 +302,7 @@ def _drain(sock):
 def test_fast_send_equals_the_readable_path(spec):
     pair = make_pair()
     pair.handshake()
-    node = _Node(pair.client, Options.parse(spec))
+    node = LoopbackNode(pair.client, Options.parse(spec))
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.setblocking(False)
@@ -381,7 +335,7 @@ def test_fast_receive_equals_the_readable_path_and_counts_drops(spec):
     pair = make_pair()
     pair.handshake()
     pair.client_sends(make_tcp(b"confirm"))   # the responder's session is confirmed
-    node = _Node(pair.server, Options.parse(spec))
+    node = LoopbackNode(pair.server, Options.parse(spec))
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx.bind(("127.0.0.1", 0))
     try:

@@ -42,7 +42,7 @@ def test_the_fastpath_target_runs_the_daemons_receive_path_and_would_catch_a_lea
     for i in range(300):
         fuzzing.target_fastpath(bytes([3, 1]) + os.urandom(2 + 16 * (1 + i % 8)))
     assert fuzzing._server().server.counters["dropped.bad-mac"] > 100
-    assert fuzzing._fast.fast.stats["datagrams_received"] >= 300
+    assert fuzzing._fast[0].fast.stats["datagrams_received"] >= 300
     p = make_pair()
     p.handshake()
     p.client_sends(b"\x45" + bytes(19))
@@ -54,7 +54,8 @@ def test_the_fastpath_target_runs_the_daemons_receive_path_and_would_catch_a_lea
             fuzzing.target_fastpath(bytes([3, 0]) + data[2:])   # steered to type 4, index kept
     finally:
         fuzzing._pair, fuzzing._fast = None, None
-        saved.sock.close()
+        saved[0].close()
+        saved[1].close()
 
 
 def test_a_forged_reply_would_be_caught():

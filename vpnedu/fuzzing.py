@@ -27,6 +27,7 @@ each in turn.  The test suite feeds the same targets with hypothesis.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Callable
 
@@ -75,28 +76,54 @@ def target_receive(data: bytes) -> None:
         raise AssertionError(f"a rejected message was not counted as exactly one drop: {data[:40].hex()}")
 
 
-class _LoopbackNode:
-    """What :class:`~vpnedu.datapath.FastPath` needs of a daemon, over real sockets: its UDP socket
-    bound to 127.0.0.1, and a datagram socket pair as the TUN device (it keeps packet boundaries);
-    whatever the fast path would send or write is kept, to be checked."""
+class LoopbackTun:
+    """A TUN device stand-in: a datagram socket pair keeps packet boundaries, as a TUN fd does.
+    The fast path reads and writes ``fd``; :meth:`written` returns what it wrote."""
 
-    def __init__(self, device):
+    def __init__(self, vnet_hdr: bool = False):
+        import socket
+        self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for sk in (self._ours, self._theirs):
+            sk.setblocking(False)
+        self.fd = self._theirs.fileno()
+        self.vnet_hdr = vnet_hdr
+        self.tso = False
+
+    def write(self, packet: bytes) -> None:
+        from .net import offload
+        os.writev(self.fd, (offload.PLAIN_HDR, packet) if self.vnet_hdr else (packet,))
+
+    def written(self) -> list[bytes]:
+        out = []
+        while True:
+            try:
+                out.append(self._ours.recv(70000))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        self._ours.close()
+        self._theirs.close()
+
+
+class LoopbackNode:
+    """What :class:`~vpnedu.datapath.FastPath` needs of a daemon, over real sockets: its UDP socket
+    bound to 127.0.0.1 and a :class:`LoopbackTun`; the datagrams the fast path hands back to the
+    node (replies, handshakes) are kept in ``sent``, to be checked.  The fuzz target ``fastpath``
+    and the fast path's equivalence tests run on it."""
+
+    def __init__(self, device, opts=None):
         import socket
 
         from .datapath import FastPath, Options
+        opts = opts or Options.parse("fast,no-tun-gro")
         self.device, self.events, self.intercept = device, device.events, None
-        self.tun_end, peer_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        for s in (self.tun_end, peer_end):
-            s.setblocking(False)
-        self.tun = type("Tun", (), {"fd": peer_end.fileno(), "vnet_hdr": False, "tso": False,
-                                    "write": lambda _self, p: peer_end.send(p)})()
-        self._peer_end = peer_end
+        self.tun = LoopbackTun(opts.vnet_hdr)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
-        self.sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sent: list = []
-        self.fast = FastPath(self, Options.parse("fast,no-tun-gro"))
+        self.fast = FastPath(self, opts)
 
     def _send(self, datagrams) -> None:
         self.sent.extend(datagrams)
@@ -107,13 +134,9 @@ class _LoopbackNode:
     def note_handshakes(self, n: int) -> None:
         pass
 
-    def written(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self.tun_end.recv(70000))
-            except BlockingIOError:
-                return out
+    def close(self) -> None:
+        self.sock.close()
+        self.tun.close()
 
 
 _fast = None
@@ -122,14 +145,15 @@ _fast = None
 def target_fastpath(data: bytes) -> None:
     global _fast
     pair = _server()
-    if _fast is None or _fast.device is not pair.server:
-        _fast = _LoopbackNode(pair.server)
-    node = _fast
+    if _fast is None or _fast[0].device is not pair.server:
+        import socket
+        _fast = (LoopbackNode(pair.server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    node, sender = _fast
     data = _steer(pair, data)[:65000]
     before = _drops(pair.server)
-    node.sender.sendto(data, node.sock.getsockname())
+    sender.sendto(data, node.sock.getsockname())
     node.fast.on_udp_readable()
-    if node.sent or node.written():
+    if node.sent or node.tun.written():
         raise AssertionError(f"a forged {len(data)}-byte datagram got a reply or reached TUN: {data[:40].hex()}")
     if _drops(pair.server) != before + 1:
         raise AssertionError(f"a rejected datagram was not counted as exactly one drop: {data[:40].hex()}")
@@ -173,7 +197,8 @@ def target_control(data: bytes) -> None:
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
-    "receive": target_receive, "fastpath": target_fastpath, "messages": target_messages, "config": target_config, "ip": target_ip,
+    "receive": target_receive, "fastpath": target_fastpath, "messages": target_messages, "config": target_config,
+    "ip": target_ip,
     "control": target_control,
 }
 
