@@ -27,6 +27,14 @@ def make_proxy(delivered, injected, events=None):
                  deliver=delivered.append, inject=injected.append, connect_timeout=2)
 
 
+async def until(cond, timeout: float = 2.0) -> None:
+    """Let the event loop run until ``cond()`` holds (or ``timeout`` seconds pass)."""
+    for _ in range(int(timeout / 0.02)):
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+
+
 def test_the_proxy_takes_only_syns_and_echo_requests_to_the_outside():
     p = make_proxy([], [])
     ack = build_tcp("10.0.0.2", 40000, "192.0.2.80", 80, seq=5, ack=9, flags=TCP_ACK)
@@ -52,10 +60,7 @@ def test_syn_to_a_closed_port_is_answered_with_a_reset():
             syn = build_tcp("10.0.0.2", 40000, "127.0.0.1", port, seq=1000, flags=TCP_SYN, window=64240)
             assert p.intercept("client", syn)
             assert p.intercept("client", syn)          # a retransmission while connecting: held too
-            for _ in range(100):
-                if injected:
-                    break
-                await asyncio.sleep(0.02)
+            await until(lambda: injected)
         return delivered, injected, seen, p
     delivered, injected, seen, p = asyncio.run(go())
     assert delivered == []
@@ -77,10 +82,7 @@ def test_syn_to_an_open_port_goes_on_to_the_kernel_after_connecting():
         port = server.sockets[0].getsockname()[1]
         syn = build_tcp("10.0.0.2", 40001, "127.0.0.1", port, seq=7, flags=TCP_SYN)
         assert p.intercept("client", syn)
-        for _ in range(100):
-            if delivered:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: delivered)
         # Once connected, a retransmitted SYN is the kernel's business.
         assert not p.intercept("client", syn)
         flows = p.flows()
@@ -254,19 +256,13 @@ def test_a_syn_retransmitted_after_the_accept_opens_no_second_upstream_connectio
         p = make_proxy(delivered, [])
         syn = build_tcp("10.0.0.2", 40002, "127.0.0.1", port, seq=7, flags=TCP_SYN)
         assert p.intercept("client", syn)
-        for _ in range(100):
-            if delivered:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: delivered)
         # The released SYN reaches the (here: plain) listener; its socket reads like TPROXY's.
         front = await asyncio.start_server(
             lambda r, w: p.tcp._accepted(r, _Spoofed(w, ("10.0.0.2", 40002), ("127.0.0.1", port))),
             "127.0.0.1", 0)
         cr, cw = await asyncio.open_connection(*front.sockets[0].getsockname()[:2])
-        for _ in range(100):
-            if p.flows() and p.flows()[0]["state"] == "established":
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: p.flows() and p.flows()[0]["state"] == "established")
         # A late copy of the client's SYN: the kernel's (challenge ACK), not a new flow.
         taken = p.intercept("client", syn)
         await asyncio.sleep(0.2)
