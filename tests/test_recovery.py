@@ -28,12 +28,14 @@ import pytest
 
 from vpnedu import config
 from vpnedu.events import EventBus
+from vpnedu.lab.wireguard_go import wg_quick
 from vpnedu.node.peerstate import MAX_SIZE, PeerMemory, PeerRecord, PeerStateFile
 from vpnedu.packet.ip import build_icmp_echo
 from vpnedu.protocol.device import Device
 from vpnedu.protocol.keys import encode
 from vpnedu.protocol.timers import REKEY_ATTEMPT_TIME, REKEY_TIMEOUT
 
+from .conftest import require_tool
 from .lablib import provision, start_client, start_server, stop, wait_for
 
 TUN = "vpnedu0"
@@ -43,9 +45,10 @@ class Pinger:
     """``ping -D -I vpnedu0 10.0.0.1`` in the client's namespace, every 0.1 s: bound to the tunnel
     device, so an answer proves the packet went through the tunnel.  Keeps each reply's time."""
 
-    def __init__(self, lab, dst: str = "10.0.0.1"):
+    def __init__(self, lab, dst: str = "10.0.0.1", dev: str = TUN):
+        self.dev = dev
         self.proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "ping", "-n", "-D", "-i", "0.1",
-                                      "-W", "1", "-I", TUN, dst],
+                                      "-W", "1", "-I", dev, dst],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.replies: list[float] = []
         self.lines: list[str] = []
@@ -61,7 +64,7 @@ class Pinger:
 
     def first_reply_after(self, t: float, timeout: float) -> float:
         return wait_for(lambda: next((r for r in self.replies if r > t), None), timeout=timeout,
-                        what=f"a ping reply through {TUN}")
+                        what=f"a ping reply through {self.dev}")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -181,6 +184,38 @@ def test_two_restarts_within_rekey_timeout_send_one_initiation_per_rekey_timeout
     assert sent[1] - sent[0] >= REKEY_TIMEOUT - 0.01, sent
     # ... and the held-back greeting still came well before the client's own ~15 s timer.
     assert back - second_up < REKEY_TIMEOUT + 1
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_wireguard_go_client_answers_the_greeting_and_its_tunnel_is_back(lab_factory):
+    """The greeting is a plain WireGuard initiation: a wireguard-go client (through wg-quick, from
+    the unchanged file add-client wrote), whose own timers would also wait ~15 s, answers it, and
+    pings through its tunnel device are answered again at once after a kill -9 + start."""
+    for tool in ("wg-quick", "wireguard-go", "wg"):
+        require_tool(tool)
+    lab = lab_factory()
+    provision(lab)
+    server = start_server(lab)
+    ifname = lab.prefix.rstrip("-")     # wg-quick names the interface after the file
+    conf = f"/tmp/{ifname}.conf"
+    with open(conf, "w") as f:
+        f.write((lab.dir / "client.conf").read_text())
+    os.chmod(conf, 0o600)
+    r = wg_quick(lab, "client", "up", conf)
+    assert r.returncode == 0, r.stderr
+    pinger = Pinger(lab, dev=ifname)
+    try:
+        pinger.first_reply_after(time.time(), timeout=15)
+        server, up = restart(lab, server, signal.SIGKILL)
+        gap = pinger.first_reply_after(up, timeout=30) - up
+    finally:
+        pinger.close()
+        wg_quick(lab, "client", "down", conf)
+        os.unlink(conf)
+        stop(server)
+    print(f"wireguard-go client: tunnel back {gap:.2f} s after the server restart")
+    assert gap < 3
 
 
 # ---------------------------------------------------------------------------------------------

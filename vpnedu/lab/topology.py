@@ -254,9 +254,21 @@ class Lab:
                     os.kill(int(pid), signal.SIGKILL)
                 except (ProcessLookupError, ValueError):
                     pass
+            self._forget_state(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self._procs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _forget_state(ns: str) -> None:
+        """Delete what a server in namespace ``ns`` remembered of its peers (vpnedu.node.peerstate):
+        the namespace goes, and a new one may get its inode number and so its file names."""
+        try:
+            inode = os.stat(f"/run/netns/{ns}").st_ino
+        except OSError:
+            return
+        for p in journal.RUN_DIR.glob(f"*@{inode}.peers"):
+            p.unlink(missing_ok=True)
 
     def app_log(self) -> list[str]:
         p = self.dir / "app-access.log"

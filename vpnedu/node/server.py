@@ -34,6 +34,8 @@ from .base import Node
 from .peerstate import PeerMemory, PeerStateFile, default_path, greetable
 
 FORWARDING_MODES = ("nat", "proxy", "none")
+#: A greeting held back by the REKEY_TIMEOUT rate limit goes out this long after the limit ends.
+GREET_MARGIN = 0.05
 
 
 class Server(Node):
@@ -156,8 +158,10 @@ class Server(Node):
             mem.update()   # the initiation times are on disk before anything else can happen
             self._schedule_tick()
         if later:
-            wait = min(mem.greet_at(p) for p in later) - now
-            self._greet_handle = self._loop.call_later(wait + 0.001, self._greet, later)
+            # A little past the limit: the previous process's initiation left its socket some
+            # milliseconds after its clock reading (the Diffie-Hellman work comes in between).
+            wait = min(mem.greet_at(p) for p in later) - now + GREET_MARGIN
+            self._greet_handle = self._loop.call_later(wait, self._greet, later)
 
     def teardown(self) -> None:
         if self.proxy is not None:   # sockets opened by bind() but never started
