@@ -38,7 +38,7 @@ def test_reads_a_wg_quick_file():
     itf, (peer,) = cfg.interface, cfg.peers
     assert keys.encode(itf.private_key) == PRIV
     assert [str(a) for a in itf.addresses] == ["10.0.0.2/24", "fd00::2/64"]
-    assert itf.dns == ["10.0.0.1"] and itf.mtu == 1420 and itf.extra == [("PostUp", "echo up")]
+    assert itf.dns == ["10.0.0.1"] and itf.mtu == 1420 and itf.hooks == {"PostUp": ["echo up"]}
     assert peer.name == "server" and keys.encode(peer.public_key) == PUB and keys.encode(peer.preshared_key) == PSK
     assert [str(n) for n in peer.allowed_ips] == ["0.0.0.0/0", "::/0"]
     assert peer.endpoint == ("203.0.113.1", 51820) and peer.persistent_keepalive == 25
