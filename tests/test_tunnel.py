@@ -289,7 +289,7 @@ def test_bad_situations_get_one_line_and_leave_the_host_unchanged(lab_factory):
     # Malformed config and a bad key.
     (d / "bad.conf").write_text("[Interface]\nPrivateKey = abc\n")
     r = lab.run("client", *vpnedu("client", "-c", str(d / "bad.conf")))
-    one_line_error(r, "bad.conf:2: PrivateKey: private key 'abc' is not 32 bytes of base64")
+    one_line_error(r, "bad.conf:2: PrivateKey: private key is not 32 bytes of base64 (3 characters, not 44")
     r = lab.run("client", *vpnedu("client", "-c", str(d / "missing.conf")))
     one_line_error(r, "no such file")
 
