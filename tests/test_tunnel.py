@@ -429,7 +429,7 @@ def test_hooks_run_in_wg_quick_order_with_the_interface_name(lab_factory):
     assert out.read_text().splitlines() == ["PreUp hk0 0", "PostUp hk0 1 1", "PostUp-second hk0",
                                             "PreDown hk0 1", "PostDown hk0 0"]
     log = (lab.dir / "vpn-client.log").read_text()
-    assert f'[#] PreUp: echo "PreUp hk0' in log, log
+    assert '[#] PreUp: echo "PreUp hk0' in log, log
     assert snapshot(lab, "client") == before
 
 

@@ -579,9 +579,10 @@ def conf_check(path) -> None:
                f"public key {_keys.encode(pub) if pub else '(no private key)'}, {len(c.peers)} peer(s)")
     itf = c.interface
     if itf.table:
-        click.echo(f"  Table = {itf.table}: " + {"off": "the client adds no routes", "auto": "routes in the main table",
-                                                   "main": "routes in the main table"}.get(
-            itf.table, f"the client's routes go into table {itf.table}, none into the main table"))
+        meaning = {"off": "the client adds no routes", "auto": "the client's routes go into the main table",
+                   "main": "the client's routes go into the main table"}
+        click.echo(f"  Table = {itf.table}: "
+                   + meaning.get(itf.table, f"the client's routes go into table {itf.table}, none into main"))
     if itf.fwmark:
         click.echo(f"  FwMark = {itf.fwmark:#x}: the tunnel's UDP packets carry this mark")
     hooks = [f"{len(v)} {k}" for k, v in itf.hooks.items() if v]

@@ -279,8 +279,7 @@ def loads(text: str, source: str = "<config>") -> Config:
         if own_private is not None and p.public_key == own_private:
             raise err(at, "PublicKey is this file's own PrivateKey (from line "
                           f"{private_line}): a private key was pasted where the peer's public key belongs",
-                      "put the peer's public key here ('vpnedu pubkey' prints it from the peer's private key), "
-                      "and make a new PrivateKey: this one has been shown in the wrong place")
+                      "put the peer's public key here ('vpnedu pubkey' prints it from the peer's private key)")
         if own_private is not None and p.preshared_key == own_private:
             raise err(at, "PresharedKey is this file's own PrivateKey", "make a pre-shared key with 'vpnedu genpsk'")
         if own_public is not None and p.public_key == own_public:
@@ -382,7 +381,7 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
 
 
 def _table(value: str) -> str:
-    """wg-quick's ``Table``: off, auto, main or a routing table number (RFC-free: ip-route(8))."""
+    """wg-quick's ``Table``: off, auto, main or a routing table number (see ip-route(8), "table")."""
     v = value.lower()
     if v in ("off", "auto", "main"):
         return v

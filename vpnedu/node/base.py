@@ -198,7 +198,7 @@ class Node:
         self.check_privileges()
         hooks = self.hooks = wgquick.Hooks(self.cfg, self.ifname, self.log)
         hooks.check()                     # refuse hooks it may not run, before any change
-        for note in wgquick.notes(self.cfg, self.ifname):
+        for note in wgquick.notes(self.cfg, self.ifname, self.role):
             self.log(note)
         self.journal.recover(self.log)
         hooks.run("PreUp")

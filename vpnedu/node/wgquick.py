@@ -106,6 +106,8 @@ class Hooks:
             self.log(f"note: the {kind} command {shown!r} failed ({why}); the tear-down goes on")
         if kind == "PostUp":
             self.up = True
+        elif kind == "PostDown":
+            self.up = False       # down once: a second tear-down runs no hook again
 
 
 def set_fwmark(sock: socket.socket, mark: int | None) -> None:
@@ -121,9 +123,13 @@ def set_fwmark(sock: socket.socket, mark: int | None) -> None:
                           "setting a mark needs root (CAP_NET_ADMIN)") from None
 
 
-def notes(cfg: Config, ifname: str) -> list[str]:
+def notes(cfg: Config, ifname: str, role: str = "client") -> list[str]:
     """One line for each setting in the config that vpnedu reads but does not apply (yet)."""
     out = []
+    table = cfg.interface.table
+    if role == "server" and table and table.isdigit():
+        out.append(f"note: Table = {table} in {cfg.source} has nothing to hold: the server adds no routes of "
+                   "its own (its tunnel subnet's route is the kernel's, in the main table)")
     if cfg.interface.dns:
         out.append(f"note: DNS = {', '.join(cfg.interface.dns)} in {cfg.source} is not applied: vpnedu does not "
                    f"change the host's resolver yet (set it yourself, e.g. 'resolvectl dns {ifname} "
