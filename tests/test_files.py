@@ -98,6 +98,9 @@ def test_a_notebook_to_grade_is_read_with_a_limit(tmp_path):
     os.mkfifo(fifo)
     one_line(run_cli("labs", "check", "/dev/zero", timeout=TIMEOUT), "/dev/zero", "not a regular file")
     one_line(run_cli("labs", "check", str(fifo), timeout=TIMEOUT), "FIFO")
+    # 'labs build --source DIR' reads every DIR/*.ipynb the same way.
+    one_line(run_cli("labs", "build", "--source", str(tmp_path), "--out", str(tmp_path / "out"), timeout=TIMEOUT),
+             str(fifo), "FIFO")
 
 
 def test_the_reader_checks_the_file_it_read(tmp_path):
