@@ -465,6 +465,12 @@ def test_hooks_are_refused_from_a_file_others_may_write_and_a_failing_postup_res
     one_line_error(r, "the PostUp command 'exit 3' failed (exit status 3); vpnedu did not start")
     assert out.read_text().splitlines() == ["PreUp vpnedu0 0"]
     assert snapshot(lab, "client") == before
+    # A failing PreUp: nothing was changed yet, nothing else runs.
+    failing = with_interface_lines(lab, "failing-pre.conf", "PreUp = false", HOOKS[1].format(out=out))
+    r = lab.run("client", *vpnedu("client", "-c", str(failing)))
+    one_line_error(r, "the PreUp command 'false' failed (exit status 1)")
+    assert out.read_text().splitlines() == ["PreUp vpnedu0 0"]
+    assert snapshot(lab, "client") == before
 
     # SaveConfig = true would have vpnedu rewrite the file: refused by name.
     saving = with_interface_lines(lab, "save.conf", "SaveConfig = true")
