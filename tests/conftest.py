@@ -33,9 +33,11 @@ def require_tool(name: str) -> str:
     return path
 
 
-def run_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, input: str | None = None, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """The real command line in a child process; ``timeout`` makes a hang a failure, ``kw`` goes
+    to subprocess.run (e.g. ``stdin=`` a file, ``cwd=``)."""
     return subprocess.run([sys.executable, "-m", "vpnedu", *args], input=input, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=timeout, **kw)
 
 
 def pytest_collection_modifyitems(config, items):

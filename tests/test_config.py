@@ -38,7 +38,7 @@ def test_reads_a_wg_quick_file():
     itf, (peer,) = cfg.interface, cfg.peers
     assert keys.encode(itf.private_key) == PRIV
     assert [str(a) for a in itf.addresses] == ["10.0.0.2/24", "fd00::2/64"]
-    assert itf.dns == ["10.0.0.1"] and itf.mtu == 1420 and itf.extra == [("PostUp", "echo up")]
+    assert itf.dns == ["10.0.0.1"] and itf.mtu == 1420 and itf.hooks == {"PostUp": ["echo up"]}
     assert peer.name == "server" and keys.encode(peer.public_key) == PUB and keys.encode(peer.preshared_key) == PSK
     assert [str(n) for n in peer.allowed_ips] == ["0.0.0.0/0", "::/0"]
     assert peer.endpoint == ("203.0.113.1", 51820) and peer.persistent_keepalive == 25
@@ -135,3 +135,63 @@ def test_the_cli_refuses_a_world_readable_key_in_one_line(tmp_path):
     r = run_cli("conf", "check", str(path))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "chmod 600" in r.stderr
+
+
+# ------------------------------------------------------------------ wg-quick keys: work or refused
+def test_wg_quick_keys_are_read_into_what_they_mean_and_written_back():
+    cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\nTable = 1234\nFwMark = 0x1234\n"
+                       "PreUp = echo a %i\nPostUp = echo b\nPostUp = echo c\nPreDown = echo d\nPostDown = echo e\n"
+                       "SaveConfig = false\n")
+    itf = cfg.interface
+    assert itf.table == "1234" and itf.route_table == 1234 and itf.adds_routes
+    assert itf.fwmark == 0x1234
+    assert itf.hooks == {"PreUp": ["echo a %i"], "PostUp": ["echo b", "echo c"], "PreDown": ["echo d"],
+                         "PostDown": ["echo e"]}
+    text = config.dumps(cfg)
+    assert "Table = 1234\nFwMark = 0x1234\nPreUp = echo a %i\nPostUp = echo b\nPostUp = echo c\n" in text
+    assert config.loads(text).interface.hooks == itf.hooks
+    assert "FwMark = 0x1234" in config.dumps_wg(cfg) and "Table" not in config.dumps_wg(cfg)
+    for value, table, routes in (("off", "off", False), ("auto", "auto", True), ("Main", "main", True)):
+        c = config.loads(f"[Interface]\nTable = {value}\n").interface
+        assert (c.table, c.adds_routes, c.route_table) == (table, routes, None)
+    assert config.loads("[Interface]\nFwMark = off\n").interface.fwmark is None
+    assert config.loads("[Interface]\nFwMark = 0\n").interface.fwmark is None
+    assert config.loads("[Interface]\nFwMark = 51820\n").interface.fwmark == 51820
+
+
+@pytest.mark.parametrize("text,line,words", [
+    ("[Interface]\nSaveConfig = true\n", 2, "SaveConfig: 'true' asks to write the running state back"),
+    ("[Interface]\nTable = vpn\n", 2, "Table: 'vpn' is not off, auto, main or a table number"),
+    ("[Interface]\nTable = 254\n", 2, "Table: table 254 is the kernel's 'main' table"),
+    ("[Interface]\nTable = 255\n", 2, "Table: table 255 is the kernel's 'local' table"),
+    ("[Interface]\nFwMark = 0x100000000\n", 2, "FwMark: '0x100000000' is not a 32-bit mark"),
+    ("[Interface]\nFwMark = red\n", 2, "FwMark: 'red' is not a 32-bit mark"),
+    ("[Interface]\nDNS = 10.0.0.1, not a name!\n", 2, "DNS: 'not a name!' is neither an IP address nor"),
+    ("[[Interface]]\n", 1, "unknown section '[[Interface]]'"),
+    ("[Interface]]]\n", 1, "unknown section '[Interface]]]'"),
+    ("[Interface\n", 1, "unknown section"),
+    (f"[Interface]\n[Peer]]\nPublicKey = {PUB}\n", 2, "unknown section '[Peer]]'"),
+    (f"[Interface]\nPresharedKey = {PSK}\n", 2, "PresharedKey belongs in [Peer], not in [Interface]"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PRIV}\n", 4, "PublicKey is this file's own PrivateKey"),
+])
+def test_wg_quick_keys_and_headers_that_are_refused_by_name(text, line, words):
+    with pytest.raises(ConfigError) as e:
+        config.loads(text, "wg0.conf")
+    msg = str(e.value)
+    assert msg.startswith(f"wg0.conf:{line}: ") and words in msg and "\n" not in msg, msg
+
+
+def test_conf_check_says_what_each_wg_quick_key_will_do(tmp_path):
+    from .conftest import run_cli
+    path = tmp_path / "wg0.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.2/24\nDNS = 10.0.0.1\nTable = off\n"
+                    "FwMark = 0x1234\nPostUp = echo up\n")
+    path.chmod(0o620)
+    r = run_cli("conf", "check", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "Table = off: the client adds no routes" in r.stdout
+    assert "FwMark = 0x1234: the tunnel's UDP packets carry this mark" in r.stdout
+    assert "hooks: 1 PostUp" in r.stdout and "a daemon would refuse them" in r.stdout
+    why = "writable by group (mode 0620)" if os.geteuid() == 0 else "hooks run only when vpnedu runs as root"
+    assert why in r.stdout, r.stdout
+    assert "note: DNS = 10.0.0.1" in r.stdout and "is not applied" in r.stdout

@@ -19,7 +19,10 @@ def test_init_and_add_clients(tmp_path):
     for name, ip in (("alice", "10.0.0.2"), ("bob", "10.0.0.3")):
         r = run_cli("server", "add-client", name, "-c", str(sc))
         assert r.returncode == 0, r.stderr
-        assert f"{name} gets {ip}/32" in r.stdout
+        # Both numbers, each with the file and setting it is in: the client's own address (with
+        # the tunnel subnet's prefix) and the server's route to it (one address, /32).
+        assert f"{name}'s address in the tunnel is {ip} (Address = {ip}/24 in {name}.conf" in r.stdout
+        assert f"the server sends packets for {ip}/32 to {name} (AllowedIPs = {ip}/32 in server.conf)" in r.stdout
         c = config.load(tmp_path / f"{name}.conf")
         assert str(c.interface.addresses[0]) == f"{ip}/24"
         assert c.peers[0].endpoint == ("203.0.113.2", 51820)

@@ -6,6 +6,7 @@ even when it fails.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -289,7 +290,7 @@ def test_bad_situations_get_one_line_and_leave_the_host_unchanged(lab_factory):
     # Malformed config and a bad key.
     (d / "bad.conf").write_text("[Interface]\nPrivateKey = abc\n")
     r = lab.run("client", *vpnedu("client", "-c", str(d / "bad.conf")))
-    one_line_error(r, "bad.conf:2: PrivateKey: private key 'abc' is not 32 bytes of base64")
+    one_line_error(r, "bad.conf:2: PrivateKey: private key is not 32 bytes of base64 (3 characters, not 44")
     r = lab.run("client", *vpnedu("client", "-c", str(d / "missing.conf")))
     one_line_error(r, "no such file")
 
@@ -328,3 +329,180 @@ def test_roaming_client_keeps_its_session(lab_factory):
     # ... with the same session: no new handshake was needed.
     assert now["session"]["local_index"] == first["session"]["local_index"]
     assert now["latest_handshake"] == first["latest_handshake"]
+
+
+# ------------------------------------------------------------------- wg-quick's Table, FwMark, hooks
+def with_interface_lines(lab, name: str, *lines: str, base: str = "client.conf"):
+    """A copy of the lab's ``base`` config with ``lines`` added to its [Interface] (root's, 0600)."""
+    text = (lab.dir / base).read_text().replace("[Interface]\n", "[Interface]\n" + "".join(f"{x}\n" for x in lines), 1)
+    path = lab.dir / name
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def not_kernel_made(routes: str) -> list[str]:
+    """``ip route`` without the routes the kernel makes by itself for an address's own subnet
+    (``proto kernel``: 10.0.0.0/24 dev vpnedu0 appears with Address = 10.0.0.2/24, wg-quick's too)."""
+    return [r for r in routes.splitlines() if "proto kernel" not in r]
+
+
+def test_table_off_adds_no_route_at_all(lab_factory):
+    lab = lab_factory()
+    provision(lab)
+    start_server(lab)
+    before = snapshot(lab, "client")
+    conf = with_interface_lines(lab, "off.conf", "Table = off", "DNS = 10.0.0.1")
+    cli = start_client(lab, "client", str(conf))
+    during = lab.run("client", "ip", "route").stdout
+    assert not_kernel_made(during) == not_kernel_made(before["routes"]), during
+    assert "0.0.0.0/1" not in during and SERVER_PUBLIC not in during
+    # The tunnel itself works: its own subnet is on the device.
+    r = lab.run("client", "ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", "vpnedu0", "10.0.0.1")
+    assert r.returncode == 0, r.stdout
+    log = (lab.dir / "vpn-client.log").read_text()
+    assert "routing table: unchanged (Table = off)" in log, log
+    # DNS is read and kept, but not applied yet: the client says so, naming the key.
+    assert f"note: DNS = 10.0.0.1 in {conf} is not applied" in log, log
+    assert stop(cli) == 0
+    assert snapshot(lab, "client") == before
+
+
+def test_table_n_puts_the_routes_there_and_fwmark_marks_the_tunnels_packets(lab_factory):
+    lab = lab_factory()
+    provision(lab)
+    start_server(lab)
+    before = snapshot(lab, "client")
+    # Count the client's UDP packets to the server's port: all of them, and the marked ones.
+    lab.run("client", "nft", "-f", "-", check=True, input=(
+        "table inet vtmark {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+        "  udp dport 51820 counter\n  meta mark 0x1234 udp dport 51820 counter\n }\n}\n"))
+    conf = with_interface_lines(lab, "t1234.conf", "Table = 1234", "FwMark = 0x1234")
+    cli = start_client(lab, "client", str(conf))
+    main = lab.run("client", "ip", "route").stdout
+    assert not_kernel_made(main) == not_kernel_made(before["routes"]), main     # nothing in main
+    t1234 = lab.run("client", "ip", "route", "show", "table", "1234").stdout
+    assert "default dev vpnedu0" in t1234, t1234                                  # 0.0.0.0/0, as it is
+    nft = lab.run("client", "nft", "list", "table", "inet", "vtmark").stdout
+    counters = [int(x) for x in re.findall(r"counter packets (\d+)", nft)]
+    assert len(counters) == 2 and counters[0] >= 1 and counters[1] == counters[0], counters  # every one marked
+    st = status(lab, "client")
+    assert st["fwmark"] == 0x1234 and st["table"] == "1234"
+    text = lab.run("client", *vpnedu("status")).stdout
+    assert "fwmark: 0x1234" in text and "routing table: 1234" in text, text
+
+    # The table is the way into the tunnel once a rule sends traffic there; the mark keeps the
+    # tunnel's own packets out of it (wg-quick's 'ip rule not fwmark ... table ...').
+    fetch = (sys_python(), "-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}/")
+    assert "your address is 198.51.100.2" in lab.run("client", *fetch).stdout   # no rule yet: direct
+    lab.run("client", "ip", "rule", "add", "not", "fwmark", "0x1234", "table", "1234", "pref", "100", check=True)
+    body = lab.run("client", *fetch).stdout
+    assert f"your address is {SERVER_PUBLIC}" in body, body                      # through the tunnel
+    lab.run("client", "ip", "rule", "del", "pref", "100", check=True)
+    lab.run("client", "nft", "delete", "table", "inet", "vtmark", check=True)
+    assert stop(cli) == 0
+    assert lab.run("client", "ip", "route", "show", "table", "1234").stdout.strip() == ""
+    assert snapshot(lab, "client") == before
+
+
+HOOKS = (
+    'PreUp = echo "PreUp %i $(ip -o link show %i 2>/dev/null | wc -l)" >> {out}',
+    'PostUp = echo "PostUp %i $(ip -o link show %i | wc -l) $(ip route show 0.0.0.0/1 | wc -l)" >> {out}',
+    'PostUp = echo "PostUp-second %i" >> {out}',
+    'PreDown = echo "PreDown %i $(ip -o link show %i | wc -l)" >> {out}',
+    'PostDown = echo "PostDown %i $(ip -o link show %i 2>/dev/null | wc -l)" >> {out}',
+)
+
+
+def test_hooks_run_in_wg_quick_order_with_the_interface_name(lab_factory):
+    lab = lab_factory()
+    provision(lab)
+    start_server(lab)
+    before = snapshot(lab, "client")
+    out = lab.dir / "hooks.out"
+    conf = with_interface_lines(lab, "hooks.conf", *(h.format(out=out) for h in HOOKS))
+    cli = start_client(lab, "client", str(conf), "--interface", "hk0")
+    assert ping(lab, "client", "10.0.0.1")
+    assert stop(cli) == 0
+    # PreUp before the device exists, PostUp once it and the routes are there (both PostUps, in
+    # file order), PreDown while it still exists, PostDown after it is gone; %i is the name.
+    assert out.read_text().splitlines() == ["PreUp hk0 0", "PostUp hk0 1 1", "PostUp-second hk0",
+                                            "PreDown hk0 1", "PostDown hk0 0"]
+    log = (lab.dir / "vpn-client.log").read_text()
+    assert '[#] PreUp: echo "PreUp hk0' in log, log
+    assert snapshot(lab, "client") == before
+
+
+def test_hooks_are_refused_from_a_file_others_may_write_and_a_failing_postup_restores_the_host(lab_factory):
+    import pwd
+    lab = lab_factory()
+    provision(lab)
+    start_server(lab)
+    before = snapshot(lab, "client")
+    out = lab.dir / "hooks.out"
+    conf = with_interface_lines(lab, "hooks.conf", *(h.format(out=out) for h in HOOKS))
+
+    conf.chmod(0o620)             # group-writable: whoever is in the group could run commands as root
+    r = lab.run("client", *vpnedu("client", "-c", str(conf)))
+    one_line_error(r, "PreUp/PostUp/PreDown/PostDown refused: the file is writable by group (mode 0620)")
+    assert f"chmod 600 {conf}" in r.stderr
+    conf.chmod(0o602)
+    r = lab.run("client", *vpnedu("client", "-c", str(conf)))
+    one_line_error(r, "writable by others")
+    conf.chmod(0o600)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(conf, nobody.pw_uid, nobody.pw_gid)   # not root's
+    r = lab.run("client", *vpnedu("client", "-c", str(conf)))
+    one_line_error(r, f"refused: the file belongs to uid {nobody.pw_uid}, not root")
+    assert not out.exists()       # no hook ran
+    assert snapshot(lab, "client") == before
+
+    # A failing PostUp stops the start, and vpnedu undoes what it did; no PreDown/PostDown runs.
+    os.chown(conf, 0, 0)
+    failing = with_interface_lines(lab, "failing.conf", HOOKS[0].format(out=out), "PostUp = exit 3",
+                                   HOOKS[4].format(out=out))
+    r = lab.run("client", *vpnedu("client", "-c", str(failing)))
+    one_line_error(r, "the PostUp command 'exit 3' failed (exit status 3); vpnedu did not start")
+    assert out.read_text().splitlines() == ["PreUp vpnedu0 0"]
+    assert snapshot(lab, "client") == before
+    # A failing PreUp: nothing was changed yet, nothing else runs.
+    failing = with_interface_lines(lab, "failing-pre.conf", "PreUp = false", HOOKS[1].format(out=out))
+    r = lab.run("client", *vpnedu("client", "-c", str(failing)))
+    one_line_error(r, "the PreUp command 'false' failed (exit status 1)")
+    assert out.read_text().splitlines() == ["PreUp vpnedu0 0"]
+    assert snapshot(lab, "client") == before
+
+    # SaveConfig = true would have vpnedu rewrite the file: refused by name.
+    saving = with_interface_lines(lab, "save.conf", "SaveConfig = true")
+    r = lab.run("client", *vpnedu("client", "-c", str(saving)))
+    one_line_error(r, "save.conf:2: SaveConfig: 'true' asks to write the running state back into this file")
+    assert snapshot(lab, "client") == before
+
+
+def test_root_daemons_socket_as_a_normal_user_and_a_bad_psk_on_reload(lab_factory):
+    """A normal user asking a root daemon: one line saying who may and how (exit 77), not
+    'internal error'.  And a reload whose config has a bad PSK: an error that does not show it."""
+    import base64
+    lab = lab_factory()
+    provision(lab)
+    start_server(lab)
+    sock = lab.run("server", sys_python(), "-c",
+                   "from vpnedu.node import control; print(control.find_sockets()[0])").stdout.strip()
+    assert sock.startswith("/run/vpnedu/"), sock
+    as_nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    for args in (("status", "--socket", sock), ("status",), ("reload",)):
+        r = lab.run("server", *as_nobody, *vpnedu(*args))
+        assert r.returncode == 77, (args, r.returncode, r.stderr)
+        one_line_error(r, "only for root")
+        assert f"run it as root: sudo vpnedu {args[0]}" in r.stderr and "internal error" not in r.stderr
+
+    psk = keys.generate_psk()
+    bad = keys.encode(psk)[:-2]
+    with open(lab.dir / "server.conf", "a") as f:
+        f.write(f"\n[Peer]\nPublicKey = {keys.encode(keys.public_key(keys.generate_private_key()))}\n"
+                f"PresharedKey = {bad}\n")
+    r = lab.run("server", *vpnedu("reload"))
+    one_line_error(r, "PresharedKey: preshared key is not 32 bytes of base64")
+    shown = r.stdout + r.stderr + (lab.dir / "vpn-server.log").read_text()
+    assert bad[:12] not in shown and psk.hex()[:16] not in shown.lower(), shown
+    assert base64.b64encode(psk).decode()[4:16] not in shown

@@ -1,7 +1,15 @@
 """The ``vpnedu`` command line.
 
 Every user error ends as one line on stderr -- ``vpnedu: error: <what is
-wrong>; <how to fix it>`` -- and exit status 1, never a traceback.
+wrong>; <how to fix it>`` -- and exit status 1 (77 when the user may not do it, e.g.
+talk to root's daemon), never a traceback.  No message ever shows a private or
+pre-shared key.
+
+Which config file: ``-c FILE`` wins.  Without it, ``vpnedu server`` runs
+``./server.conf`` (what ``server init`` wrote) and ``vpnedu client`` the one client
+config in the current folder (a ``NAME.conf`` that ``server add-client`` wrote:
+one ``[Peer]`` named ``server``); if there are several, it lists them.  Either
+says which file it picked.
 """
 
 from __future__ import annotations
@@ -13,18 +21,21 @@ import warnings
 import click
 
 from . import __version__
-from .errors import VpneduError
+from .errors import NotPermitted, VpneduError
 from .protocol import keys as _keys
 from .protocol.suites import SUITES, InsecureSuiteWarning
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, "-V", "--version", prog_name="vpnedu")
-def cli() -> None:
+@click.pass_context
+def cli(ctx) -> None:
     """vpnedu: a WireGuard-compatible VPN in Python that shows how it works.
 
     Start with 'vpnedu handshake-demo' (no root needed).
     """
+    if ctx.invoked_subcommand is None:      # a bare 'vpnedu': the help, and success
+        click.echo(ctx.get_help())
 
 
 @cli.command()
@@ -36,7 +47,8 @@ def genkey() -> None:
 @cli.command()
 def pubkey() -> None:
     """Read a private key on stdin, print its public key (like 'wg pubkey')."""
-    data = sys.stdin.read()
+    from .files import KEY_LIMIT, read_stdin
+    data = read_stdin("private key", KEY_LIMIT)
     if not data.strip():
         raise VpneduError("no private key on standard input", "pipe one in: vpnedu genkey | vpnedu pubkey")
     click.echo(_keys.encode(_keys.public_key(_keys.decode(data, "private key"))))
@@ -68,6 +80,44 @@ def _load_config(path: str, allow_null_teaching: bool):
     if allow_null_teaching:
         cfg.interface.allow_null_teaching = True
     return cfg
+
+
+def _default_config(role: str) -> str:
+    """The config a daemon runs when no -c is given: ./server.conf for the server, the one
+    client config in the current folder for the client (see the module docstring)."""
+    from pathlib import Path
+    if role == "server":
+        if not Path("server.conf").exists():
+            raise VpneduError(f"no config given, and no server.conf in {os.getcwd()}",
+                              "run 'vpnedu server -c FILE', or create one here with 'vpnedu server init'")
+        click.echo("using ./server.conf (no -c given)")
+        return "server.conf"
+    found = _client_configs(Path("."))
+    if len(found) == 1:
+        click.echo(f"using ./{found[0]} (the only client config here; -c FILE picks another)")
+        return found[0]
+    if not found:
+        raise VpneduError(f"no config given, and no client config in {os.getcwd()}",
+                          "run 'vpnedu client -c FILE' (the server's 'vpnedu server add-client NAME' writes NAME.conf)")
+    raise VpneduError(f"no config given, and {os.getcwd()} holds {len(found)} client configs: {', '.join(found)}",
+                      f"pick one: vpnedu client -c {found[0]}")
+
+
+def _client_configs(folder) -> list[str]:
+    """The NAME.conf files in ``folder`` that 'server add-client' wrote: one [Peer], named server."""
+    from . import config as _config
+    from . import files
+    out = []
+    for p in sorted(folder.glob("*.conf")):
+        if p.name == "server.conf":
+            continue
+        try:
+            c = _config.loads(files.read_text(p, "config"), str(p))
+        except VpneduError:
+            continue
+        if len(c.peers) == 1 and c.peers[0].name == "server":
+            out.append(p.name)
+    return out
 
 
 def _print_events(bus, kinds: tuple[str, ...]) -> None:
@@ -106,9 +156,7 @@ def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_te
     """Run the VPN server (or provision it: 'server init', 'server add-client')."""
     if ctx.invoked_subcommand is not None:
         return
-    if not config_path:
-        raise VpneduError("no config given", "run 'vpnedu server -c server.conf' "
-                          "(create one with 'vpnedu server init')")
+    config_path = config_path or _default_config("server")
     from .node.base import parse_timers
     from .node.server import Server
     from .proxy import parse_idle
@@ -158,13 +206,18 @@ def server_add_client(name, config_path, endpoint, out_dir, split, dns) -> None:
     from .provision import add_client
     ep = _endpoint(endpoint, 51820) if endpoint else None
     path, peer, _ = add_client(config_path, name, out_dir=out_dir, endpoint=ep, split=split, dns=list(dns))
-    click.echo(f"wrote {path} (mode 0600): {name} gets {peer.allowed_ips[0]}")
-    click.echo(f"added [Peer] {name} to {config_path}")
+    client_cfg = _load_config(str(path), False)
+    address = client_cfg.interface.addresses[0]
+    click.echo(f"wrote {path} (mode 0600): {name}'s address in the tunnel is {address.ip} "
+               f"(Address = {address} in {path.name}: the /{address.network.prefixlen} says the whole "
+               f"{address.network} is on the tunnel)")
+    click.echo(f"added [Peer] {name} to {config_path}: the server sends packets for {peer.allowed_ips[0]} to "
+               f"{name} (AllowedIPs = {', '.join(map(str, peer.allowed_ips))} in {os.path.basename(config_path)})")
     for sock in control.find_sockets():
         try:
-            st = control.request(sock, {"cmd": "status"})
+            st = _ask(sock, {"cmd": "status"})
             if st.get("role") == "server":
-                r = control.request(sock, {"cmd": "reload"})
+                r = _ask(sock, {"cmd": "reload"})
                 click.echo(f"told the running server ({st['interface']}): {r['added']} peer(s) added")
         except VpneduError as e:
             click.echo(f"note: could not tell the daemon on {sock} ({e}); restart it to use the new client")
@@ -179,8 +232,9 @@ def _endpoint(text: str, default_port: int) -> tuple[str, int]:
 
 
 @cli.command()
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="Client config file (wg-quick format).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Client config file (wg-quick format); default: the one NAME.conf here that "
+                   "'server add-client' wrote.")
 @click.option("--handshake-timeout", default=20.0, show_default=True, type=float,
               help="Give up if the server has not answered after this many seconds.")
 @_node_options
@@ -188,6 +242,7 @@ def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, ke
     """Connect to a VPN server: TUN device, handshake, routes through the tunnel."""
     from .node.base import parse_timers
     from .node.client import Client
+    config_path = config_path or _default_config("client")
     node = Client(_load_config(config_path, allow_null_teaching), ifname=ifname,
                   handshake_timeout=handshake_timeout, log=click.echo, keylog=keylog,
                   timers=parse_timers(timers), datapath=datapath)
@@ -220,7 +275,12 @@ def _bytes(n: int) -> str:
 def format_status(st: dict) -> str:
     lines = [f"interface: {st['interface']} ({st['role']}, pid {st['pid']})",
              f"  public key: {st['public_key']}",
-             f"  listening port: {st['listen_port']}",
+             f"  listening port: {st['listen_port']}"]
+    if st.get("fwmark"):
+        lines.append(f"  fwmark: {st['fwmark']:#x}")
+    if st.get("table") not in (None, "auto"):
+        lines.append(f"  routing table: {st['table']}")
+    lines += [
              f"  address: {', '.join(st['addresses'])}",
              f"  cipher suite: {st['suite']}"]
     for p in st["peers"]:
@@ -263,6 +323,54 @@ def format_flows(st: dict) -> str:
     return "\n".join(lines)
 
 
+def _not_permitted(path, folder: bool = False) -> NotPermitted:
+    """Why this user cannot open the control socket ``path`` (or any socket in the run
+    folder ``path``, with ``folder``): whose it is, and what to run instead."""
+    import pwd
+    from pathlib import Path
+    ctx = click.get_current_context(silent=True)
+    cmd = ctx.command_path if ctx is not None else "vpnedu status"
+    p = Path(path)
+    # The first folder on the way that this user may not enter (/run/vpnedu is 0700, root's).
+    way = [*reversed(p.parents), *([p] if folder else [])]
+    blocked = next((d for d in way if not os.access(d, os.X_OK)), None)
+    what = blocked or p
+    try:
+        st = what.stat()
+        owner = pwd.getpwuid(st.st_uid).pw_name
+        detail = f"{what} is mode {st.st_mode & 0o777:04o}, owner {owner}"
+    except (OSError, KeyError):
+        owner, detail = "root", f"{what} is closed to you"
+    how = f"run it as root: sudo {cmd}" if owner == "root" else f"run it as {owner} (or as root)"
+    subject = f"the daemons' control sockets in {p} are" if folder else f"the control socket {p} is"
+    return NotPermitted(f"{subject} only for {owner} ({detail})", how)
+
+
+def _ask(path, req: dict) -> dict:
+    """:func:`vpnedu.node.control.request`, with a user who may not open the socket told so."""
+    from .node import control
+    try:
+        return control.request(path, req)
+    except PermissionError:
+        raise _not_permitted(path) from None
+
+
+def _sockets(ifname: str | None, sock: str | None, every: bool = False) -> list:
+    """The control sockets to talk to: ``--socket``, else the daemon of ``--interface``, else the
+    only one (``every``: all) in this network namespace.  A run folder this user may not enter
+    is said so: the daemons there are root's, and "no daemon is running" would be wrong."""
+    from .net import journal
+    from .node import control
+    if sock:
+        return [control.pick_socket(ifname, sock)]
+    paths = control.find_sockets(ifname)
+    if not paths:
+        if journal.RUN_DIR.exists() and not os.access(journal.RUN_DIR, os.X_OK):
+            raise _not_permitted(journal.RUN_DIR, folder=True)
+        control.pick_socket(ifname)  # raises the friendly error
+    return paths if every else paths[:1]
+
+
 @cli.command()
 @click.option("--interface", "ifname", help="Which daemon (default: every one in this network namespace).")
 @click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
@@ -271,12 +379,9 @@ def format_flows(st: dict) -> str:
 def status(ifname, sock, as_json, flows) -> None:
     """Show running daemons like 'wg show': peers, endpoints, latest handshake, transfer."""
     import json
-    from .node import control
-    paths = [control.pick_socket(ifname, sock)] if (sock or ifname) else control.find_sockets()
-    if not paths:
-        control.pick_socket()  # raises the friendly error
+    paths = _sockets(ifname, sock, every=True)
     for i, path in enumerate(paths):
-        st = control.request(path, {"cmd": "status"})
+        st = _ask(path, {"cmd": "status"})
         if i:
             click.echo("")
         click.echo(json.dumps(st, indent=2, default=str) if as_json else format_status(st))
@@ -290,8 +395,7 @@ def status(ifname, sock, as_json, flows) -> None:
 @click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
 def reload(ifname, sock) -> None:
     """Re-read a running daemon's config file, keeping live sessions (like 'wg syncconf')."""
-    from .node import control
-    r = control.request(control.pick_socket(ifname, sock), {"cmd": "reload"})
+    r = _ask(_sockets(ifname, sock)[0], {"cmd": "reload"})
     if "error" in r:
         raise VpneduError(f"reload failed: {r['error']}", "fix the config file, then run 'vpnedu reload' again")
     click.echo(f"reloaded: {r['added']} peer(s) added, {r['removed']} removed, {r.get('updated', 0)} updated")
@@ -314,7 +418,7 @@ def events(kinds, layers, ifname, sock, as_json, count, list_kinds) -> None:
             click.echo(f"{k:<32} {v}")
         return
     from .node import control
-    path = control.pick_socket(ifname, sock)
+    path = _sockets(ifname, sock)[0]
     n = 0
     for d in control.stream(path, list(kinds) or None, list(layers) or None):
         click.echo(json.dumps(d) if as_json else str(Event.from_dict(d)))
@@ -467,11 +571,27 @@ def conf() -> None:
 def conf_check(path) -> None:
     """Check a config and summarise it."""
     from . import config as _config
+    from .node import wgquick
     c = _config.load(path)
     pub = c.interface.public_key
     click.echo(f"{path}: OK, suite {c.interface.cipher_suite}, "
                f"address {', '.join(map(str, c.interface.addresses)) or '(none)'}, "
                f"public key {_keys.encode(pub) if pub else '(no private key)'}, {len(c.peers)} peer(s)")
+    itf = c.interface
+    if itf.table:
+        meaning = {"off": "the client adds no routes", "auto": "the client's routes go into the main table",
+                   "main": "the client's routes go into the main table"}
+        click.echo(f"  Table = {itf.table}: "
+                   + meaning.get(itf.table, f"the client's routes go into table {itf.table}, none into main"))
+    if itf.fwmark:
+        click.echo(f"  FwMark = {itf.fwmark:#x}: the tunnel's UDP packets carry this mark")
+    hooks = [f"{len(v)} {k}" for k, v in itf.hooks.items() if v]
+    if hooks:
+        why = wgquick.hook_refusal(c)
+        click.echo(f"  hooks: {', '.join(hooks)} (run with bash -c, %i = the interface); "
+                   + (f"a daemon would refuse them: {why}" if why else "allowed: root's file, writable only by root"))
+    for note in wgquick.notes(c, "<interface>"):
+        click.echo(f"  {note}")
 
 
 @conf.command("import")
@@ -482,7 +602,8 @@ def conf_import(path, output, address) -> None:
     """Take a wg-quick file or 'wg showconf' output and write it as a vpnedu config."""
     import ipaddress
     from . import config as _config
-    text = sys.stdin.read() if path == "-" else None
+    from .files import CONFIG_LIMIT, read_stdin
+    text = read_stdin("config", CONFIG_LIMIT) if path == "-" else None
     c = _config.loads(text, "<stdin>") if text is not None else _config.load(path)
     for a in address:
         try:
@@ -595,6 +716,9 @@ def labs_check(notebooks, kernel_name) -> None:
         raise VpneduError(f"{failed} check(s) did not pass", "the verdicts above name the case and give a hint")
 
 
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every VpneduError into one line."""
     warnings.showwarning = _show_warning
@@ -603,7 +727,14 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="vpnedu", standalone_mode=False)
     except VpneduError as e:
         click.echo(f"vpnedu: error: {e}", err=True)
-        return 1
+        return e.exit_code
+    except _NoArgsIsHelp as e:   # a bare 'vpnedu conf': its help is what was asked for
+        click.echo(e.ctx.get_help())
+        return 0
+    except PermissionError as e:  # the system said no: who may, not a bug report
+        click.echo(f"vpnedu: error: permission denied{f' on {e.filename}' if e.filename else ''}; "
+                   "run it as the owner of the file, or as root", err=True)
+        return NotPermitted.exit_code
     except click.exceptions.Abort:
         click.echo("vpnedu: interrupted", err=True)
         return 130

@@ -27,6 +27,20 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
 The vpnedu keys are only written when they differ from the defaults, so a file
 for the ``wireguard`` suite stays a pure wg-quick file.
 
+Every wg-quick key either works as in wg-quick(8) or is refused by name -- none is
+accepted and then ignored:
+
+``Table``          ``auto``/``main`` (default): the client's routes go into the main table;
+                   ``off``: no routes at all (policy routing is yours); a number: every
+                   AllowedIPs prefix goes into that table, as wg-quick does
+``FwMark``         the mark (``SO_MARK``) on the tunnel's UDP packets, like ``wg set fwmark``
+``PreUp`` ...      ``PreUp``/``PostUp``/``PreDown``/``PostDown`` commands, run by ``bash -c``
+                   with ``%i`` replaced by the interface name, only by root and only from a
+                   file only root can write (see :mod:`vpnedu.node.wgquick`)
+``SaveConfig``     ``false`` only: vpnedu never rewrites the file it runs from
+``DNS``            read and kept (``add-client --dns`` writes it); not applied yet, and a
+                   daemon says so when it starts
+
 Every error names the file, the line, what is wrong and how to fix it.
 """
 
@@ -38,7 +52,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, KeyFormatError, SuiteError, VpneduError
+from . import files
+from .errors import ConfigError, FileRefused, KeyFormatError, SuiteError, VpneduError
 from .protocol import keys as _keys
 from .protocol.suites import SUITES, get_suite
 
@@ -55,8 +70,11 @@ _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
-#: wg-quick keys that vpnedu reads and keeps but does not act on (written back unchanged).
-_PASSTHROUGH = ("Table", "FwMark", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
+#: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
+HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
+#: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
+#: 254 "main" (write ``Table = main``), 255 "local" (the kernel's own).
+_RESERVED_TABLES = {0: "unspecified", 253: "default", 254: "main", 255: "local"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -65,7 +83,7 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 @dataclass
 class PeerConfig:
     public_key: bytes
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)   # a secret: never in a repr
     allowed_ips: list[Network] = field(default_factory=list)
     endpoint: tuple[str, int] | None = None
     persistent_keepalive: int = 0
@@ -74,7 +92,7 @@ class PeerConfig:
 
 @dataclass
 class InterfaceConfig:
-    private_key: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)     # a secret: never in a repr
     addresses: list[Interface] = field(default_factory=list)
     listen_port: int | None = None
     mtu: int | None = None
@@ -85,8 +103,22 @@ class InterfaceConfig:
     forwarding: str | None = None
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
-    #: wg-quick keys vpnedu does not act on, kept so that a round trip loses nothing.
-    extra: list[tuple[str, str]] = field(default_factory=list)
+    #: wg-quick's ``Table``: None (not set: auto), "auto", "main", "off" or a table number as text.
+    table: str | None = None
+    #: wg-quick's ``FwMark``: the SO_MARK of the tunnel's UDP socket (None: no mark).
+    fwmark: int | None = None
+    #: wg-quick's hooks: "PreUp"/"PostUp"/"PreDown"/"PostDown" -> the commands, in file order.
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def route_table(self) -> int | None:
+        """The numbered table for the routes, or None (main table, or ``Table = off``)."""
+        return int(self.table) if self.table and self.table.isdigit() else None
+
+    @property
+    def adds_routes(self) -> bool:
+        """False for ``Table = off``: the client adds no route at all."""
+        return self.table != "off"
 
     @property
     def public_key(self) -> bytes | None:
@@ -98,6 +130,10 @@ class Config:
     interface: InterfaceConfig = field(default_factory=InterfaceConfig)
     peers: list[PeerConfig] = field(default_factory=list)
     source: str = "<config>"
+    #: Owner and mode of the file it was read from (``fstat`` of the very file read), for the
+    #: hooks' rule "only from a file only root can write"; None when not read from a file.
+    file_uid: int | None = None
+    file_mode: int | None = None
 
     def suite(self):
         """The chosen :class:`~vpnedu.protocol.suites.CipherSuite` (refusing null-teaching unless allowed)."""
@@ -108,45 +144,53 @@ class Config:
 
 
 def load(path: str | os.PathLike) -> Config:
-    """Read a config file, with a clear error if it cannot be read."""
+    """Read a config file, with a clear error if it cannot be read.
+
+    The file is read with :func:`vpnedu.files.read_bytes`: a regular file of at most
+    :data:`vpnedu.files.CONFIG_LIMIT` bytes (``/dev/zero``, a FIFO or a directory is refused
+    in one line instead of hanging)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file", "check the path, or create one with "
-                          "'vpnedu server init' / 'vpnedu server add-client NAME'") from None
-    except PermissionError:
-        raise ConfigError(f"{p}: permission denied", "run as the file's owner or as root") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{p}: is a directory", "give the path of a .conf file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file", "a config is an INI text file in wg-quick format") from None
+        got = files.read_bytes(p, "config", files.CONFIG_LIMIT,
+                               fix="check the path, or create one with 'vpnedu server init' / "
+                                   "'vpnedu server add-client NAME'")
+        text = got.text()
+    except FileRefused as e:
+        raise ConfigError(e.problem, e.fix) from None
     cfg = loads(text, source=str(p))
+    cfg.file_uid, cfg.file_mode = got.uid, got.mode
     if cfg.interface.private_key is not None:
-        check_private(p)
+        check_private(p, got.mode)
     return cfg
 
 
-def check_private(path: Path) -> None:
+def check_private(path: Path, mode: int | None = None) -> None:
     """Refuse a file holding a private key that other users can read: whoever reads the key can
-    impersonate this host to every peer (wg-quick only warns; vpnedu refuses)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
+    impersonate this host to every peer (wg-quick only warns; vpnedu refuses).  ``mode`` is the
+    mode of the file as read (else the path is looked at now)."""
+    if mode is None:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return
     if mode & 0o004:
         raise ConfigError(f"{path} holds a private key but every user on this machine can read it "
                           f"(mode {mode & 0o777:04o})", f"run: chmod 600 {path}")
 
 
 def loads(text: str, source: str = "<config>") -> Config:
-    """Parse wg-quick INI text."""
+    """Parse wg-quick INI text.
+
+    Errors name the file, the line and the setting -- never the value of a key, and never a
+    line that may hold one (see :func:`vpnedu.protocol.keys.shown`)."""
     cfg = Config(source=source)
     section: str | None = None
     peer: PeerConfig | None = None
     peer_line = 0
     seen_interface = False
     pending_name: str | None = None
+    key_lines: dict[int, int] = {}       # id(peer) -> line of its PublicKey
+    private_line = 0
 
     def err(lineno: int, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{source}:{lineno}: {problem}", fix)
@@ -175,9 +219,13 @@ def loads(text: str, source: str = "<config>") -> Config:
         if not line:
             continue
         if line.startswith("["):
-            name = line.strip("[]").strip().lower()
-            if not line.endswith("]") or name not in ("interface", "peer"):
-                raise err(lineno, f"unknown section {line!r}", "use [Interface] or [Peer]")
+            # Exactly one pair of brackets around a word, as wg-quick's own parser wants:
+            # '[[Interface]]' or '[Interface]]]' are typos, not sections.
+            m = re.fullmatch(r"\[\s*([A-Za-z]+)\s*\]", line)
+            name = m.group(1).lower() if m else None
+            if name not in ("interface", "peer"):
+                raise err(lineno, f"unknown section {_keys.shown(line)}",
+                          "write [Interface] or [Peer], with one pair of brackets")
             finish_peer()
             if name == "interface":
                 if seen_interface:
@@ -192,22 +240,30 @@ def loads(text: str, source: str = "<config>") -> Config:
                 cfg.peers.append(peer)
             continue
         if "=" not in line:
-            raise err(lineno, f"expected 'Key = Value', got {line!r}", "write settings as 'Key = Value'")
+            raise err(lineno, f"expected 'Key = Value', got {_keys.shown(line)}", "write settings as 'Key = Value'")
         key, value = (x.strip() for x in line.split("=", 1))
         # base64 keys end in '=': split only at the first '=' and keep the rest.
         if section is None:
-            raise err(lineno, f"{key} outside any section", "put it under [Interface] or [Peer]")
+            raise err(lineno, f"{_keys.shown(key)} outside any section", "put it under [Interface] or [Peer]")
         known = _INTERFACE_KEYS if section == "interface" else _PEER_KEYS
         canon = known.get(key.lower())
         if canon is None:
             where = "[Interface]" if section == "interface" else "[Peer]"
-            raise err(lineno, f"unknown key {key!r} in {where}",
+            other = _PEER_KEYS if section == "interface" else _INTERFACE_KEYS
+            if key.lower() in other:
+                raise err(lineno, f"{other[key.lower()]} belongs in {'[Peer]' if section == 'interface' else '[Interface]'}, "
+                                  f"not in {where}", "move the line to the right section")
+            raise err(lineno, f"unknown key {_keys.shown(key)} in {where}",
                       "check the spelling; known keys: " + ", ".join(known.values()))
         try:
             if section == "interface":
                 _set_interface(cfg.interface, canon, value)
+                if canon == "PrivateKey":
+                    private_line = lineno
             else:
                 _set_peer(peer, canon, value)
+                if canon == "PublicKey":
+                    key_lines[id(peer)] = lineno
         except (ValueError, KeyFormatError) as e:
             problem = e.problem if isinstance(e, KeyFormatError) else str(e)
             fix = e.fix if isinstance(e, KeyFormatError) else _FIXES.get(canon, "see 'man wg-quick'")
@@ -215,12 +271,24 @@ def loads(text: str, source: str = "<config>") -> Config:
     finish_peer()
     if not seen_interface:
         raise ConfigError(f"{source}: no [Interface] section", "start the file with [Interface] and a PrivateKey")
-    keys_seen: set[bytes] = set()
+    own_private = cfg.interface.private_key
+    own_public = cfg.interface.public_key
+    first_line: dict[bytes, int] = {}
     for p in cfg.peers:
-        if p.public_key in keys_seen:
-            raise ConfigError(f"{source}: two [Peer] sections with PublicKey {_keys.encode(p.public_key)}",
-                              "each peer appears once; merge their AllowedIPs")
-        keys_seen.add(p.public_key)
+        at = key_lines.get(id(p), 0)
+        if own_private is not None and p.public_key == own_private:
+            raise err(at, "PublicKey is this file's own PrivateKey (from line "
+                          f"{private_line}): a private key was pasted where the peer's public key belongs",
+                      "put the peer's public key here ('vpnedu pubkey' prints it from the peer's private key)")
+        if own_private is not None and p.preshared_key == own_private:
+            raise err(at, "PresharedKey is this file's own PrivateKey", "make a pre-shared key with 'vpnedu genpsk'")
+        if own_public is not None and p.public_key == own_public:
+            raise err(at, "PublicKey is this interface's own public key",
+                      "a [Peer] is the other side: put the peer's public key here")
+        if p.public_key in first_line:
+            raise err(at, f"two [Peer] sections with the same PublicKey (lines {first_line[p.public_key]} and {at})",
+                      "each peer appears once; merge their AllowedIPs")
+        first_line[p.public_key] = at
     return cfg
 
 
@@ -234,12 +302,20 @@ _FIXES = {
     "CipherSuite": "choose one of: " + ", ".join(SUITES),
     "AllowNullTeaching": "use true or false",
     "Forwarding": "choose one of: nat, proxy, none",
+    "Table": "write Table = off, auto, main or a number such as 1234 (names from /etc/iproute2/rt_tables "
+             "are not read: write the number)",
+    "FwMark": "write a number such as 0x1234 or 51820, or 'off'",
+    "SaveConfig": "remove the line or write SaveConfig = false",
+    "DNS": "write name server addresses (and search domains) separated by commas, e.g. 'DNS = 10.0.0.1'",
 }
+
+
+_q = _keys.shown   # how a value is quoted in an error: never a key
 
 
 def _port(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ValueError(f"{value!r} is not a port number")
+        raise ValueError(f"{_q(value)} is not a port number")
     return int(value)
 
 
@@ -249,7 +325,7 @@ def _bool(value: str) -> bool:
         return True
     if v in ("false", "no", "off", "0"):
         return False
-    raise ValueError(f"{value!r} is not true or false")
+    raise ValueError(f"{_q(value)} is not true or false")
 
 
 def _list(value: str) -> list[str]:
@@ -264,34 +340,81 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
             try:
                 itf.addresses.append(ipaddress.ip_interface(a))
             except ValueError:
-                raise ValueError(f"{a!r} is not an IP address with prefix") from None
+                raise ValueError(f"{_q(a)} is not an IP address with prefix") from None
     elif key == "ListenPort":
         itf.listen_port = _port(value)
     elif key == "MTU":
         if not value.isdigit() or not 576 <= int(value) <= 65535:
-            raise ValueError(f"{value!r} is not a valid MTU")
+            raise ValueError(f"{_q(value)} is not a valid MTU")
         itf.mtu = int(value)
     elif key == "DNS":
-        itf.dns.extend(_list(value))
+        for d in _list(value):
+            # wg-quick: an IP address is a name server, anything else a search domain.
+            try:
+                ipaddress.ip_address(d)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", d):
+                    raise ValueError(f"{_q(d)} is neither an IP address nor a domain name") from None
+            itf.dns.append(d)
     elif key == "CipherSuite":
         if value.lower() not in SUITES:
-            raise ValueError(f"unknown cipher suite {value!r}")
+            raise ValueError(f"unknown cipher suite {_q(value)}")
         itf.cipher_suite = value.lower()
     elif key == "AllowNullTeaching":
         itf.allow_null_teaching = _bool(value)
     elif key == "Forwarding":
         if value.lower() not in ("nat", "proxy", "none"):
-            raise ValueError(f"unknown forwarding mode {value!r}")
+            raise ValueError(f"unknown forwarding mode {_q(value)}")
         itf.forwarding = value.lower()
-    else:
-        itf.extra.append((key, value))
+    elif key == "Table":
+        itf.table = _table(value)
+    elif key == "FwMark":
+        itf.fwmark = _fwmark(value)
+    elif key in HOOKS:
+        itf.hooks.setdefault(key, []).append(value)
+    elif key == "SaveConfig":
+        if _bool(value):
+            raise ValueError("'true' asks to write the running state back into this file, "
+                             "and vpnedu never rewrites the file it runs from")
+    else:  # pragma: no cover - every key in _INTERFACE_KEYS has a branch above
+        raise ValueError(f"{key} is not supported")
+
+
+def _table(value: str) -> str:
+    """wg-quick's ``Table``: off, auto, main or a routing table number (see ip-route(8), "table")."""
+    v = value.lower()
+    if v in ("off", "auto", "main"):
+        return v
+    if v.isdigit() and 0 < int(v) < 1 << 32:
+        n = int(v)
+        if n in _RESERVED_TABLES:
+            raise ValueError(f"table {n} is the kernel's '{_RESERVED_TABLES[n]}' table")
+        return str(n)
+    raise ValueError(f"{_q(value)} is not off, auto, main or a table number")
+
+
+def _fwmark(value: str) -> int | None:
+    """wg's ``FwMark``: a 32-bit mark, decimal or 0x-hex; 0 or ``off`` means none (wg(8))."""
+    v = value.lower()
+    if v == "off":
+        return None
+    try:
+        n = int(v, 16) if v.startswith("0x") else int(v, 10)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 1 << 32:
+        raise ValueError(f"{_q(value)} is not a 32-bit mark")
+    return n or None
 
 
 def parse_endpoint(value: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` -> (host, port)."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.%]+)\]:(\d+)", value) or re.fullmatch(r"([^:\[\]\s]+):(\d+)", value)
+    # A host is an IPv4 address or a DNS name (letters, digits, '-', '_', '.'): anything else,
+    # e.g. a key pasted here by mistake ('+', '/', '='), is refused before a resolver sees it.
+    m = (re.fullmatch(r"\[([0-9A-Fa-f:.%]+)\]:(\d+)", value)
+         or re.fullmatch(r"([A-Za-z0-9_.-]+):(\d+)", value))
     if not m:
-        raise ValueError(f"{value!r} is not host:port")
+        raise ValueError(f"{_q(value)} is not host:port")
     return m.group(1), _port(m.group(2))
 
 
@@ -305,7 +428,7 @@ def _set_peer(peer: PeerConfig, key: str, value: str) -> None:
             try:
                 peer.allowed_ips.append(ipaddress.ip_network(a, strict=False))
             except ValueError:
-                raise ValueError(f"{a!r} is not an IP prefix") from None
+                raise ValueError(f"{_q(a)} is not an IP prefix") from None
     elif key == "Endpoint":
         peer.endpoint = parse_endpoint(value)
     elif key == "PersistentKeepalive":
@@ -314,7 +437,7 @@ def _set_peer(peer: PeerConfig, key: str, value: str) -> None:
         elif value.isdigit() and 0 <= int(value) < 65536:
             peer.persistent_keepalive = int(value)
         else:
-            raise ValueError(f"{value!r} is not a number of seconds")
+            raise ValueError(f"{_q(value)} is not a number of seconds")
 
 
 def format_endpoint(ep: tuple[str, int]) -> str:
@@ -338,8 +461,13 @@ def dumps(cfg: Config) -> str:
         lines.append(f"MTU = {itf.mtu}")
     if itf.dns:
         lines.append("DNS = " + ", ".join(itf.dns))
-    for k, v in itf.extra:
-        lines.append(f"{k} = {v}")
+    if itf.table:
+        lines.append(f"Table = {itf.table}")
+    if itf.fwmark:
+        lines.append(f"FwMark = {itf.fwmark:#x}")
+    for kind in HOOKS:
+        for cmd in itf.hooks.get(kind, []):
+            lines.append(f"{kind} = {cmd}")
     if itf.cipher_suite != "wireguard":
         lines.append(f"CipherSuite = {itf.cipher_suite}")
     if itf.allow_null_teaching:
@@ -388,21 +516,17 @@ def save(cfg: Config, path: str | os.PathLike) -> None:
                           f"check that the folder {p.parent} exists and is writable, or choose another path") from None
 
 
-#: The keys `wg setconf` understands; everything else in a wg-quick file is for wg-quick itself.
-_WG_INTERFACE_KEYS = ("PrivateKey", "ListenPort", "FwMark")
-
-
 def dumps_wg(cfg: Config) -> str:
-    """The part of a config that `wg setconf` reads (like `wg-quick strip`)."""
+    """The part of a config that `wg setconf` reads (like `wg-quick strip`): PrivateKey,
+    ListenPort and FwMark of the interface, and the peers."""
     itf = cfg.interface
     lines = ["[Interface]"]
     if itf.private_key:
         lines.append(f"PrivateKey = {_keys.encode(itf.private_key)}")
     if itf.listen_port:
         lines.append(f"ListenPort = {itf.listen_port}")
-    for k, v in itf.extra:
-        if k in _WG_INTERFACE_KEYS:
-            lines.append(f"{k} = {v}")
+    if itf.fwmark:
+        lines.append(f"FwMark = {itf.fwmark:#x}")
     text = "\n".join(lines) + "\n"
     peers = dumps(Config(InterfaceConfig(), cfg.peers))
     return text + peers[len("[Interface]\n"):]

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 from ..errors import VpneduError
+from ..files import NOTEBOOK_LIMIT, read_text
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -147,7 +148,7 @@ def build(out: Path, source: Path | None = None) -> dict[str, list[Path]]:
     out = Path(out)
     written: dict[str, list[Path]] = {"student": [], "instructor": [], "nbgrader": []}
     for path in sources(source):
-        nb = json.loads(path.read_text(encoding="utf-8"))
+        nb = json.loads(read_text(path, "notebook", NOTEBOOK_LIMIT))   # a regular file, bounded
         student, instructor, _ = make_versions(nb, path.name)
         for kind, version, d in (("student", student, out / "student"),
                                  ("instructor", instructor, out / "instructor"),

@@ -10,10 +10,13 @@ process.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VpneduError
+from ..files import NOTEBOOK_LIMIT, read_text
 from .checking import PASS_MARK
 
 
@@ -48,18 +51,30 @@ def grade_notebook(path: str | Path, kernel_name: str | None = None, timeout: in
     try:
         import nbclient
         import nbformat
+        from traitlets.config import Config
     except ImportError:
         raise VpneduError("grading needs nbclient and nbformat", "pip install 'vpnedu[notebooks]'") from None
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    kernel = kernel_name or nb.metadata.get("kernelspec", {}).get("name", "python3")
-    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=True,
-                                     resources={"metadata": {"path": str(path.parent.resolve())}})
     try:
-        client.execute()
-    except Exception as e:  # the kernel could not start or died: say so in one line
-        raise VpneduError(f"{path}: could not run the notebook ({type(e).__name__}: {str(e).splitlines()[0]})",
-                          "is the kernel installed? see 'jupyter kernelspec list', or pass --kernel NAME") from None
+        nb = nbformat.reads(read_text(path, "notebook", NOTEBOOK_LIMIT), as_version=4)
+    except (ValueError, KeyError, AttributeError, TypeError, nbformat.ValidationError) as e:  # not a notebook
+        raise VpneduError(f"{path}: not a Jupyter notebook ({str(e).splitlines()[0][:120]})",
+                          "give the path of an .ipynb file") from None
+    kernel = kernel_name or nb.metadata.get("kernelspec", {}).get("name", "python3")
+    # The kernel talks to us over Unix sockets in a private folder (ZeroMQ's IPC transport), not
+    # over TCP on localhost: other users on the machine cannot connect to it, and the kernel has
+    # no reason to warn that it "is running over TCP without encryption".
+    with tempfile.TemporaryDirectory(prefix="vpnedu-kernel-") as sockets:
+        conf = Config()
+        conf.KernelManager.transport = "ipc"
+        conf.KernelManager.ip = os.path.join(sockets, "kernel")
+        client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=True, config=conf,
+                                         resources={"metadata": {"path": str(path.parent.resolve())}})
+        try:
+            client.execute()
+        except Exception as e:  # the kernel could not start or died: say so in one line
+            raise VpneduError(f"{path}: could not run the notebook ({type(e).__name__}: {str(e).splitlines()[0]})",
+                              "is the kernel installed? see 'jupyter kernelspec list', or pass --kernel NAME") from None
     grades = []
     for cell in nb.cells:
         meta = cell.get("metadata", {}).get("nbgrader", {})

@@ -26,6 +26,8 @@ from .journal import UNDO, Journal
 from .links import index_of
 
 FULL_TUNNEL_HALVES = ("0.0.0.0/1", "128.0.0.0/1")
+#: The kernel's main routing table (``ip route`` shows it; rt_tables calls it "main").
+MAIN_TABLE = 254
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,13 @@ class Route:
         return s
 
 
-def table(family: int = 4) -> list[Route]:
-    """The main routing table, like ``ip route`` prints it."""
+def table(family: int = 4, table: int = MAIN_TABLE) -> list[Route]:
+    """A routing table (the main one unless told), like ``ip route [show table N]`` prints it."""
     fam = 2 if family == 4 else 10
     out = []
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        for r in ipr.route("dump", family=fam, table=254):
+        for r in ipr.route("dump", family=fam, table=table):
             dst = r.get_attr("RTA_DST")
             dst = f"{dst}/{r['dst_len']}" if dst else "default"
             if dst.endswith("/32") and family == 4:
@@ -70,12 +72,14 @@ def route_to(address: str) -> Route:
         return Route(address, r.get_attr("RTA_GATEWAY"), names.get(r.get_attr("RTA_OIF")))
 
 
-def add(journal: Journal, dst: str, gateway: str | None, dev: str) -> Route:
+def add(journal: Journal, dst: str, gateway: str | None, dev: str, table: int | None = None) -> Route:
+    """Add a route (to the main table, or to ``table``), recording it in the journal first."""
     net = ipaddress.ip_network(dst, strict=False)
-    journal.record("route", dst=str(net), gateway=gateway, dev=dev)
+    extra = {"table": table} if table else {}
+    journal.record("route", dst=str(net), gateway=gateway, dev=dev, **extra)
     with IPRoute() as ipr:
         idx = index_of(ipr, dev)
-        kw = {"dst": str(net), "oif": idx}
+        kw = {"dst": str(net), "oif": idx, **extra}
         if gateway:
             kw["gateway"] = gateway
         try:
@@ -86,10 +90,10 @@ def add(journal: Journal, dst: str, gateway: str | None, dev: str) -> Route:
     return Route(str(net), gateway, dev)
 
 
-def _undo_route(dst: str, gateway: str | None, dev: str) -> None:
+def _undo_route(dst: str, gateway: str | None, dev: str, table: int | None = None) -> None:
     with IPRoute() as ipr:
         idx = index_of(ipr, dev)
-        kw = {"dst": dst}
+        kw = {"dst": dst, **({"table": table} if table else {})}
         if idx is not None:
             kw["oif"] = idx
         if gateway:

@@ -39,6 +39,7 @@ from ..net.tun import Tun
 from ..packet.ip import describe
 from ..protocol.device import Device
 from ..protocol.timers import DEFAULT_TIMERS, Timers
+from . import wgquick
 
 #: How many packets to take from the TUN device or the socket per wakeup before yielding.
 BATCH = 64
@@ -108,6 +109,7 @@ class Node:
     :class:`~vpnedu.node.client.Client`)."""
 
     role = "node"
+    hooks: wgquick.Hooks | None = None   # the config's PreUp/PostUp/PreDown/PostDown, once set up
 
     def __init__(self, cfg: Config, *, ifname: str = "vpnedu0", events: EventBus | None = None,
                  log: Callable[[str], None] = print, control: bool = True,
@@ -194,8 +196,14 @@ class Node:
     def setup(self) -> None:
         """Make every host change, each recorded in the journal first."""
         self.check_privileges()
+        hooks = self.hooks = wgquick.Hooks(self.cfg, self.ifname, self.log)
+        hooks.check()                     # refuse hooks it may not run, before any change
+        for note in wgquick.notes(self.cfg, self.ifname, self.role):
+            self.log(note)
         self.journal.recover(self.log)
+        hooks.run("PreUp")
         self.sock = self.open_socket()
+        wgquick.set_fwmark(self.sock, self.cfg.interface.fwmark)
         links.check_no_clash(self.cfg.interface.addresses, self.ifname)
         self.journal.start()
         self.journal.record("link", ifname=self.ifname)
@@ -208,6 +216,7 @@ class Node:
         self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
         self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
         self.setup_role()
+        hooks.run("PostUp")
 
     def _limit_tso(self, size: int) -> None:
         """Cap the TSO super-packets of our TUN device (gso_max_size; gone with the device)."""
@@ -224,6 +233,8 @@ class Node:
         """Role-specific host changes (routes for the client, NAT for the server)."""
 
     def teardown(self) -> None:
+        if self.hooks is not None:
+            self.hooks.run("PreDown")     # only after a complete start, as with wg-quick down
         if self.tun is not None:
             self.tun.close()
             self.events.emit("device.down", None, interface=self.ifname)
@@ -232,6 +243,8 @@ class Node:
             self.log(f"restored the host: undid {n} change(s)")
         if self.sock is not None:
             self.sock.close()
+        if self.hooks is not None:
+            self.hooks.run("PostDown")
 
     # ------------------------------------------------------------------ the datapath
     def _send(self, datagrams) -> None:
@@ -456,6 +469,7 @@ class Node:
             "listen_port": self.listen_port,
             "addresses": [str(a) for a in self.cfg.interface.addresses],
             "mtu": self.device.mtu,
+            "fwmark": self.cfg.interface.fwmark,
             "datapath": self.datapath_options.describe() if self.datapath_options else "simple",
             "datapath_stats": dict(self.fastpath.stats) if self.fastpath else {},
             "started": self.started,

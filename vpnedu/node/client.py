@@ -10,6 +10,16 @@ kernel hands it the traffic that should go through the tunnel:
   table and takes over again when these routes go.
 * **split tunnel**: only the prefixes in ``AllowedIPs`` go into the tunnel.
 
+wg-quick's ``Table`` setting chooses between these and two more (wg-quick(8), "Table"):
+
+* ``Table = auto`` (the default) or ``main``: the routes above, in the main table;
+* ``Table = off``: no routes at all -- the tunnel is up, and what goes into it is the
+  administrator's business (policy routing, a routing daemon);
+* ``Table = 1234``: every IPv4 ``AllowedIPs`` prefix as it is (``0.0.0.0/0`` too) into
+  table 1234, and nothing into the main table; an ``ip rule`` of the administrator's sends
+  traffic to that table (with ``FwMark``, ``ip rule not fwmark 0x1234 table 1234`` keeps the
+  tunnel's own packets out of it).
+
 Then it starts the handshake and waits for it; if no response comes within the
 handshake timeout, it says what to check and restores the host.
 """
@@ -48,10 +58,17 @@ class Client(Node):
         return None
 
     def setup_role(self) -> None:
-        self.routes_before = routes.table()
+        itf = self.cfg.interface
+        table = itf.route_table
+        skipped = [str(n) for n in self.server.allowed_ips if n.version == 6
+                   and not any(n.subnet_of(a.network) for a in itf.addresses if a.version == 6)]
+        if skipped and itf.adds_routes:
+            self.log(f"note: AllowedIPs {', '.join(skipped)}: the client routes IPv4 only; these IPv6 prefixes "
+                     "are accepted from the server but no route sends traffic to them into the tunnel")
+        self.routes_before = routes.table(table=table or routes.MAIN_TABLE)
         for dst, gateway, dev in self.plan_routes(routes.route_to):
-            routes.add(self.journal, dst, gateway, dev)
-        self.routes_after = routes.table()
+            routes.add(self.journal, dst, gateway, dev, table=table)
+        self.routes_after = routes.table(table=table or routes.MAIN_TABLE)
         self.report_route_change()
 
     def plan_routes(self, route_to) -> list[tuple[str, str | None, str]]:
@@ -64,6 +81,12 @@ class Client(Node):
         v4 = [n for n in self.server.allowed_ips if n.version == 4]
         own = [a.network for a in self.cfg.interface.addresses]
         plan: list[tuple[str, str | None, str]] = []
+        table = getattr(self.cfg.interface, "table", None)
+        if table == "off":
+            return plan
+        if table and table.isdigit():
+            # wg-quick's numbered table: each prefix as it is, on the device, into that table.
+            return [(str(n), None, self.ifname) for n in v4]
         if any(n.prefixlen == 0 for n in v4):
             via = route_to(self.server.endpoint[0])
             if via.dev == self.ifname:
@@ -82,8 +105,14 @@ class Client(Node):
         """Log the difference between :attr:`routes_before` and :attr:`routes_after`."""
         added = [r for r in self.routes_after if r not in self.routes_before]
         removed = [r for r in self.routes_before if r not in self.routes_after]
-        self.changes.append("routes added: " + "; ".join(str(r) for r in added))
-        self.log("routing table change:")
+        table = getattr(self.cfg.interface, "table", None)
+        if table == "off":
+            self.changes.append("no routes added (Table = off: what goes into the tunnel is up to you)")
+            self.log("routing table: unchanged (Table = off)")
+            return
+        where = f" to table {table}" if table and table.isdigit() else ""
+        self.changes.append(f"routes added{where}: " + "; ".join(str(r) for r in added))
+        self.log(f"routing table change{f' (table {table})' if where else ''}:")
         for r in removed:
             self.log(f"  - {r}")
         for r in added:
@@ -113,4 +142,5 @@ class Client(Node):
         st = super().status()
         st["routes_before"] = [str(r) for r in self.routes_before]
         st["routes_after"] = [str(r) for r in self.routes_after]
+        st["table"] = self.cfg.interface.table or "auto"
         return st

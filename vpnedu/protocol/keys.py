@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
@@ -55,20 +56,57 @@ def encode(key: bytes) -> str:
 
 
 def decode(text: str, what: str = "key") -> bytes:
-    """WireGuard's base64 text -> raw 32 bytes, or a :class:`KeyFormatError`."""
+    """WireGuard's base64 text -> raw 32 bytes, or a :class:`KeyFormatError`.
+
+    The error says what is wrong with the text -- its length, or that it is not base64 --
+    but never shows it: the text may be a private or pre-shared key, and an error message
+    ends up on screens, in terminal scroll-back and in logs."""
     s = text.strip()
     try:
         raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
         raw = None
     if raw is None or len(raw) != KEY_SIZE or len(s) != 44:
-        shown = s if len(s) <= 48 else s[:45] + "..."
+        if not s:
+            why = "it is empty"
+        elif len(s) != 44:
+            why = f"{len(s)} characters, not 44"
+        else:
+            why = "characters other than A-Z a-z 0-9 + / and a final ="
         raise KeyFormatError(
-            f"{what} {shown!r} is not 32 bytes of base64",
+            f"{what} is not 32 bytes of base64 ({why}; not shown here: keys are secret)",
             "a WireGuard key is 44 characters ending in '=', as printed by "
             "'vpnedu genkey' or 'wg genkey'",
         )
     return raw
+
+
+#: A run of base64 characters long enough to be (part of) a key.  Text that holds one is never
+#: echoed in an error (see :func:`shown`).
+_KEYISH = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
+
+
+def looks_like_key(text: str) -> bool:
+    """True if ``text`` holds a long run of base64: it may be (part of) a key."""
+    return _KEYISH.search(text) is not None
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error message -- unless it may hold a key, or is long.
+
+    Used wherever a message would echo what the user wrote (an unknown setting, a bad address):
+    a private key pasted into the wrong field must not come back on the terminal."""
+    if looks_like_key(text):
+        return "(a value that looks like a key; not shown)"
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)
+
+
+def redact(text: str) -> str:
+    """``text`` with every run that may be a key replaced by ``(key hidden)`` (for log lines that
+    quote user text, e.g. a hook's command line)."""
+    return _KEYISH.sub("(key hidden)", text)
 
 
 class KeyPair:
