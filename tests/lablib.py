@@ -43,15 +43,24 @@ def wait_for(pred, timeout: float = 20, what: str = "condition", proc: subproces
     raise AssertionError(f"timed out waiting for {what}\n{extra}")
 
 
+def wait_ready(lab: Lab, host: str, p: subprocess.Popen, name: str | None = None) -> dict:
+    """The daemon on ``host`` answers on its control socket (the product's own readiness check)."""
+    from vpnedu.node.control import netns_socket_path
+    from vpnedu.node.control import wait_ready as ready
+    return ready(netns_socket_path(lab.ns(host)), p, lab.dir / f"{name or 'vpn-' + host}.log",
+                 what=f"the vpnedu daemon on {host}")
+
+
 def start_server(lab: Lab, *extra: str) -> subprocess.Popen:
     p = lab.spawn("server", "vpn-server", *vpnedu("server", "-c", f"{lab.dir}/server.conf", *extra))
-    wait_for(lambda: status(lab, "server"), what="server start", proc=p, log=lab.dir / "vpn-server.log")
+    wait_ready(lab, "server", p)
     return p
 
 
 def start_client(lab: Lab, host: str = "client", conf: str | None = None, *extra: str) -> subprocess.Popen:
     conf = conf or f"{lab.dir}/{host}.conf"
     p = lab.spawn(host, f"vpn-{host}", *vpnedu("client", "-c", conf, *extra))
+    wait_ready(lab, host, p)
     wait_for(lambda: (st := status(lab, host)) and st["peers"][0].get("latest_handshake"),
              what=f"{host} handshake", proc=p, log=lab.dir / f"vpn-{host}.log")
     return p
@@ -102,3 +111,31 @@ def ping_count(lab: Lab, host: str, dst: str, count: int = 20) -> tuple[int, int
     import re
     m = re.search(r"(\d+) packets transmitted, (\d+) received", r.stdout)
     return (int(m.group(1)), int(m.group(2))) if m else (count, 0)
+
+
+def plant_dead_sockets(paths) -> list[tuple]:
+    """Leave at each path what a killed (SIGKILL) daemon leaves: its control socket file, bound
+    and listened on by nobody.  Daemons' sockets are named after their network namespace's inode,
+    which the kernel hands on to later namespaces, so a fresh lab can meet such files.  Returns
+    what :func:`remove_planted` takes away again (only files still ours: a daemon replaces them)."""
+    import os
+    import socket
+    planted = []
+    for path in paths:
+        if os.path.exists(path):
+            continue   # already a dead daemon's file: the same condition
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))
+        s.close()
+        planted.append((str(path), os.stat(path).st_ino))
+    return planted
+
+
+def remove_planted(planted) -> None:
+    import os
+    for path, ino in planted:
+        try:
+            if os.stat(path).st_ino == ino:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass

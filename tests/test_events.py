@@ -3,6 +3,8 @@
 import asyncio
 import threading
 
+import pytest
+
 from vpnedu import events as ev
 from vpnedu.events import CATALOGUE, EventBus, EventLog
 from vpnedu.packet.ip import build_icmp_echo
@@ -135,3 +137,89 @@ def test_event_fields_are_the_bytes_on_the_wire(pair_factory):
     assert enc["counter"] == m.parse(data).counter == 1   # 0 was the keepalive that confirmed the session
     dec = [e for e in log.of("data.decrypted") if not e["keepalive"]][0]
     assert (dec["counter"], dec["plaintext_len"]) == (1, len(PING)) and "ICMP echo request" in dec["packet"]
+
+
+# ---------------------------------------------------------------------------- `vpnedu events` on a real daemon
+def _console_script() -> str:
+    import os
+    import sys
+    path = os.path.join(os.path.dirname(sys.executable), "vpnedu")
+    assert os.access(path, os.X_OK), f"no console script at {path}: pip install -e . first"
+    return path
+
+
+def _follow(cmd):
+    """Start a following ``vpnedu events``; killed after 60 s should it print nothing at all
+    (a test that waits for a line must not hang when the line never comes)."""
+    import subprocess
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(60, p.kill)
+    killer.daemon = True
+    killer.start()
+    return p
+
+
+@pytest.mark.root
+def test_vpnedu_events_says_what_it_waits_for_and_shows_the_recent_history(lab_factory):
+    """The real console script in the client's namespace, against the running client daemon."""
+    import json
+    import signal
+    import subprocess
+
+    from tests.lablib import provision, start_client, start_server, stop
+    lab = lab_factory()
+    provision(lab)
+    server = start_server(lab, "--forwarding", "none")
+    client = start_client(lab)
+    vp = ["ip", "netns", "exec", lab.ns("client"), _console_script(), "events"]
+    try:
+        # Nothing of this kind happens: it says so on stderr (stdout stays for events), then waits.
+        p = _follow([*vp, "--kind", "timer.rekey"])
+        try:
+            line = p.stderr.readline()
+            assert line.startswith("vpnedu events: waiting for events of kind timer.rekey from /run/vpnedu/vpnedu0@"), line
+            assert "Ctrl-C stops" in line
+            assert p.poll() is None
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert out == "" and p.returncode == 130 and "Traceback" not in err, err
+
+        # The history the socket keeps, oldest first, then it would follow (--count ends it here).
+        r = subprocess.run([*vp, "--recent", "0", "--kind", "handshake", "--kind", "session", "--json",
+                            "--count", "3"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        kinds = [json.loads(line)["kind"] for line in r.stdout.splitlines()]
+        assert kinds == ["handshake.initiation.sent", "handshake.response.received", "session.established"], r.stdout
+        assert r.stderr.startswith("vpnedu events: the 3 most recent events of kinds handshake, session "
+                                   "the daemon kept:"), r.stderr
+        # --recent N: the last N of them; then the waiting line (after the history, not before).
+        p = _follow([*vp, "--recent", "1", "--kind", "handshake"])
+        try:
+            first, second = p.stderr.readline(), p.stderr.readline()
+            event = p.stdout.readline()
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert first.startswith("vpnedu events: the 1 most recent events of kind handshake the daemon kept:"), first
+        assert " handshake.response.received [" in event, event
+        assert second.startswith("vpnedu events: waiting for events of kind handshake from"), second
+        # Per-packet kinds are not kept: it says which kinds are.
+        p = _follow([*vp, "--recent", "5", "--kind", "data.encrypted"])
+        try:
+            first, second = p.stderr.readline(), p.stderr.readline()
+            p.send_signal(signal.SIGINT)
+            p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert first.startswith("vpnedu events: the daemon kept no events of kind data.encrypted (it keeps "
+                                "these kinds: handshake, session,"), first
+        assert second.startswith("vpnedu events: waiting for events of kind data.encrypted"), second
+    finally:
+        stop(client)
+        stop(server)

@@ -408,9 +408,15 @@ def reload(ifname, sock) -> None:
 @click.option("--socket", "sock", type=click.Path(), help="Control socket path.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--count", type=int, default=0, help="Stop after this many events.")
+@click.option("--recent", type=click.IntRange(min=0), default=None, metavar="N",
+              help="First print the last N events the daemon kept (0: all it kept; it keeps the last 256 "
+                   "that are not per-packet), then follow.")
 @click.option("--list", "list_kinds", is_flag=True, help="List every event kind and what it means.")
-def events(kinds, layers, ifname, sock, as_json, count, list_kinds) -> None:
-    """Tail a running daemon's live event stream."""
+def events(kinds, layers, ifname, sock, as_json, count, recent, list_kinds) -> None:
+    """Tail a running daemon's live event stream (--recent N: its recent history first).
+
+    Events go to stdout; what the command is doing (the history, then waiting) to stderr, so
+    '--json | jq' reads only events."""
     import json
     from .events import CATALOGUE, Event
     if list_kinds:
@@ -419,12 +425,30 @@ def events(kinds, layers, ifname, sock, as_json, count, list_kinds) -> None:
         return
     from .node import control
     path = _sockets(ifname, sock)[0]
+    what = (f"events of kind{'s' if len(kinds) > 1 else ''} " + ", ".join(kinds)) if kinds else "events of every kind"
+    if layers:
+        what += f" in layer{'s' if len(layers) > 1 else ''} " + ", ".join(layers)
+    history = (True if recent == 0 else recent) if recent is not None else False
     n = 0
-    for d in control.stream(path, list(kinds) or None, list(layers) or None):
-        click.echo(json.dumps(d) if as_json else str(Event.from_dict(d)))
-        n += 1
-        if count and n >= count:
-            break
+    with control.EventSubscription(path, list(kinds) or None, list(layers) or None, history=history) as sub:
+        if recent is not None:
+            if sub.history:
+                click.echo(f"vpnedu events: the {sub.history} most recent {what} the daemon kept:", err=True)
+            else:
+                click.echo(f"vpnedu events: the daemon kept no {what} (it keeps these kinds: "
+                           f"{', '.join(control.HISTORY_KINDS)})", err=True)
+        waiting = f"vpnedu events: waiting for {what} from {path} (Ctrl-C stops)"
+        if not sub.history:
+            click.echo(waiting, err=True)
+        for i, d in enumerate(sub, 1):
+            click.echo(json.dumps(d) if as_json else str(Event.from_dict(d)))
+            n += 1
+            if count and n >= count:
+                break
+            if i == sub.history:
+                click.echo(waiting, err=True)
+        else:
+            click.echo("vpnedu events: the daemon closed the stream (it stopped)", err=True)
 
 
 # ---------------------------------------------------------------------------- the lab

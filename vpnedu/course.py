@@ -72,7 +72,7 @@ def open_lab(mode: str | None = None, *, prefix: str | None = None, suite: str =
     """The lab for this notebook, with a banner saying which mode runs."""
     chosen, why = choose_mode(mode)
     if chosen == "real":
-        lab = RealLab(prefix=prefix or os.environ.get("VPNEDU_LAB_PREFIX") or "course-", suite=suite)
+        lab = RealLab(prefix=prefix or os.environ.get("VPNEDU_LAB_PREFIX") or "course-", suite=suite, out=out)
     else:
         from .sim.lab import SimLab
         lab = SimLab(suite=suite)
@@ -159,28 +159,132 @@ def _ping_result(dst: str, r: subprocess.CompletedProcess, src: str = ""):
     return PingResult(sent, got, dst, src)
 
 
-class _DaemonFeed:
-    """Relays a daemon's control-socket event stream into a local EventBus (a thread)."""
+class DaemonFeed:
+    """Relays a daemon's control-socket event stream into a local :class:`EventBus` (a thread),
+    so that the notebook's widgets draw a real daemon's events as they draw the simulation's.
 
-    def __init__(self, path: Path, bus: EventBus):
-        self.path, self.bus = path, bus
-        self.stopped = False
-        self.sock = None
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"events {path.name}")
+    A feed keeps trying.  A daemon that is still starting (no socket yet, or one that does not
+    accept yet) and one that restarted (its stream ends, a new daemon opens a new socket) are
+    normal; the feed reconnects with a short back-off.  On each connection it asks for the
+    daemon's recent history, and skips what it relayed before (an event is identified by its
+    timestamp), so a late start or a reconnection loses nothing and repeats nothing.
+
+    While it cannot reach the daemon, :attr:`problem` says why, and the bus gets one
+    ``feed.lost`` event (``feed.connected`` when it is back): a widget shows a line instead of
+    an empty table that looks like "nothing happened".
+    """
+
+    def __init__(self, path: Path | str, bus: EventBus, name: str | None = None,
+                 retry: float = 0.1, max_retry: float = 1.0):
+        self.path, self.bus = Path(path), bus
+        self.name = name or "daemon"
+        self.retry, self.max_retry = retry, max_retry
+        #: Why the feed is not connected now (None while connected, or once closed).
+        self.problem: str | None = None
+        self.connected = threading.Event()
+        self.counts: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._last_time = float("-inf")
+        self._stopping = threading.Event()
+        self._sub = None
+        self._said: str | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"events {self.path.name}")
         self.thread.start()
 
+    # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         from .node import control
-        try:
-            for d in control.stream(self.path, history=True):
-                if self.stopped:
+        delay = self.retry
+        while not self._stopping.is_set():
+            try:
+                sub = control.EventSubscription(self.path, history=True)
+            except VpneduError as e:
+                self._lost(e.problem)
+            except OSError as e:
+                self._lost(f"{type(e).__name__}: {e}")
+            else:
+                with self._cond:
+                    self._sub = sub
+                if self._stopping.is_set():
+                    sub.close()
                     break
-                self.bus.publish(Event.from_dict(d))
-        except (VpneduError, OSError, ValueError):
-            pass
+                self._connected()
+                delay = self.retry
+                reason = "the daemon closed its event stream (it stopped)"
+                try:
+                    for n, d in enumerate(sub, 1):
+                        ev = Event.from_dict(d)
+                        if n <= sub.history and ev.time <= self._last_time:
+                            continue   # history we relayed before reconnecting
+                        self._relay(ev)
+                except (VpneduError, OSError, ValueError, KeyError) as e:
+                    reason = f"the event stream broke: {e}"
+                finally:
+                    sub.close()
+                    with self._cond:
+                        self._sub = None
+                if self._stopping.is_set():
+                    break
+                self._lost(reason)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, self.max_retry)
+
+    def _relay(self, ev: Event) -> None:
+        self.bus.publish(ev)
+        with self._cond:
+            self._last_time = max(self._last_time, ev.time)
+            self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
+            self._cond.notify_all()
+
+    def _connected(self) -> None:
+        self.problem = None
+        self.connected.set()
+        if self._said is not None:
+            self._said = None
+            self.bus.publish(Event("feed.connected", time.time(), None, {"socket": str(self.path)}))
+
+    def _lost(self, problem: str) -> None:
+        self.connected.clear()
+        self.problem = problem
+        if problem != self._said:   # once per change, not once per retry
+            self._said = problem
+            self.bus.publish(Event("feed.lost", time.time(), None, {"socket": str(self.path), "problem": problem}))
+
+    # ------------------------------------------------------------------ for the lab and widgets
+    def _count(self, kind: str) -> int:
+        return sum(n for k, n in self.counts.items() if k == kind or k.startswith(kind + "."))
+
+    def count(self, kind: str) -> int:
+        """How many events of ``kind`` (or of kinds under that prefix) it relayed so far."""
+        with self._cond:
+            return self._count(kind)
+
+    def wait_for(self, kind: str, more_than: int = 0, timeout: float = 5.0) -> bool:
+        """Wait until more than ``more_than`` events of ``kind`` were relayed (and delivered to the
+        bus's subscribers): a barrier between a daemon doing something and a widget showing it."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count(kind) > more_than, timeout)
+
+    def wait_connected(self, timeout: float = 5.0) -> bool:
+        return self.connected.wait(timeout)
+
+    def notice(self) -> str:
+        """One line saying the feed cannot reach its daemon, or "" while all is well."""
+        problem = self.problem
+        if problem is None or self._stopping.is_set():
+            return ""
+        return f"not receiving the {self.name}'s events ({self.path}): {problem}; retrying"
 
     def close(self) -> None:
-        self.stopped = True
+        """Stop relaying (at once: the thread is woken and joined, nothing is published after)."""
+        self._stopping.set()
+        with self._cond:
+            sub = self._sub
+        if sub is not None:
+            sub.close()
+        if self.thread is not threading.current_thread():
+            self.thread.join(5)
+        self.problem = None
 
 
 class RealLab:
@@ -188,15 +292,18 @@ class RealLab:
 
     mode = "real"
 
-    def __init__(self, prefix: str = "course-", suite: str = "wireguard"):
+    def __init__(self, prefix: str = "course-", suite: str = "wireguard",
+                 out: Callable[[str], None] = print):
         from .lab.topology import Lab
         self.lab = Lab(prefix=prefix, log=lambda s: None)
         self.suite = suite
+        self.out = out
         self.client_events = EventBus()
         self.server_events = EventBus()
         self.procs: dict[str, subprocess.Popen] = {}
-        self._feeds: dict[str, _DaemonFeed] = {}
+        self._feeds: dict[str, DaemonFeed] = {}
         self.split = False
+        self.forwarding = "nat"
 
     @property
     def banner(self) -> str:
@@ -228,8 +335,8 @@ class RealLab:
 
     def socket_path(self, host: str) -> Path:
         """The daemon's control socket: /run/vpnedu/vpnedu0@<its network namespace's inode>.sock."""
-        from .net.journal import run_dir
-        return run_dir() / f"vpnedu0@{os.stat(f'/run/netns/{self.lab.ns(host)}').st_ino}.sock"
+        from .node.control import netns_socket_path
+        return netns_socket_path(self.lab.ns(host))
 
     def provision(self, suite: str | None = None, split: bool = False) -> None:
         self.suite = suite or self.suite
@@ -245,49 +352,78 @@ class RealLab:
                 raise VpneduError(f"vpnedu {' '.join(args[:2])} failed: {r.stderr.strip()}")
         self.split = split
 
-    def _start(self, host: str, *args: str) -> None:
+    def _start(self, host: str, *args: str, timeout: float = 20) -> dict:
+        """Start a daemon; return once it answers on its control socket and its events flow here.
+
+        Ready means a status request was answered (:func:`vpnedu.node.control.wait_ready`), not
+        that a socket file exists: the file can be one a killed daemon left behind.  Only then does
+        the event feed connect, asking for the history so it misses nothing of the start."""
+        from .node import control
+        running = self.procs.get(host)
+        if running is not None and running.poll() is None:
+            raise VpneduError(f"the vpnedu {host} is already running (pid {running.pid})",
+                              f"stop it first: lab.stop_{host}()")
         extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
         path = self.socket_path(host)
-        self.procs[host] = self.lab.spawn(host, f"vpn-{host}", *self._vpnedu(*args, *extra))
-        end = time.time() + 20
-        while not path.exists():
-            if self.procs[host].poll() is not None or time.time() > end:
-                log = self.dir / f"vpn-{host}.log"
-                raise VpneduError(f"the vpnedu {host} did not start: "
-                                  f"{log.read_text()[-600:].strip() if log.exists() else ''}")
-            time.sleep(0.02)
-        bus = self.server_events if host == "server" else self.client_events
-        self._feeds[host] = _DaemonFeed(path, bus)
+        proc = self.procs[host] = self.lab.spawn(host, f"vpn-{host}", *self._vpnedu(*args, *extra))
+        try:
+            # 'ip netns exec' execs the daemon: its pid is the one that must answer.
+            st = control.wait_ready(path, proc, self.dir / f"vpn-{host}.log", timeout=timeout,
+                                    what=f"the vpnedu {host}", pid=proc.pid)
+            bus = self.server_events if host == "server" else self.client_events
+            feed = self._feeds[host] = DaemonFeed(path, bus, name=host)
+            bus.feed = feed   # the widgets read it to say when the feed cannot reach the daemon
+            if not feed.wait_connected(timeout):
+                raise VpneduError(f"the vpnedu {host} answers, but its event stream does not: {feed.problem}",
+                                  f"start it again: lab.start_{host}()")
+        except BaseException:
+            self._stop(host)   # nothing half-started stays behind
+            raise
+        return st
 
     def start_server(self, suite: str | None = None, forwarding: str = "nat") -> dict:
         if suite is not None or not (self.dir / "server.conf").exists():
             self.provision(suite)
-        self._start("server", "server", "-c", f"{self.dir}/server.conf", "--forwarding", forwarding)
-        return self.status("server")
+        st = self._start("server", "server", "-c", f"{self.dir}/server.conf", "--forwarding", forwarding)
+        self.forwarding = forwarding
+        return st
 
     def start_client(self, split: bool = False, timeout: float = 20) -> dict:
         if split != self.split:
             self.stop_server()
             self.provision(self.suite, split=split)
             self.start_server()
-        self._start("client", "client", "-c", f"{self.dir}/client.conf")
+        server = self._feeds.get("server")
+        seen = {k: server.count(k) if server else 0 for k in ("session.established", "session.confirmed")}
+        st = self._start("client", "client", "-c", f"{self.dir}/client.conf", timeout=timeout)
         end = time.time() + timeout
-        while True:
+        while not st["peers"][0].get("latest_handshake"):
+            if time.time() > end or self.procs["client"].poll() is not None:
+                from .node.control import log_tail
+                raise VpneduError("the client did not complete a handshake within "
+                                  f"{timeout:g} s; its log ends with:{log_tail(self.dir / 'vpn-client.log')}")
+            time.sleep(0.05)
             try:
                 st = self.status("client")
-                if st["peers"][0].get("latest_handshake"):
-                    time.sleep(0.2)  # let the events arrive
-                    return st
             except VpneduError:
                 pass
-            if time.time() > end or self.procs["client"].poll() is not None:
-                raise VpneduError("the client did not complete a handshake: "
-                                  + (self.dir / "vpn-client.log").read_text()[-600:])
-            time.sleep(0.05)
+        # The handshake happened; wait until both daemons' accounts of it reached this process, so
+        # the ladder and the event log drawn next are complete and the same on every run (events
+        # cross a socket and a thread: they come a little after the status says "done").  The
+        # last of them is the server's session.confirmed: the client's first data (its keepalive)
+        # arrived under the new keys, the responder's proof that the initiator has them too.
+        for host, kind, before in (("client", "session.established", 0),
+                                   ("server", "session.established", seen["session.established"]),
+                                   ("server", "session.confirmed", seen["session.confirmed"])):
+            feed = self._feeds.get(host)
+            if feed is not None and not feed.wait_for(kind, before, timeout=5):
+                self.out(f"note: the {host}'s {kind} event has not arrived"
+                         + (f": {feed.notice()}" if feed.notice() else " (yet)"))
+        return st
 
     def _stop(self, host: str) -> None:
         feed = self._feeds.pop(host, None)
-        if feed:
+        if feed is not None:
             feed.close()
         p = self.procs.pop(host, None)
         if p is not None and p.poll() is None:
@@ -350,8 +486,14 @@ class RealLab:
         from .lab.topology import APP_ADDRESS, APP_PORT
         from .sim.lab import AppResult
         marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
+        feed = self._feeds.get("server") if self.forwarding == "proxy" else None
+        closed = feed.count("proxy.flow.closed") if feed else 0
         r = self.lab.run("client", sys.executable, "-m", "vpnedu.lab.app", "fetch",
                          f"http://{APP_ADDRESS}:{APP_PORT}/{marker}")
+        if feed is not None and r.returncode == 0:
+            # The proxy reports the flow's end a moment after the fetch finished, through the feed:
+            # wait for it, so a flow table drawn next shows the flow (closed), not nothing.
+            feed.wait_for("proxy.flow.closed", closed, timeout=5)
         sources = [line.split()[0] for line in self.app_log() if marker in line]
         return AppResult(r.stdout.strip() or r.stderr.strip(), sources)
 

@@ -62,6 +62,8 @@ CATALOGUE: dict[str, str] = {
     "device.up": "a TUN device was created and configured",
     "device.down": "a TUN device was removed",
     "counters": "periodic snapshot of all counters",
+    "feed.lost": "(in a notebook) the relay of a daemon's events cannot reach its control socket; it retries",
+    "feed.connected": "(in a notebook) the relay of a daemon's events reached its control socket again",
 }
 
 #: Kinds that may fire once per packet: they are only built when wanted.

@@ -216,7 +216,9 @@ class Bench:
                                         *self.lab.vpnedu("server", "-c", f"{tun.dir}/server.conf",
                                                          "--forwarding", "none")))
         try:
-            self.lab.wait_for_udp("server", 51820)
+            from ..node.control import netns_socket_path, wait_ready
+            wait_ready(netns_socket_path(self.lab.ns("server")), tun.procs[-1],
+                       self.lab.dir / "handshake-server.log", what="the vpnedu server")
             cpu0 = cpu_seconds(tun.pids())
             r = self.lab.run("client", sys.executable, "-m", "vpnedu.bench.handshakes", f"{SERVER_PUBLIC}:51820",
                              pub, str(tun.dir / "keys.json"), str(self.s.handshake_seconds),

@@ -116,10 +116,12 @@ class Vpnedu(Tunnel):
         if not (self.dir / "server.conf").exists():
             self.provision()
         allow = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
+        from ..node.control import netns_socket_path, wait_ready
         self.procs.append(self.lab.spawn("server", f"{self.name}-server",
                                          *self.lab.vpnedu("server", "-c", f"{self.dir}/server.conf",
                                                           "--forwarding", "none", *allow, *self.extra)))
-        time.sleep(0.3)
+        wait_ready(netns_socket_path(self.lab.ns("server")), self.procs[-1],
+                   self.lab.dir / f"{self.name}-server.log", what="the vpnedu server")
         for c in clients or ["client"]:
             self.procs.append(self.lab.spawn(c, f"{self.name}-{c}",
                                              *self.lab.vpnedu("client", "-c", f"{self.dir}/{c}.conf", *allow,

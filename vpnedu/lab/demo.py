@@ -208,12 +208,16 @@ class Demo:
     def start_vpn(self, forwarding: str) -> dict:
         d, lab = self.lab.dir, self.lab
         extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
+        from ..node.control import netns_socket_path, wait_ready
         self.procs["server"] = lab.spawn("server", "vpn-server",
                                          *lab.vpnedu("server", "-c", f"{d}/server.conf", "--forwarding",
                                                      forwarding, *extra))
-        self.wait_status("server", lambda st: True, "server start")
+        wait_ready(netns_socket_path(lab.ns("server")), self.procs["server"], d / "vpn-server.log",
+                   what="the vpnedu server")
         self.procs["client"] = lab.spawn("client", "vpn-client",
                                          *lab.vpnedu("client", "-c", f"{d}/client.conf", *extra))
+        wait_ready(netns_socket_path(lab.ns("client")), self.procs["client"], d / "vpn-client.log",
+                   what="the vpnedu client")
         return self.wait_status("client", lambda st: st["peers"][0].get("latest_handshake"), "the handshake")
 
     def flow_table(self, mode: str) -> None:

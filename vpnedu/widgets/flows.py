@@ -18,7 +18,7 @@ import html
 import ipywidgets as w
 
 from ..events import Event, EventBus
-from .live import STYLE
+from .live import STYLE, feed_notices, feed_notices_html
 
 COLUMNS = ("proto", "client", "proxy", "destination", "state", "bytes_up", "bytes_down", "age")
 
@@ -31,7 +31,9 @@ class FlowTableView(w.HTML):
         self.add_class("vpnedu-flows")
         self.title = title
         self.flows: dict[tuple, dict] = {}
-        self._sub = bus.subscribe(self._event, kinds="proxy.flow") if bus is not None else None
+        self.bus = bus
+        # "feed": a relay that cannot reach the daemon says so above the table (never a silent "no flows").
+        self._sub = bus.subscribe(self._event, kinds=["proxy.flow", "feed"]) if bus is not None else None
         self.update(flows or [])
 
     @staticmethod
@@ -52,15 +54,16 @@ class FlowTableView(w.HTML):
             reason = ev.fields.get("reason")
             self.flows[key] = {**self.flows.get(key, {}), **f,
                                "state": f"closed ({reason})" if reason else "closed"}
-        else:
+        elif not ev.kind.startswith("feed."):
             return
         self.render()
 
     def as_text(self) -> str:
         """The table as lines of text, one flow each (what a notebook prints under the widget)."""
+        notices = "".join(f"({line})\n" for line in feed_notices(self.bus)) if self.bus is not None else ""
         if not self.flows:
-            return "(no flows)"
-        return "\n".join(f"{f.get('proto') or '':<5} client {f.get('client') or '':<21} as {f.get('proxy') or '':<21} "
+            return notices + "(no flows)"
+        return notices + "\n".join(f"{f.get('proto') or '':<5} client {f.get('client') or '':<21} as {f.get('proxy') or '':<21} "
                          f"-> {f.get('destination') or ''}  ({f.get('state') or ''})" for f in self.flows.values())
 
     def render(self) -> None:
@@ -70,7 +73,8 @@ class FlowTableView(w.HTML):
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(f.get(c, '') if f.get(c) is not None else ''))}</td>"
                                             for c in COLUMNS) + "</tr>" for f in self.flows.values())
         head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-        self.value = (STYLE + f"<b>{html.escape(self.title)}</b><table class='vpnedu-table'><tr>{head}</tr>"
+        notices = feed_notices_html(self.bus) if self.bus is not None else ""
+        self.value = (STYLE + f"<b>{html.escape(self.title)}</b>{notices}<table class='vpnedu-table'><tr>{head}</tr>"
                       f"{body}</table>")
 
     def close(self) -> None:

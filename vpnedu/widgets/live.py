@@ -20,16 +20,35 @@ STYLE = """<style>
 .vpnedu-added { background: #d4f7d4; }
 .vpnedu-removed { background: #f7d4d4; text-decoration: line-through; }
 .vpnedu-drop { color: #b00; font-weight: bold; }
+.vpnedu-feed-problem { color: #b00; font-weight: bold; margin: 2px 0; }
 </style>"""
 
 
-def daemon_bus(socket_path: str | Path) -> EventBus:
-    """An EventBus fed, in a background thread, by a running daemon's control socket
-    (its recent history first, then live).  Pass it to any widget."""
-    from ..course import _DaemonFeed
+def daemon_bus(socket_path: str | Path, name: str | None = None) -> EventBus:
+    """An EventBus fed, in a background thread, by a daemon's control socket (its recent history
+    first, then live).  Pass it to any widget.  The daemon need not be running yet: the feed
+    keeps trying (and reconnects when the daemon restarts), and the widgets say so meanwhile."""
+    from ..course import DaemonFeed
     bus = EventBus()
-    bus.feed = _DaemonFeed(Path(socket_path), bus)  # keep it alive with the bus
+    bus.feed = DaemonFeed(Path(socket_path), bus, name=name)  # keep it alive with the bus
     return bus
+
+
+def feed_notices(*buses: EventBus) -> list[str]:
+    """For each bus fed by a daemon (:func:`daemon_bus`, the real course lab) that cannot reach
+    it now, the line saying so.  Empty when every feed is connected (or a bus has no feed:
+    the simulation's buses are the daemons' own)."""
+    out = []
+    for bus in buses:
+        feed = getattr(bus, "feed", None)
+        line = feed.notice() if feed is not None else ""
+        if line:
+            out.append(line)
+    return out
+
+
+def feed_notices_html(*buses: EventBus) -> str:
+    return "".join(f"<div class='vpnedu-feed-problem'>{html.escape(line)}</div>" for line in feed_notices(*buses))
 
 
 class _Throttle:
@@ -88,10 +107,13 @@ class EventLogView(w.VBox):
         self.kind_filter.observe(lambda _: self.refresh(), "value")
         self.layer_filter.observe(lambda _: self.refresh(), "value")
         self._throttle = _Throttle(self.refresh)
+        self.buses = buses
         self._subs = []
         for i, bus in enumerate(buses):
             name = names[i] if i < len(names) else f"bus{i}"
             self._subs.append(bus.subscribe(lambda ev, name=name: self._add(name, ev), kinds=subscribe))
+            # A feed that loses (or regains) its daemon changes the notice line above the table.
+            self._subs.append(bus.subscribe(lambda ev: self._throttle.changed(), kinds="feed"))
         super().__init__([w.HBox([self.kind_filter, self.layer_filter]), self.table])
         self.refresh()
 
@@ -116,7 +138,8 @@ class EventLogView(w.VBox):
             cls = ' class="vpnedu-drop"' if ev.kind == "packet.dropped" else ""
             rows.append(f"<tr{cls}><td>{t}</td><td>{html.escape(name)}</td><td>{html.escape(ev.kind)}</td>"
                         f"<td>{html.escape(ev.peer or '')}</td><td>{html.escape(body)}</td></tr>")
-        self.table.value = (STYLE + f"<div>{len(self.events)} event(s) kept, {len(rows)} shown</div>"
+        self.table.value = (STYLE + feed_notices_html(*self.buses)
+                            + f"<div>{len(self.events)} event(s) kept, {len(rows)} shown</div>"
                             "<table class='vpnedu-table'><tr><th>time</th><th>who</th><th>kind</th>"
                             "<th>peer</th><th>fields</th></tr>" + "".join(rows) + "</table>")
 
