@@ -50,6 +50,53 @@ def _ping_ok(r: subprocess.CompletedProcess) -> bool:
     return r.returncode == 0 and " 0% packet loss" in r.stdout
 
 
+def _ping_summary(r: subprocess.CompletedProcess) -> str:
+    """ping's 'N packets transmitted, M received, ...' line (or its error)."""
+    lines = r.stdout.strip().splitlines()
+    return lines[-2] if len(lines) >= 2 else (r.stderr.strip() or r.stdout.strip())
+
+
+def housekeeping(packet: str) -> str | None:
+    """What a link-local packet of a capture is, in words; None for traffic.
+
+    A link that comes up chatters on its own: ARP asks for a neighbour's MAC address, and IPv6
+    (on by default, even with no IPv6 address configured) gives every interface a link-local
+    address (fe80::/64, RFC 4291 2.5.6), checks it is unique with a neighbour solicitation from
+    the unspecified address :: (RFC 4862 5.4), joins multicast groups (MLD listener reports,
+    RFC 3810) and asks the routers on the link to announce themselves (router solicitation to
+    ff02::2, RFC 4861 6.3.7).  Routers never forward any of it (link-local scope): it is not
+    traffic, and it is no leak around the tunnel.
+    """
+    if packet.startswith("ARP"):
+        return "ARP: finding a neighbour's MAC address on the LAN"
+    parts = packet.split()
+    if len(parts) < 3 or parts[0] != "IP6":
+        return None
+    src, dst = parts[1], (parts[3].rstrip(":") if len(parts) > 3 else "")
+    if not (src == "::" or src.startswith("fe80:")) or not dst.startswith("ff02:"):
+        return None
+    if "router solicitation" in packet:
+        return f"IPv6 router solicitation from the client's own link-local address {src} to ff02::2"
+    if "neighbor solicitation" in packet or "neighbor advertisement" in packet:
+        return "IPv6 neighbour discovery (duplicate address detection for its link-local address)"
+    if "multicast listener report" in packet:
+        return "IPv6 multicast listener reports (MLD: the groups the interface joined)"
+    return f"IPv6 link-local housekeeping to {dst}"
+
+
+def capture_summary(packets: list[str], limit: int = 6) -> str:
+    """The narration of a capture of the client's outer link: the traffic (the tunnel's UDP),
+    then, apart and said to be what it is, the link's own housekeeping (see :func:`housekeeping`)."""
+    traffic = sorted({p for p in packets if housekeeping(p) is None})
+    chatter = sorted({h for p in packets if (h := housekeeping(p)) is not None})
+    lines = ["the client's outer link carried only:"]
+    lines += [f"  {p}" for p in traffic[:limit]] or ["  (nothing)"]
+    if chatter:
+        lines.append("besides the link's own housekeeping (link-local: it never leaves the LAN, not traffic):")
+        lines += [f"  {h}" for h in chatter[:limit]]
+    return "\n".join(lines)
+
+
 class Demo:
     def __init__(self, lab: Lab, out: Callable[[str], None] = print, suite: str = "wireguard",
                  keep: bool = False, forwarding: str = "nat"):
@@ -129,6 +176,9 @@ class Demo:
             res.client_tun = lab.run("client", "ip", "-brief", "addr", "show", "vpnedu0").stdout.strip()
             res.server_tun = lab.run("server", "ip", "-brief", "addr", "show", "vpnedu0").stdout.strip()
             self.show(f"client: {res.client_tun}\nserver: {res.server_tun}")
+            if "UNKNOWN" in res.client_tun + res.server_tun:
+                self.show("-> UNKNOWN is the link's operational state, not a fault: a TUN device has no cable,\n"
+                          "   so no carrier the kernel could sense; the device is up and carries the tunnel")
 
             self.step("6. The client's routing table now: the default gateway is the server, 10.0.0.1")
             res.routes_during = self.routes("client")
@@ -140,10 +190,10 @@ class Demo:
             self.step("7. Ping over the tunnel, both ways")
             r = lab.run("client", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.1")
             res.ping_client_to_server = _ping_ok(r)
-            self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
+            self.show("client -> server (the client pings 10.0.0.1): " + _ping_summary(r))
             r = lab.run("server", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.2")
             res.ping_server_to_client = _ping_ok(r)
-            self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
+            self.show("server -> client (the server pings 10.0.0.2): " + _ping_summary(r))
 
             self.step(f"8. Browse the app server through the VPN ({self.modes[0]}), capturing both sides "
                       "of the server")
@@ -163,9 +213,7 @@ class Demo:
             res.outer_packets = self.describe_capture("client", files["client"])
             res.marker_in_client_capture = res.marker.encode() in files["client"].read_bytes()
             res.marker_in_server_capture = res.marker.encode() in files["server"].read_bytes()
-            self.show("the client's outer link carried only:")
-            for line in sorted(set(res.outer_packets))[:6]:
-                self.show(line, "      ")
+            self.show(capture_summary(res.outer_packets))
             self.show(f"marker text in the client's capture: {res.marker_in_client_capture}; "
                       f"on the server's public side (after decryption and NAT): {res.marker_in_server_capture}")
             if self.suite == "null-teaching":
@@ -295,5 +343,5 @@ class Demo:
                 src, dst = (_host_port(x.rstrip(":")) for x in (parts[1], parts[3]))
                 out.append(f"{parts[4].rstrip(',')} {src} -> {dst}")
             elif parts:
-                out.append(" ".join(parts[:4]))
+                out.append(line.split(", length")[0])
         return out
