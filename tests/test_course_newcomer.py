@@ -68,7 +68,7 @@ def test_notebook_02_dumps_fields_as_a_table_and_writes_indices_one_way(kernel_p
     assert "<table class='vpnedu-fields'>" in html and "vpnedu-field-value" in html
     for field in ("sender_index", "receiver_index", "ephemeral", "encrypted_static", "encrypted_timestamp",
                   "mac1", "mac2", "encrypted_nothing"):
-        assert f"<td class='vpnedu-field-name'>{field}</td>" in html, field
+        assert f"<td class='vpnedu-f vpnedu-field-name'>{field}</td>" in html, field
     # One way of writing an index everywhere: hex with 0x in the ladder, the table and the event log.
     assert hexed in probe["ladder"] and hexed in html
     assert f"sender_index={hexed}" in probe["log"], probe["log"][:3000]

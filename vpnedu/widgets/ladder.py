@@ -245,13 +245,15 @@ class FieldTable:
     the meaning wraps between words.  ``repr()`` is the same table as aligned text, for a terminal.
     """
 
-    STYLE = ("<style>.vpnedu-fields { border-collapse: collapse; font-size: 12px; width: 100%; "
+    # Every cell has the class vpnedu-f: "table.vpnedu-fields tr td.vpnedu-f" (two classes, three
+    # elements) outranks JupyterLab's rule for rendered tables, which aligns every cell to the right.
+    STYLE = ("<style>table.vpnedu-fields { border-collapse: collapse; font-size: 12px; width: 100%; "
              "table-layout: fixed; }"
-             ".vpnedu-fields td, .vpnedu-fields th { border: 1px solid #ccc; padding: 2px 6px; "
-             "text-align: left; vertical-align: top; }"
-             ".vpnedu-fields th { background: #eef; }"
-             ".vpnedu-fields .vpnedu-field-value { font-family: monospace; word-break: break-all; }"
-             ".vpnedu-fields .vpnedu-field-name { font-family: monospace; overflow-wrap: anywhere; }"
+             "table.vpnedu-fields tr td.vpnedu-f, table.vpnedu-fields tr th.vpnedu-f { border: 1px solid #ccc; "
+             "padding: 2px 6px; text-align: left; vertical-align: top; }"
+             "table.vpnedu-fields tr th.vpnedu-f { background: #eef; }"
+             "table.vpnedu-fields tr td.vpnedu-field-value { font-family: monospace; word-break: break-all; }"
+             "table.vpnedu-fields tr td.vpnedu-field-name { font-family: monospace; overflow-wrap: anywhere; }"
              "</style>")
 
     def __init__(self, rows: list[tuple[str, str, str, str]]):
@@ -262,14 +264,15 @@ class FieldTable:
         for i, (msg, name, value, note) in enumerate(self.rows):
             first = i == 0 or self.rows[i - 1][0] != msg
             span = sum(1 for r in self.rows if r[0] == msg)
-            head = f"<td rowspan='{span}'><b>{html.escape(msg)}</b></td>" if first else ""
-            body.append(f"<tr>{head}<td class='vpnedu-field-name'>{html.escape(name)}</td>"
-                        f"<td class='vpnedu-field-value'>{html.escape(value)}</td>"
-                        f"<td>{html.escape(note)}</td></tr>")
+            head = f"<td class='vpnedu-f' rowspan='{span}'><b>{html.escape(msg)}</b></td>" if first else ""
+            body.append(f"<tr>{head}<td class='vpnedu-f vpnedu-field-name'>{html.escape(name)}</td>"
+                        f"<td class='vpnedu-f vpnedu-field-value'>{html.escape(value)}</td>"
+                        f"<td class='vpnedu-f'>{html.escape(note)}</td></tr>")
+        heads = ("message", "field", "value", "what it is (WireGuard paper section)")
         return (self.STYLE + "<table class='vpnedu-fields'><colgroup><col style='width:7em'>"
-                "<col style='width:12em'><col style='width:40%'><col></colgroup>"
-                "<tr><th>message</th><th>field</th><th>value</th><th>what it is (WireGuard paper section)</th>"
-                "</tr>" + "".join(body) + "</table>")
+                "<col style='width:14em'><col style='width:40%'><col></colgroup>"
+                "<tr>" + "".join(f"<th class='vpnedu-f'>{h}</th>" for h in heads) + "</tr>"
+                + "".join(body) + "</table>")
 
     def __repr__(self) -> str:
         lines = []
