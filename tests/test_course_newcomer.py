@@ -93,3 +93,13 @@ def test_notebook_06_plot_speaks_mbit_and_keeps_legend_and_curves_apart(kernel_p
     for words in ("--bidir", "outer link", "vpnedu bench", "one direction at a time", "BENCHMARKS.md"):
         assert words in text, words
     assert "Mbit/s up" in outputs_by_tag(nb)["check-compare"]
+
+
+def test_notebooks_and_docs_never_speak_of_a_tracker():
+    """The course and the docs speak of the product: no "(issue 5)", no "the issue's bar"."""
+    root = NOTEBOOKS.parent
+    files = [*NOTEBOOKS.glob("*.ipynb"), *(root / "exercises").glob("*.ipynb"), *(root / "docs").glob("*.md"),
+             root / "README.md", root / "BENCHMARKS.md"]
+    pattern = re.compile(r"\bissues?\s*#?\d+|\bthe issue'?s?\b|\bissue tracker\b|\bGitHub issue", re.I)
+    found = [f"{p.relative_to(root)}: {m[0]!r}" for p in files if p.exists() for m in pattern.finditer(p.read_text())]
+    assert not found, found
