@@ -26,8 +26,15 @@ vpnedu_setup() {
     echo "setup: vpnedu needs Python 3.11 or newer; $("$py" --version 2>&1) found" >&2
     exit 1
   fi
+  # pip is silent with -q, and the first install takes a minute or more: say what is going on.
   if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating the virtualenv .venv ($("$py" --version 2>&1))"
     "$py" -m venv .venv
+    echo "setup: installing vpnedu and the Python packages it needs into .venv (pip install -e '.[${extras}]';"
+    echo "       about a minute the first time, with nothing printed until it is done) ..."
+  else
+    echo "setup: checking vpnedu's Python packages in .venv (pip install -e '.[${extras}]') ..."
   fi
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+  echo "setup: done; the command is .venv/bin/vpnedu"
 }

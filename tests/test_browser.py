@@ -3,11 +3,14 @@
 JupyterLab starts headless on 127.0.0.1 (random port, a known token) in a temporary copy of the
 notebooks; Debian's Chromium, driven by Playwright (its bundled driver; no browser download), opens
 02-handshake.ipynb, runs all cells from the Run menu and waits for the widgets.  Screenshots go to
-test-artifacts/browser/.  The lab runs in simulated mode (as on Binder).
+test-artifacts/browser/.  The lab runs in simulated mode (as on Binder), with the course's JupyterLab
+settings exactly as the README's launch command and binder/start give them (JUPYTER_CONFIG_PATH=
+binder/jupyter): no "Would you like to get notified about official Jupyter news?" pop-up may appear.
 """
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -45,12 +48,11 @@ def jupyterlab(tmp_path):
     port, token = _free_port(), "vpnedu-test-token"
     env = {**os.environ, "VPNEDU_MODE": "sim", "JUPYTER_PATH": str(tmp_path / "jupyter"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-           "HOME": str(tmp_path)}
+           "JUPYTER_CONFIG_PATH": str(ROOT / "binder" / "jupyter"), "HOME": str(tmp_path)}
     log = open(tmp_path / "jupyterlab.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
                              f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}",
-                             "--ServerApp.port_retries=0", "--allow-root",
-                             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                             "--ServerApp.port_retries=0", "--allow-root"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -113,9 +115,9 @@ def test_notebook_02_renders_ladder_and_plot_in_chromium(jupyterlab):
             page.wait_for_selector(".vpnedu-throughput-caption:has-text('Mbit/s down')", timeout=90_000)
             page.wait_for_function("() => document.querySelector('#jp-main-statusbar').innerText.includes('Idle')",
                                    timeout=60_000)
-            no = page.locator(".jp-Notification-Toast button", has_text="No")
-            if no.count():
-                no.first.click()
+            # The course's settings turned JupyterLab's news pop-up off: by now (the whole notebook
+            # ran) it would have covered the page.
+            assert page.get_by_text("notified about official Jupyter news").count() == 0
             page.locator("img.vpnedu-throughput").first.scroll_into_view_if_needed()
             page.locator("img.vpnedu-throughput").first.screenshot(path=str(ARTIFACTS / "02-plot.png"))
             page.screenshot(path=str(ARTIFACTS / "02-after-run-all.png"), full_page=True)
@@ -124,9 +126,20 @@ def test_notebook_02_renders_ladder_and_plot_in_chromium(jupyterlab):
             text = page.locator(".vpnedu-ladder").first.text_content()
             for field in ("encrypted_static", "encrypted_timestamp", "ephemeral", "mac1", "receiver_index"):
                 assert field in text
+            # The field dump under the ladder is a table that fits its output area (it wraps inside
+            # its cells instead of running off to the right), and writes indices as the ladder does.
+            table = page.locator("table.vpnedu-fields").first
+            table.scroll_into_view_if_needed()
+            table.screenshot(path=str(ARTIFACTS / "02-fields.png"))
+            box = table.bounding_box()
+            area = page.locator(".jp-OutputArea-output", has=table).first.bounding_box()
+            assert box["x"] + box["width"] <= area["x"] + area["width"] + 1, (box, area)
+            index = page.locator("table.vpnedu-fields tr", has_text="sender_index").first \
+                .locator(".vpnedu-field-value").text_content()
+            assert re.fullmatch(r"0x[0-9a-f]{8}", index) and index in text, index
             assert page.locator(".jp-OutputArea-output", has_text="Traceback").count() == 0
             assert page.locator(".jp-OutputArea-output", has_text="lab down").count() == 1  # the last cell ran
         finally:
             browser.close()
-    for name in ("02-ladder.png", "02-plot.png", "02-after-run-all.png"):
+    for name in ("02-ladder.png", "02-plot.png", "02-fields.png", "02-after-run-all.png"):
         assert (ARTIFACTS / name).stat().st_size > 5000

@@ -61,6 +61,43 @@ EXPECT_MODE = {
 }
 
 
+# What a student must not see (tag -> substrings), in both modes: a raw Python warning with its file
+# path, a peer label that reads as if the client dropped the packet, a proxy flow "closed (closed)",
+# a simulation that only says what it lacks.
+EXPECT_NOT = {
+    "03-encryption.ipynb": {"check-capture": ["InsecureSuiteWarning", ".py:"],
+                            "check-tamper": ["[client]"], "check-replay": ["[client]"]},
+    "05-proxy.ipynb": {"check-proxy": ["closed (closed)", "not available here"]},
+}
+# ... and what the newcomer's fixes show instead, per mode.
+EXPECT_MODE["sim"].update({
+    "03-encryption.ipynb": {"check-capture": ["vpnedu: WARNING: cipher suite 'null-teaching' is in use"],
+                            "check-tamper": ["the server reported:", "packet.dropped peer=client"]},
+    "05-proxy.ipynb": {"check-proxy": ["The simulation forwards with NAT only", "needs the real", "kernel"]},
+})
+BANNER_WIDTH = 78   # a notebook's output area breaks longer lines anywhere, even mid-word
+
+
+def printed_text(nb) -> str:
+    """Everything the notebook's cells printed (stdout and stderr), tagged or not."""
+    return "".join(o["text"] for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def check_newcomer(nb, name: str) -> None:
+    """The rough edges a newcomer met: raw HTML printed under widgets that already show it, a banner
+    wider than the output area (wrapped mid-word) or with parentheses inside parentheses."""
+    printed = printed_text(nb)
+    for tag in ("<code>", "</code>", "<br>", "<i>", "<b>"):
+        assert tag not in printed, f"{name} prints raw HTML {tag!r}:\n{printed[:2000]}"
+    banner = outputs_by_tag(nb).get("check-banner", "")
+    for line in banner.splitlines():
+        assert len(line) <= BANNER_WIDTH, f"{name}: banner line of {len(line)} characters: {line!r}"
+        depth = 0
+        for ch in line:
+            depth += (ch == "(") - (ch == ")")
+            assert depth <= 1, f"{name}: nested parentheses in the banner: {line!r}"
+
+
 def _counter_grew(text: str) -> bool:
     m = re.search(r"went from (\d+) to (\d+)", text)
     return bool(m) and int(m[2]) - int(m[1]) >= 5   # five pings: five new counter values (or more)
@@ -121,6 +158,10 @@ def check(nb, name: str, mode: str) -> None:
             assert s in texts.get(tag, ""), f"{name} [{tag}] lacks {s!r}; it printed:\n{texts.get(tag, '')}"
     for tag, pred in EXPECT_TRUE.get(name, {}).items():
         assert pred(texts.get(tag, "")), f"{name} [{tag}]: {pred.__name__} fails on:\n{texts.get(tag, '')}"
+    for tag, subs in EXPECT_NOT.get(name, {}).items():
+        for s in subs:
+            assert s not in texts.get(tag, ""), f"{name} [{tag}] shows {s!r}:\n{texts.get(tag, '')}"
+    check_newcomer(nb, name)
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
 

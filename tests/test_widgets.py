@@ -1,5 +1,6 @@
 """The notebook widgets, fed by real events (a simulated lab's daemons, or a real EventBus)."""
 
+import re
 import struct
 import time
 
@@ -132,7 +133,7 @@ def test_throughput_plot_updates_in_place_with_bounded_memory(lab):
     assert len(plot.series["vpnedu"]) == 5  # bounded: only the latest samples
     assert plot.draws >= 4 and plot.image.value != first
     assert plot.image.value[:8] == b"\x89PNG\r\n\x1a\n"
-    assert struct.unpack(">II", plot.image.value[16:24]) == (720, 270)  # one figure, same size every time
+    assert struct.unpack(">II", plot.image.value[16:24]) == (720, 378)  # one figure, same size every time
 
 
 def test_control_panel_buttons_start_and_stop_the_daemons(lab):
@@ -147,3 +148,51 @@ def test_control_panel_buttons_start_and_stop_the_daemons(lab):
     panel.buttons["stop client"].click()
     panel.buttons["stop server"].click()
     assert "server: stopped, client: stopped" in panel.status.value
+
+
+def test_flow_table_heads_the_server_end_as_such_and_says_closed_once():
+    """NAT has no proxy: the column is the server's end of the flow (what the destination sees), as
+    'vpnedu status --flows' heads it.  A flow that ended normally reads "closed", not "closed (closed)"."""
+    bus = EventBus()
+    table = FlowTableView([], bus=bus)
+    assert "<th>server end</th>" in table.value and "<th>proxy</th>" not in table.value
+    common = dict(proto="tcp", client="10.0.0.2:40000", proxy="203.0.113.2:51000", destination="192.0.2.80:80")
+    bus.emit("proxy.flow.opened", "alice", **common)
+    bus.emit("proxy.flow.closed", "alice", **common, bytes_up=1, bytes_down=2, age=0.1, reason="closed")
+    assert next(iter(table.flows.values()))["state"] == "closed" and "closed (closed)" not in table.as_text()
+    bus.emit("proxy.flow.closed", "alice", **common, bytes_up=1, bytes_down=2, age=0.1, reason="reset")
+    assert next(iter(table.flows.values()))["state"] == "closed (reset)"
+
+
+def test_events_name_their_peer_and_write_indices_in_hex(lab):
+    """The server's drop of the client's tampered packet reads as the server's, about peer client;
+    every view writes a session index the same way (hex, as vpnedu handshake-demo does)."""
+    log = EventLogView(lab.client_events, lab.server_events, names=("client", "server"))
+    ladder = HandshakeLadder(lab.client_events, lab.server_events)
+    lab.start_server()
+    lab.start_client()
+    ev = lab.tamper_next()
+    text = str(ev)
+    assert "packet.dropped peer=client reason=bad-mac" in text and "[client]" not in text, text
+    index = ladder.messages[0].fields["sender_index"]
+    log.refresh()
+    for view in (log.table.value, ladder.value, ladder.field_table()._repr_html_(), repr(ladder.field_table())):
+        assert f"{index:#010x}" in view
+    assert f"sender_index={index:#010x}" in log.table.value
+    established = next(e for _, e in log.events if e.kind == "session.established")
+    assert re.search(r"local_index=0x[0-9a-f]{8} remote_index=0x[0-9a-f]{8}", str(established)), str(established)
+
+
+def test_throughput_plot_keeps_up_and_down_apart_and_the_legend_off_the_curves():
+    """Equal rates each way (an echo) once drew one line over the other, under a legend inside the axes."""
+    plot = ThroughputPlot(title="client link: Mbit/s each way")
+    for i in range(6):
+        plot.add("vpnedu", i * 0.5, i * 125_000, i * 125_000)   # 2 Mbit/s up and exactly the same down
+    plot.draw()
+    plot.figure.canvas.draw()
+    up, down = plot.ax_up, plot.ax_down
+    assert [line.get_label() for line in up.get_lines()] == [line.get_label() for line in down.get_lines()] == ["vpnedu"]
+    assert up.get_lines()[0].get_ydata()[-1] == down.get_lines()[0].get_ydata()[-1] == 2.0
+    assert up.get_ylabel() == down.get_ylabel() == "Mbit/s" and "Mbit/s" in plot.figure.get_suptitle()
+    legend = plot.legend.get_window_extent()
+    assert not legend.overlaps(up.get_window_extent()) and not legend.overlaps(down.get_window_extent())

@@ -27,8 +27,10 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -44,7 +46,7 @@ MODES = ("auto", "sim", "real")
 def real_lab_possible() -> tuple[bool, str]:
     """Can this process run the namespace lab?  (yes/no, and why not)."""
     if os.geteuid() != 0:
-        return False, "not root (the lab creates network namespaces and TUN devices)"
+        return False, "not root, and the real lab needs root to create network namespaces and TUN devices"
     if not os.path.exists("/dev/net/tun"):
         return False, "/dev/net/tun is missing"
     if shutil.which("ip") is None:
@@ -67,20 +69,50 @@ def choose_mode(mode: str | None = None) -> tuple[str, str]:
     return ("real", "root and /dev/net/tun are available") if ok else ("sim", why)
 
 
+#: Width of the banner and of the course's own notes.  A notebook's output area breaks a
+#: longer line anywhere, even in the middle of a word, so the course wraps its text itself.
+WIDTH = 78
+
+
+def wrap(text: str, width: int = WIDTH) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken between words only (never
+    inside a namespace name such as ``course-client``)."""
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
 def open_lab(mode: str | None = None, *, prefix: str | None = None, suite: str = "wireguard",
              out: Callable[[str], None] = print):
-    """The lab for this notebook, with a banner saying which mode runs."""
+    """The lab for this notebook, with a banner saying which mode runs and why."""
     chosen, why = choose_mode(mode)
     if chosen == "real":
         lab = RealLab(prefix=prefix or os.environ.get("VPNEDU_LAB_PREFIX") or "course-", suite=suite, out=out)
     else:
         from .sim.lab import SimLab
         lab = SimLab(suite=suite)
-    out("=" * 78)
-    out(f"vpnedu course lab: {chosen.upper()} MODE ({why})")
-    out(lab.banner)
-    out("=" * 78)
+    show_warnings_in_one_line()
+    out("=" * WIDTH)
+    for line in wrap(f"vpnedu course lab: {chosen.upper()} MODE -- {why}") + wrap(lab.banner):
+        out(line)
+    out("=" * WIDTH)
     return lab.up()
+
+
+def show_warnings_in_one_line() -> None:
+    """Show vpnedu's warnings (choosing the ``null-teaching`` suite) as the command line does:
+    ``vpnedu: WARNING: ...``, wrapped between words -- not Python's default, which adds the file
+    path and source line of the code that warned.  Other warnings are left as they are."""
+    from .protocol.suites import InsecureSuiteWarning
+    previous = warnings.showwarning
+    if getattr(previous, "vpnedu_one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, InsecureSuiteWarning):
+            return previous(message, category, filename, lineno, file, line)
+        print("\n".join(wrap(f"vpnedu: WARNING: {message}")), file=file or sys.stderr)
+
+    show.vpnedu_one_line = True
+    warnings.showwarning = show
 
 
 # ---------------------------------------------------------------------------- shared results

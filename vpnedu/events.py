@@ -106,9 +106,11 @@ class Event:
         return cls(d["kind"], d["time"], d.get("peer"), dict(d.get("fields") or {}))
 
     def __str__(self) -> str:
+        # ``peer=`` names the peer the event is about, not who reports it: a server's
+        # ``packet.dropped peer=alice`` is the server dropping a packet from alice.
         clock = time.strftime("%H:%M:%S", time.localtime(self.time)) + f".{int(self.time * 1000) % 1000:03d}"
-        who = f" [{self.peer}]" if self.peer else ""
-        body = " ".join(f"{k}={_short(v)}" for k, v in self.fields.items())
+        who = f" peer={self.peer}" if self.peer else ""
+        body = " ".join(f"{k}={format_value(k, v)}" for k, v in self.fields.items())
         return f"{clock} {self.kind}{who} {body}".rstrip()
 
 
@@ -120,7 +122,12 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _short(v: Any) -> str:
+def format_value(key: str, v: Any) -> str:
+    """A field's value as every view shows it (``vpnedu events``, the notebooks' event log, the
+    handshake ladder): session indices (``sender_index``, ``local_index`` ...) in hex with ``0x``,
+    eight digits, as ``vpnedu handshake-demo`` and Wireshark print them; long bytes cut short."""
+    if key.endswith("index") and isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:#010x}"
     if isinstance(v, (bytes, bytearray)):
         h = bytes(v).hex()
         return h if len(h) <= 16 else h[:16] + "..."

@@ -17,6 +17,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,12 +132,24 @@ def machine() -> dict:
             "versions": ver, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def to_stderr(line: str) -> None:
+    """Progress goes to stderr: stdout keeps the results (and the table) alone."""
+    print(line, file=sys.stderr, flush=True)
+
+
 class Bench:
-    def __init__(self, settings: Settings, lab: Lab, log: Callable[[str], None] = print):
+    """One benchmark run.  ``log`` gets the results as they come (a line per path and round);
+    ``progress`` gets what is being done right now -- which round, which path, which test -- so a
+    run of several minutes is never silent (stderr by default, away from the results)."""
+
+    def __init__(self, settings: Settings, lab: Lab, log: Callable[[str], None] = print,
+                 progress: Callable[[str], None] = to_stderr):
         self.s = settings
         self.lab = lab
         self.log = log
+        self.progress = progress
         self.r = Results(settings)
+        self._where = ""
 
     # ------------------------------------------------------------------ measuring
     def iperf(self, target: str, args: list[str], port: int = 5201, client: str = "client") -> float:
@@ -178,17 +191,20 @@ class Bench:
             self.r.skipped[path] = f"not installed: {', '.join(missing)} (run as root to install it)"
             return
         try:
+            self.progress(f"bench: {self._where}: {path}: setting up the tunnel")
             tun.up()
             self._bytes = 0
             cpu0 = cpu_seconds(tun.pids())
             pids = tun.pids()
             for t in self.s.tests:
+                self.progress(f"bench: {self._where}: {path}: {t} ({TESTS[t][0]}, iperf3 {self.s.seconds:g} s)")
                 v = self.iperf(tun.target, TESTS[t][1])
                 self.r.mbps.setdefault(path, {}).setdefault(t, []).append(round(v, 1))
             cpu = cpu_seconds(pids) - cpu0
             c = self.r.cpu.setdefault(path, [0.0, 0.0])
             c[0] += cpu
             c[1] += self._bytes / 1e9
+            self.progress(f"bench: {self._where}: {path}: ping RTT")
             rtt = self.ping(tun.target)
             if rtt is not None:
                 self.r.rtt_ms.setdefault(path, []).append(rtt)
@@ -272,14 +288,18 @@ class Bench:
         for i in range(self.s.concurrency_clients):
             self.lab.wait_for_port("server", 5201 + i)
         for rnd in range(self.s.rounds):
-            for path in self.s.paths:
+            for i, path in enumerate(self.s.paths):
                 if path in self.r.skipped and not self.r.mbps.get(path):
                     continue
+                self._where = f"round {rnd + 1}/{self.s.rounds}, path {i + 1}/{len(self.s.paths)}"
                 self.measure(path, rnd)
-        self.log("handshake rate ...")
+        self.progress(f"bench: handshake rate: {self.s.handshake_clients} clients for "
+                      f"{self.s.handshake_seconds:g} s against the vpnedu server")
         self.handshake_rate()
-        self.log("4 clients at once ...")
+        self.progress(f"bench: {self.s.concurrency_clients} clients at once through vpnedu "
+                      f"(iperf3 {self.s.seconds:g} s)")
         self.concurrency()
+        self.progress("bench: done")
         return self.r
 
 

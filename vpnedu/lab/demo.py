@@ -50,6 +50,60 @@ def _ping_ok(r: subprocess.CompletedProcess) -> bool:
     return r.returncode == 0 and " 0% packet loss" in r.stdout
 
 
+def _ping_summary(r: subprocess.CompletedProcess) -> str:
+    """ping's 'N packets transmitted, M received, ...' line (or its error)."""
+    lines = r.stdout.strip().splitlines()
+    return lines[-2] if len(lines) >= 2 else (r.stderr.strip() or r.stdout.strip())
+
+
+def housekeeping(packet: str, names: dict[str, str] | None = None) -> str | None:
+    """What a link-local packet of a capture is, in words; None for traffic.
+
+    A link that comes up chatters on its own: ARP asks for a neighbour's MAC address, and IPv6
+    (on by default, even with no IPv6 address configured) gives every interface a link-local
+    address (fe80::/64, RFC 4291 2.5.6), checks it is unique with a neighbour solicitation from
+    the unspecified address :: (RFC 4862 5.4), joins multicast groups (MLD listener reports,
+    RFC 3810) and asks the routers on the link to announce themselves (router solicitation to
+    ff02::2, RFC 4861 6.3.7); IPv4 multicast members report to 224.0.0.22 (IGMPv3, RFC 3376).
+    Routers never forward any of it (link-local scope, 224.0.0.0/24 included: RFC 5771): it is
+    not traffic, and no leak around the tunnel.  ``names`` maps a link-local address to whose it is
+    ("the client's own"), so the narration can say who asked.
+    """
+    if packet.startswith("ARP"):
+        return "ARP: finding a neighbour's MAC address on the LAN"
+    parts = packet.split()
+    if len(parts) >= 4 and parts[2] == "->" and parts[3].startswith("224.0.0."):
+        return f"IPv4 link-local multicast ({parts[0]} to {parts[3]}: group membership reports)"
+    if len(parts) < 4 or parts[0] != "IP6":
+        return None
+    src, dst = parts[1], parts[3].rstrip(":")
+    if not (src == "::" or src.startswith("fe80:")) or not dst.startswith("ff02:"):
+        return None
+    if "router solicitation" in packet:
+        who = (names or {}).get(src, "a host on the link")
+        return f"IPv6 router solicitation from {who} link-local address {src} to ff02::2 (all routers)"
+    if "neighbor solicitation" in packet or "neighbor advertisement" in packet:
+        return "IPv6 neighbour discovery (duplicate address detection for a link-local address)"
+    if "multicast listener report" in packet:
+        return "IPv6 multicast listener reports (MLD: the groups an interface joined)"
+    return f"IPv6 link-local housekeeping to {dst}"
+
+
+def capture_summary(packets: list[str], names: dict[str, str] | None = None, limit: int = 6) -> str:
+    """The narration of a capture of the client's outer link: the traffic (the tunnel's UDP),
+    then, apart and said to be what it is, the link's own housekeeping (see :func:`housekeeping`)."""
+    traffic = sorted({p for p in packets if housekeeping(p) is None})
+    # A few kinds, one line each (the client's own first); all of them, however few the traffic lines.
+    chatter = sorted({h for p in packets if (h := housekeeping(p, names)) is not None},
+                     key=lambda h: ("the client's own" not in h, h))
+    lines = ["the client's outer link carried only:"]
+    lines += [f"  {p}" for p in traffic[:limit]] or ["  (nothing)"]
+    if chatter:
+        lines.append("besides the link's own housekeeping (link-local: it never leaves the LAN, not traffic):")
+        lines += [f"  {h}" for h in chatter]
+    return "\n".join(lines)
+
+
 class Demo:
     def __init__(self, lab: Lab, out: Callable[[str], None] = print, suite: str = "wireguard",
                  keep: bool = False, forwarding: str = "nat"):
@@ -129,6 +183,9 @@ class Demo:
             res.client_tun = lab.run("client", "ip", "-brief", "addr", "show", "vpnedu0").stdout.strip()
             res.server_tun = lab.run("server", "ip", "-brief", "addr", "show", "vpnedu0").stdout.strip()
             self.show(f"client: {res.client_tun}\nserver: {res.server_tun}")
+            if "UNKNOWN" in res.client_tun + res.server_tun:
+                self.show("-> UNKNOWN is the link's operational state, not a fault: a TUN device has no cable,\n"
+                          "   so no carrier the kernel could sense; the device is up and carries the tunnel")
 
             self.step("6. The client's routing table now: the default gateway is the server, 10.0.0.1")
             res.routes_during = self.routes("client")
@@ -140,10 +197,10 @@ class Demo:
             self.step("7. Ping over the tunnel, both ways")
             r = lab.run("client", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.1")
             res.ping_client_to_server = _ping_ok(r)
-            self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
+            self.show("client -> server (the client pings 10.0.0.1): " + _ping_summary(r))
             r = lab.run("server", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.2")
             res.ping_server_to_client = _ping_ok(r)
-            self.show(r.stdout.strip().splitlines()[-2] if r.stdout.strip() else r.stderr)
+            self.show("server -> client (the server pings 10.0.0.2): " + _ping_summary(r))
 
             self.step(f"8. Browse the app server through the VPN ({self.modes[0]}), capturing both sides "
                       "of the server")
@@ -163,9 +220,7 @@ class Demo:
             res.outer_packets = self.describe_capture("client", files["client"])
             res.marker_in_client_capture = res.marker.encode() in files["client"].read_bytes()
             res.marker_in_server_capture = res.marker.encode() in files["server"].read_bytes()
-            self.show("the client's outer link carried only:")
-            for line in sorted(set(res.outer_packets))[:6]:
-                self.show(line, "      ")
+            self.show(capture_summary(res.outer_packets, self.link_local_names()))
             self.show(f"marker text in the client's capture: {res.marker_in_client_capture}; "
                       f"on the server's public side (after decryption and NAT): {res.marker_in_server_capture}")
             if self.suite == "null-teaching":
@@ -289,6 +344,20 @@ class Demo:
             p.kill()
         return self.lab.dir / f"{host}-eth0.pcap"
 
+    def link_local_names(self) -> dict[str, str]:
+        """Whose each IPv6 link-local address on the client's LAN is: the client's own eth0, or
+        the internet router's end of the cable."""
+        names = {}
+        for host, who in (("client", "the client's own"), ("internet", "the LAN router's")):
+            r = self.lab.run(host, "ip", "-j", "-6", "addr", "show", "scope", "link")
+            try:
+                for link in json.loads(r.stdout or "[]"):
+                    for a in link.get("addr_info", []):
+                        names[a["local"]] = who
+            except (ValueError, KeyError):
+                pass
+        return names
+
     def describe_capture(self, host: str, path) -> list[str]:
         r = subprocess.run([require_tool("tcpdump", "tcpdump"), "-r", str(path), "-nn", "-q", "-t"],
                            capture_output=True, text=True)
@@ -299,5 +368,5 @@ class Demo:
                 src, dst = (_host_port(x.rstrip(":")) for x in (parts[1], parts[3]))
                 out.append(f"{parts[4].rstrip(',')} {src} -> {dst}")
             elif parts:
-                out.append(" ".join(parts[:4]))
+                out.append(line.split(", length")[0])
         return out

@@ -25,6 +25,7 @@ import ipaddress
 import itertools
 import secrets
 import tempfile
+import textwrap
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -174,6 +175,15 @@ class SimLab:
         return ("SIMULATED MODE: client, internet, server and app server are simulated hosts in this "
                 "Python process (no root needed). The WireGuard protocol, the vpnedu server and client, "
                 "the packets and the keys are real; the kernel, TUN devices and cables are simulated.")
+
+    #: What notebook 05 prints here instead of the proxy's flow table (lines of at most 78
+    #: characters: a notebook's output area breaks long lines anywhere, even mid-word).
+    forwarding_note = textwrap.fill(
+        "The simulation forwards with NAT only: its server rewrites each packet's source to "
+        "203.0.113.2 and keeps the flow table shown above, as the kernel's masquerade does "
+        "(conntrack). The proxy mode (--forwarding proxy) ends each client connection in a socket "
+        "of the server's own, which needs the real kernel. Run as root, this notebook shows the "
+        "proxy's flow table, and the demo ('vpnedu lab demo') shows NAT and the proxy side by side.", 78)
 
     # ------------------------------------------------------------------ topology
     def _build(self) -> None:

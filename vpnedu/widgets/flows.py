@@ -3,8 +3,11 @@
 With **NAT** (the kernel's masquerade) the server rewrites each packet's source to
 its own public address and remembers the flow (``conntrack``).  With the **proxy**
 forwarding mode the server's own process ends each client connection and opens a
-new one to the destination: the "proxy" column is then a socket of the server's.
-Either way the app server sees the *server's* address, never the client's.
+new one to the destination.  The "server end" column is the address the destination sees:
+with NAT the server's public address with the client's port (as conntrack rewrote it), with
+the proxy a socket of the server's own.  Either way the app server sees the *server's*
+address, never the client's.  (The key in the flow dicts is ``proxy``, as in ``vpnedu status
+--json``; the heading says what it is in both modes, as ``vpnedu status --flows`` does.)
 
 The table takes the daemon's status ``flows`` list (dicts with ``proto``,
 ``client``, ``proxy``, ``destination``, ``state``, ``bytes_up``, ``bytes_down``,
@@ -21,6 +24,8 @@ from ..events import Event, EventBus
 from .live import STYLE, feed_notices, feed_notices_html
 
 COLUMNS = ("proto", "client", "proxy", "destination", "state", "bytes_up", "bytes_down", "age")
+#: What each column is headed (the server's end is a proxy socket only in proxy mode).
+HEADINGS = {"proxy": "server end", "bytes_up": "bytes up", "bytes_down": "bytes down", "age": "age (s)"}
 
 
 class FlowTableView(w.HTML):
@@ -51,9 +56,11 @@ class FlowTableView(w.HTML):
         if ev.kind == "proxy.flow.opened":
             self.flows[key] = {**f, "state": "open", "bytes_up": 0, "bytes_down": 0}
         elif ev.kind == "proxy.flow.closed":
+            # The reason says how it ended: "closed" (both ends finished: nothing to add),
+            # "reset", "refused", "idle", "server stopping".
             reason = ev.fields.get("reason")
             self.flows[key] = {**self.flows.get(key, {}), **f,
-                               "state": f"closed ({reason})" if reason else "closed"}
+                               "state": f"closed ({reason})" if reason and reason != "closed" else "closed"}
         elif not ev.kind.startswith("feed."):
             return
         self.render()
@@ -72,7 +79,7 @@ class FlowTableView(w.HTML):
         else:
             body = "".join("<tr>" + "".join(f"<td>{html.escape(str(f.get(c, '') if f.get(c) is not None else ''))}</td>"
                                             for c in COLUMNS) + "</tr>" for f in self.flows.values())
-        head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+        head = "".join(f"<th>{HEADINGS.get(c, c)}</th>" for c in COLUMNS)
         notices = feed_notices_html(self.bus) if self.bus is not None else ""
         self.value = (STYLE + f"<b>{html.escape(self.title)}</b>{notices}<table class='vpnedu-table'><tr>{head}</tr>"
                       f"{body}</table>")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import ipywidgets as w
 
-from ..events import Event, EventBus
+from ..events import Event, EventBus, format_value
 
 #: What each field is, with the paper's section.
 FIELD_NOTES = {
@@ -168,6 +168,13 @@ class HandshakeLadder(w.HTML):
         self.render()
         return self.completed
 
+    def field_table(self) -> "FieldTable":
+        """Every field of the latest handshake's messages as a table: the value in full and what
+        it is (the ladder above shows the same fields, cut short to fit the diagram)."""
+        rows = [(m.name, k, _fmt(k, v, limit=None), FIELD_NOTES.get(k, ""))
+                for m in self.messages for k, v in m.fields.items() if v is not None]
+        return FieldTable(rows)
+
     def summary(self) -> str:
         parts = [f"{m.name} {'sent' if m.sent else ''}{'+received' if m.received else ''}" for m in self.messages]
         state = "handshake complete" if self.completed else "handshake in progress"
@@ -229,10 +236,55 @@ class HandshakeLadder(w.HTML):
         super().close()
 
 
-def _fmt(key: str, v) -> str:
+class FieldTable:
+    """Rows of ``(message, field, value, meaning)``, shown as an HTML table in a notebook.
+
+    Why not printed text: a field dump is four columns of very different widths (a 96-digit
+    hex string next to a sentence), which the browser wraps mid-word into a wall of text.  In a
+    table only the value column breaks (hex and base64 have no spaces, so it breaks anywhere) and
+    the meaning wraps between words.  ``repr()`` is the same table as aligned text, for a terminal.
+    """
+
+    # Every cell has the class vpnedu-f: "table.vpnedu-fields tr td.vpnedu-f" (two classes, three
+    # elements) outranks JupyterLab's rule for rendered tables, which aligns every cell to the right.
+    STYLE = ("<style>table.vpnedu-fields { border-collapse: collapse; font-size: 12px; width: 100%; "
+             "table-layout: fixed; }"
+             "table.vpnedu-fields tr td.vpnedu-f, table.vpnedu-fields tr th.vpnedu-f { border: 1px solid #ccc; "
+             "padding: 2px 6px; text-align: left; vertical-align: top; }"
+             "table.vpnedu-fields tr th.vpnedu-f { background: #eef; }"
+             "table.vpnedu-fields tr td.vpnedu-field-value { font-family: monospace; word-break: break-all; }"
+             "table.vpnedu-fields tr td.vpnedu-field-name { font-family: monospace; overflow-wrap: anywhere; }"
+             "</style>")
+
+    def __init__(self, rows: list[tuple[str, str, str, str]]):
+        self.rows = rows
+
+    def _repr_html_(self) -> str:
+        body = []
+        for i, (msg, name, value, note) in enumerate(self.rows):
+            first = i == 0 or self.rows[i - 1][0] != msg
+            span = sum(1 for r in self.rows if r[0] == msg)
+            head = f"<td class='vpnedu-f' rowspan='{span}'><b>{html.escape(msg)}</b></td>" if first else ""
+            body.append(f"<tr>{head}<td class='vpnedu-f vpnedu-field-name'>{html.escape(name)}</td>"
+                        f"<td class='vpnedu-f vpnedu-field-value'>{html.escape(value)}</td>"
+                        f"<td class='vpnedu-f'>{html.escape(note)}</td></tr>")
+        heads = ("message", "field", "value", "what it is (WireGuard paper section)")
+        return (self.STYLE + "<table class='vpnedu-fields'><colgroup><col style='width:7em'>"
+                "<col style='width:14em'><col style='width:40%'><col></colgroup>"
+                "<tr>" + "".join(f"<th class='vpnedu-f'>{h}</th>" for h in heads) + "</tr>"
+                + "".join(body) + "</table>")
+
+    def __repr__(self) -> str:
+        lines = []
+        for msg, name, value, note in self.rows:
+            lines.append(f"{msg:<10} {name:<19} {value}")
+            if note:
+                lines.append(f"{'':<30} {note}")
+        return "\n".join(lines) or "(no handshake yet)"
+
+
+def _fmt(key: str, v, limit: int | None = 50) -> str:
     if key == "timestamp" and isinstance(v, (int, float)):
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v)) + f" (+{v % 1:.6f}s)"
-    if key.endswith("index") and isinstance(v, int):
-        return f"{v:#010x}"
-    s = str(v)
-    return s if len(s) <= 50 else s[:47] + "..."
+    s = format_value(key, v)
+    return s if limit is None or len(s) <= limit else s[:limit - 3] + "..."

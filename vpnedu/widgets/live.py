@@ -11,7 +11,7 @@ from typing import Callable
 
 import ipywidgets as w
 
-from ..events import CATALOGUE, Event, EventBus, layer_of
+from ..events import CATALOGUE, Event, EventBus, format_value, layer_of
 
 STYLE = """<style>
 .vpnedu-table { border-collapse: collapse; font-family: monospace; font-size: 12px; }
@@ -134,7 +134,7 @@ class EventLogView(w.VBox):
         rows = []
         for name, ev in self.visible():
             t = time.strftime("%H:%M:%S", time.localtime(ev.time)) + f".{int(ev.time * 1000) % 1000:03d}"
-            body = " ".join(f"{k}={_short(v)}" for k, v in ev.fields.items())
+            body = " ".join(f"{k}={_short(format_value(k, v))}" for k, v in ev.fields.items())
             cls = ' class="vpnedu-drop"' if ev.kind == "packet.dropped" else ""
             rows.append(f"<tr{cls}><td>{t}</td><td>{html.escape(name)}</td><td>{html.escape(ev.kind)}</td>"
                         f"<td>{html.escape(ev.peer or '')}</td><td>{html.escape(body)}</td></tr>")

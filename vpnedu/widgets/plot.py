@@ -1,10 +1,15 @@
-"""A live throughput plot: bytes per second each way, redrawn in place about twice a second.
+"""A live throughput plot: megabits per second each way, redrawn in place about twice a second.
 
 Why it does not flicker or grow: the figure is drawn off-screen (matplotlib's Agg
 canvas, no pyplot state) into PNG bytes that replace the value of one
 ``ipywidgets.Image`` -- the browser swaps the picture, nothing is cleared and
 re-added.  Samples live in bounded deques (``maxlen``), so a plot left running
 for hours holds the last few minutes and no more.
+
+How it stays readable: the y axes and the title speak the same unit (Mbit/s); "up" and
+"down" get a panel each (one above the other, same time axis), so when both directions carry
+the same rate -- as an echo does -- neither curve hides the other; and the legend (one colour
+per link) sits below the panels, outside them, so it never covers a curve.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ class ThroughputPlot(w.VBox):
         self.stats: dict[str, dict] = {}
         self.draws = 0
         self._drawn_at = 0.0
-        self.figure = Figure(figsize=(8, 3), dpi=90)
+        # Constrained layout makes room below the panels for the legend ("outside lower center").
+        self.figure = Figure(figsize=(8, 4.2), dpi=90, layout="constrained")
         FigureCanvasAgg(self.figure)
-        self.ax = self.figure.add_subplot(1, 1, 1)
+        self.legend = None
+        self.ax_up, self.ax_down = self.figure.subplots(2, 1, sharex=True)
         self.image = w.Image(format="png")
         self.image.add_class("vpnedu-throughput")
         self.caption = w.HTML()
@@ -71,24 +78,31 @@ class ThroughputPlot(w.VBox):
         return self.stats.get(label, {})
 
     def draw(self) -> None:
-        ax = self.ax
-        ax.clear()
+        if self.legend is not None:
+            self.legend.remove()
+            self.legend = None
+        panels = ((self.ax_up, 1, "up (client -> server)"), (self.ax_down, 2, "down (server -> client)"))
+        for ax, _, _ in panels:
+            ax.clear()
         colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
         for i, (label, pts) in enumerate(self.series.items()):
             if not pts:
                 continue
             ts = [p[0] for p in pts]
-            c = colors[i % len(colors)]
-            ax.plot(ts, [p[1] * 8 / 1e6 for p in pts], color=c, label=f"{label} up")
-            ax.plot(ts, [p[2] * 8 / 1e6 for p in pts], color=c, linestyle="--", linewidth=3, alpha=0.5,
-                    label=f"{label} down")
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("Mbit/s")
-        ax.set_title(self.title)
-        ax.grid(True, alpha=0.3)
-        if any(self.series.values()):
-            ax.legend(loc="upper right", fontsize=8)
-        self.figure.tight_layout()
+            for ax, col, _ in panels:
+                ax.plot(ts, [p[col] * 8 / 1e6 for p in pts], color=colors[i % len(colors)], marker=".",
+                        label=label)
+        for ax, _, name in panels:
+            ax.set_ylabel("Mbit/s")
+            ax.set_title(name, fontsize=9, loc="left")
+            ax.grid(True, alpha=0.3)
+            ax.set_ylim(bottom=0)
+        self.ax_down.set_xlabel("seconds")
+        self.figure.suptitle(self.title)
+        handles, labels = self.ax_up.get_legend_handles_labels()
+        if handles:
+            self.legend = self.figure.legend(handles, labels, loc="outside lower center", fontsize=8,
+                                             ncols=min(len(handles), 5), frameon=False)
         buf = io.BytesIO()
         self.figure.savefig(buf, format="png")
         self.image.value = buf.getvalue()
