@@ -171,7 +171,7 @@ def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_te
                    f"forwarding {n.forwarding}")
         for c in n.changes:
             click.echo(f"  {c}")
-    node.run(ready)
+    node.run(ready, restore_signals=False)   # the process ends next: keep ignoring late signals
     click.echo("vpnedu server stopped; host restored")
 
 
@@ -251,7 +251,7 @@ def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, ke
     def ready(n):
         click.echo(f"vpnedu client up: interface {n.ifname} {', '.join(map(str, n.cfg.interface.addresses))}, "
                    f"server {n.server.endpoint[0]}:{n.server.endpoint[1]}, suite {n.suite.name}")
-    node.run(ready)
+    node.run(ready, restore_signals=False)   # the process ends next: keep ignoring late signals
     click.echo("vpnedu client stopped; host restored")
 
 

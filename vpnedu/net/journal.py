@@ -6,13 +6,55 @@ to undo it, to a journal file under ``/run/vpnedu``.  On a clean exit the
 changes are undone in reverse order and the journal is deleted.  If the
 process dies without cleaning up (``kill -9``, a power cut of the process, a
 bug), the journal stays behind; the next vpnedu start in the same network
-namespace finds it, sees that the process that wrote it is gone, and undoes
-what it lists before doing anything else.  ``vpnedu cleanup`` does the same on
-demand.
+namespace finds it, sees that the process that wrote it is gone, and puts the
+host right before doing anything else.  ``vpnedu cleanup`` undoes everything it
+lists, on demand.
 
 Writing the intent *before* acting means a crash between the two leaves an
 entry whose undo finds nothing to undo, which is harmless: every undo step
 ignores "already gone".
+
+Restarting without a gap: adopting the dead process's changes
+-------------------------------------------------------------
+
+Undoing everything and then setting it up again is correct, but not harmless
+for the traffic in flight.  A server killed with ``kill -9`` leaves its
+masquerade table and ``net.ipv4.ip_forward = 1`` behind, and the clients'
+established TCP connections keep working through them (their conntrack entries
+hold the address translation).  If the next start deleted the table and set it
+up again a few milliseconds later, every packet arriving in between would miss
+the translation: a reply addressed to the server's own address finds no socket
+there, the server's kernel answers with a reset, and the client's download dies
+with "connection reset by peer".  So a start *adopts* what it will make again:
+
+1. :meth:`Journal.recover` with ``adopt=True`` undoes at once only the kinds of
+   change that cannot be replaced in place (devices, addresses, a client's
+   routes: they went with the dead process's TUN device anyway).  The entries of
+   the *replaceable* kinds (:data:`REPLACEABLE`: nftables tables, sysctls, the
+   proxy's policy rule and local route) stay on the host and in the journal,
+   which is rewritten at once (a new file renamed over the old one) under the
+   new process's pid: from then on it is this process's journal, and a crash
+   leaves it for the next start or ``vpnedu cleanup`` like any other.
+2. During set-up, each module :meth:`claims <Journal.claim>` the adopted entry
+   of what it is about to make.  A claimed entry keeps its place and its
+   parameters -- for a sysctl that is the value from *before the first vpnedu*,
+   not the 1 the dead process left, so the final undo still restores the
+   original -- and the module replaces the thing in place instead of creating
+   it: one nftables transaction that flushes and refills the table
+   (:func:`vpnedu.net.nat.replace_table`), a sysctl that is already 1 is left
+   alone, a route is replaced (``RTM_NEWROUTE`` with ``NLM_F_REPLACE``), an
+   identical policy rule is kept.
+3. At the end of set-up, :meth:`Journal.settle` undoes the adopted entries that
+   nobody claimed -- what the dead process made and this start does not (the
+   forwarding mode changed from nat to none, say) -- and drops them from the
+   journal.
+
+A crash at any point of this leaves a journal that lists every change still on
+the host with its original values: before step 1's rewrite, the old journal
+(undoing its devices twice is harmless); after it, the adopted entries and the
+new ones; in step 3, entries whose undo may already have run (harmless again).
+If set-up fails with an error instead, the normal tear-down undoes everything,
+adopted entries included.
 """
 
 from __future__ import annotations
@@ -47,6 +89,15 @@ def _alive(pid: int) -> bool:
 
 # kind -> function(**params) that undoes one change; filled in by the modules that make them.
 UNDO: dict[str, Callable[..., None]] = {}
+#: kind -> the parameters that say *which* thing a change is about (two entries with the same
+#: kind and values are the same thing), for the kinds a new start can replace in place and so
+#: adopts from a dead process (see above).  Filled in by the modules that make them.
+REPLACEABLE: dict[str, tuple[str, ...]] = {}
+
+
+def _register() -> None:
+    """Import the modules that fill in :data:`UNDO` and :data:`REPLACEABLE`."""
+    from . import links, nat, routes, sysctl, tproxy  # noqa: F401
 
 
 class Journal:
@@ -56,10 +107,14 @@ class Journal:
         self.name = name
         self.path = RUN_DIR / f"{name}@{netns_id()}.journal"
         self.entries: list[dict] = []
+        #: Entries adopted from a dead process that set-up has not claimed yet (also in entries).
+        self.pending: list[dict] = []
         self.started = False
 
-    def recover(self, log: Callable[[str], None] = lambda s: None) -> int:
-        """Undo what a dead process left behind under this name.  Returns how many steps."""
+    def recover(self, log: Callable[[str], None] = lambda s: None, *, adopt: bool = False) -> int:
+        """Put right what a dead process left behind under this name.  Returns how many changes
+        were undone now.  With ``adopt``, the changes of :data:`REPLACEABLE` kinds are not undone
+        but taken over into this process's journal, for set-up to :meth:`claim` (see above)."""
         if not self.path.exists():
             return 0
         try:
@@ -72,21 +127,47 @@ class Journal:
             from ..errors import VpneduError
             raise VpneduError(f"another vpnedu (pid {pid}) is running with interface {self.name}",
                               "stop it first, or choose another interface name")
-        entries = [json.loads(x) for x in lines[1:] if x.strip()]
+        entries = []
+        for x in lines[1:]:
+            try:
+                entries.append(json.loads(x))
+            except ValueError:
+                pass   # a line cut short by the crash: its change was never made
+        _register()
+        keep = [e for e in entries if adopt and e.get("kind") in REPLACEABLE]
+        now = [e for e in entries if not any(e is k for k in keep)]
         log(f"cleaning up after a previous vpnedu that did not exit cleanly (pid {pid}): "
-            f"{len(entries)} change(s)")
-        n = _undo(entries, log)
-        self.path.unlink(missing_ok=True)
+            f"{len(entries)} change(s)" + (f", {len(keep)} of them to be replaced in place" if keep else ""))
+        n = _undo(now, log)
+        if keep:
+            self.entries = list(keep)
+            self.pending = list(keep)
+            self.started = True
+            self._rewrite()
+        else:
+            self.path.unlink(missing_ok=True)
         return n
 
     def start(self) -> None:
-        run_dir()
+        """Begin this process's journal (already begun if :meth:`recover` adopted changes)."""
+        if self.started:
+            return
         self.started = True
-        with open(self.path, "w") as f:
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Write the whole journal (head and entries) to a new file and rename it over the old
+        one: a crash leaves either file complete, never a mixture."""
+        run_dir()
+        tmp = self.path.with_name(self.path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write(json.dumps({"pid": os.getpid(), "name": self.name}) + "\n")
+            for e in self.entries:
+                f.write(json.dumps(e) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(self.path, 0o600)
+        os.replace(tmp, self.path)
 
     def record(self, kind: str, **params) -> None:
         """Note a change we are about to make (call *before* making it)."""
@@ -97,18 +178,46 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
 
+    def claim(self, kind: str, **identity) -> dict | None:
+        """Take over the adopted change of ``kind`` about the thing ``identity`` names (see above):
+        returns its entry -- which stays in the journal as it is, with the values it recorded --
+        or None if the dead process made no such change (then :meth:`record` one as usual)."""
+        found = [e for e in self.pending
+                 if e.get("kind") == kind and all(e.get(k) == v for k, v in identity.items())]
+        self.pending = [e for e in self.pending if not any(e is f for f in found)]
+        return found[0] if found else None
+
+    def has(self, kind: str, **identity) -> bool:
+        """Whether this process has recorded or claimed a change of ``kind`` about ``identity``."""
+        return any(e.get("kind") == kind and all(e.get(k) == v for k, v in identity.items())
+                   and not any(e is p for p in self.pending) for e in self.entries)
+
+    def settle(self, log: Callable[[str], None] = lambda s: None) -> int:
+        """End of set-up: undo the adopted changes that nobody claimed, and drop them from the
+        journal.  Returns how many were undone."""
+        stale, self.pending = self.pending, []
+        if not stale:
+            return 0
+        n = _undo(stale, log)
+        self.entries = [e for e in self.entries if not any(e is s for s in stale)]
+        self._rewrite()
+        if n:
+            log(f"undid {n} change(s) of the previous vpnedu that this start does not make again")
+        return n
+
     def undo_all(self, log: Callable[[str], None] = lambda s: None) -> int:
         if not self.started:
             return 0
         n = _undo(self.entries, log)
         self.entries.clear()
+        self.pending.clear()
         self.path.unlink(missing_ok=True)
         self.started = False
         return n
 
 
 def _undo(entries: list[dict], log: Callable[[str], None]) -> int:
-    from . import links, nat, routes, sysctl, tproxy  # noqa: F401  (each registers its UNDO functions)
+    _register()
     n = 0
     for entry in reversed(entries):
         params = dict(entry)

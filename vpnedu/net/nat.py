@@ -15,6 +15,18 @@ that cannot touch anybody else's rules::
             ip saddr 10.0.0.0/24 oifname != "vpnedu0" masquerade
         }
     }
+
+The table is installed with :func:`replace_table`: one ``nft -f`` script that
+declares the table, empties it and fills it again, which the kernel applies as
+one transaction (nftables commits a whole batch of changes at once, or none of
+them).  On a fresh host that simply creates it.  After a crash, when the dead
+server's table is still there and still translating its clients' established
+connections, it swaps the rules without a moment in which the table -- and with
+it the kernel's NAT hook for those connections -- is missing.
+
+``nft`` runs in a session of its own (:func:`run_nft`): a supervisor that stops
+vpnedu by signalling its whole process group (coreutils ``timeout``, systemd, a
+terminal's Ctrl-C) must not kill the ``nft`` that is removing the table.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import shutil
 import subprocess
 
 from ..errors import VpneduError
-from .journal import UNDO, Journal
+from .journal import REPLACEABLE, UNDO, Journal
 
 
 def nft_path() -> str:
@@ -39,6 +51,31 @@ def table_name(ifname: str) -> str:
     return "vpnedu_" + ifname.replace("-", "_")
 
 
+#: Every chain vpnedu puts in its table, in any forwarding mode (nat: postrouting; proxy:
+#: prerouting and forward, see :mod:`vpnedu.net.tproxy`).
+CHAINS = ("postrouting", "prerouting", "forward")
+
+
+def run_nft(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``nft`` in a new session (``setsid``), out of reach of signals sent to vpnedu's
+    process group, and wait for it."""
+    return subprocess.run([nft_path(), *args], input=input, capture_output=True, text=True,
+                          start_new_session=True)
+
+
+def replace_table(name: str, ruleset_text: str, chains: tuple[str, ...]) -> str:
+    """The ``nft -f`` script that makes table ``ip name`` hold exactly ``ruleset_text`` (which
+    declares ``chains``), in one transaction: create the table if it is missing, flush its
+    rules, delete the chains of ours that the new rules do not use (``add chain`` first, so that
+    deleting a chain that is not there is no error), then declare the chains and rules.  The
+    chains that stay are never deleted, so their hooks stay registered throughout."""
+    lines = [f"table ip {name}", f"flush table ip {name}"]
+    for c in CHAINS:
+        if c not in chains:
+            lines += [f"add chain ip {name} {c}", f"delete chain ip {name} {c}"]
+    return "\n".join(lines) + "\n" + ruleset_text
+
+
 def ruleset(subnet: str, ifname: str) -> str:
     return (f"table ip {table_name(ifname)} {{\n"
             f"  chain postrouting {{\n"
@@ -49,11 +86,18 @@ def ruleset(subnet: str, ifname: str) -> str:
 
 
 def install_masquerade(journal: Journal, subnet: str, ifname: str) -> str:
-    """Install the masquerade table; returns the ruleset text (for display)."""
-    nft = nft_path()
+    """Install (or replace, see above) the masquerade table; returns the ruleset text (for
+    display).  A second subnet of the same start adds its rule to the table."""
+    nft_path()
+    name = table_name(ifname)
     text = ruleset(subnet, ifname)
-    journal.record("nft-table", family="ip", name=table_name(ifname))
-    r = subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True)
+    if journal.has("nft-table", family="ip", name=name):
+        script = f'add rule ip {name} postrouting ip saddr {subnet} oifname != "{ifname}" masquerade\n'
+    else:
+        if journal.claim("nft-table", family="ip", name=name) is None:
+            journal.record("nft-table", family="ip", name=name)
+        script = replace_table(name, text, ("postrouting",))
+    r = run_nft("-f", "-", input=script)
     if r.returncode != 0:
         raise VpneduError(f"nft refused the NAT table: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}",
                           "check that the kernel has nf_tables (modprobe nf_tables)")
@@ -62,7 +106,8 @@ def install_masquerade(journal: Journal, subnet: str, ifname: str) -> str:
 
 def _undo_table(family: str, name: str) -> None:
     nft = shutil.which("nft") or "/usr/sbin/nft"
-    subprocess.run([nft, "delete", "table", family, name], capture_output=True)
+    subprocess.run([nft, "delete", "table", family, name], capture_output=True, start_new_session=True)
 
 
 UNDO["nft-table"] = _undo_table
+REPLACEABLE["nft-table"] = ("family", "name")

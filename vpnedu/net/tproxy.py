@@ -23,21 +23,24 @@ outside, so in proxy mode nothing leaves the server that the proxy did not send.
 (ICMP echo never reaches the kernel: the server's datapath hands it to the
 proxy directly, see :mod:`vpnedu.proxy.icmp`.)
 
-Everything is journaled: one nftables table of ours, one rule, one route.
+Everything is journaled: one nftables table of ours, one rule, one route.  After
+a crash the next start replaces each in place instead of deleting and re-adding
+it (see :mod:`vpnedu.net.journal`): the table in one nftables transaction
+(:func:`vpnedu.net.nat.replace_table`), the route with ``NLM_F_REPLACE``, and
+the rule -- whose fwmark, table and priority are all there is to it -- is kept.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import VpneduError
-from .journal import UNDO, Journal
-from .nat import nft_path, table_name
+from .journal import REPLACEABLE, UNDO, Journal
+from .nat import nft_path, replace_table, run_nft, table_name
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
@@ -97,30 +100,35 @@ def ruleset(subnet: str, ifname: str, tcp_port: int, udp_port: int) -> str:
 
 
 def install(journal: Journal, subnet: str, ifname: str, tcp_port: int, udp_port: int) -> str:
-    """Install the TPROXY table, the fwmark rule and the local route; returns the ruleset text."""
-    nft = nft_path()
+    """Install (or replace, see above) the TPROXY table, the fwmark rule and the local route;
+    returns the ruleset text."""
+    nft_path()
+    name = table_name(ifname)
     text = ruleset(subnet, ifname, tcp_port, udp_port)
-    journal.record("nft-table", family="ip", name=table_name(ifname))
-    r = subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True)
+    if journal.claim("nft-table", family="ip", name=name) is None:
+        journal.record("nft-table", family="ip", name=name)
+    r = run_nft("-f", "-", input=replace_table(name, text, ("prerouting", "forward")))
     if r.returncode != 0:
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else str(r.returncode)
         raise VpneduError(f"nft refused the proxy's TPROXY table: {last}",
                           "the kernel needs nf_tproxy and nft_tproxy (modprobe nft_tproxy), "
                           "or use --forwarding nat")
-    journal.record("policy-rule", fwmark=MARK, table=ROUTE_TABLE, priority=RULE_PRIORITY)
-    journal.record("local-route", table=ROUTE_TABLE)
+    rule = {"fwmark": MARK, "table": ROUTE_TABLE, "priority": RULE_PRIORITY}
+    if journal.claim("policy-rule", **rule) is None:
+        journal.record("policy-rule", **rule)
+    if journal.claim("local-route", table=ROUTE_TABLE) is None:
+        journal.record("local-route", table=ROUTE_TABLE)
     with IPRoute() as ipr:
         try:
-            ipr.rule("add", fwmark=MARK, table=ROUTE_TABLE, priority=RULE_PRIORITY)
+            ipr.rule("add", **rule)
         except NetlinkError as e:
-            if e.code != 17:
+            if e.code != 17:   # EEXIST: the very same rule is there (a crashed server's): keep it
                 raise VpneduError(f"cannot add the policy-routing rule for the proxy: {e.args[1]}") from None
         lo = ipr.link_lookup(ifname="lo")[0]
         try:
-            ipr.route("add", dst="0.0.0.0/0", type="local", scope=254, table=ROUTE_TABLE, oif=lo)
+            ipr.route("replace", dst="0.0.0.0/0", type="local", scope=254, table=ROUTE_TABLE, oif=lo)
         except NetlinkError as e:
-            if e.code != 17:
-                raise VpneduError(f"cannot add the proxy's local route: {e.args[1]}") from None
+            raise VpneduError(f"cannot add the proxy's local route: {e.args[1]}") from None
     return text
 
 
@@ -143,3 +151,5 @@ def _undo_local_route(table: int) -> None:
 
 UNDO["policy-rule"] = _undo_rule
 UNDO["local-route"] = _undo_local_route
+REPLACEABLE["policy-rule"] = ("fwmark", "table", "priority")
+REPLACEABLE["local-route"] = ("table",)

@@ -16,6 +16,16 @@ with TSO/GRO offloads on the TUN device and GSO/GRO on the UDP socket.
 Setting up changes the host (a device, addresses, routes, NAT, sysctls).
 Every change goes through a :class:`~vpnedu.net.journal.Journal` first and is
 undone on exit, on Ctrl-C, on SIGTERM, and after a crash at the next start.
+
+Stopping is a promise too: once it has begun -- a signal, ``vpnedu stop`` on the
+control socket, an error -- the restore runs to its end.  Supervisors send their
+stop signal more than once (coreutils ``timeout`` signals the daemon and then its
+whole process group; people press Ctrl-C twice), so :meth:`Node.run` keeps one
+SIGINT/SIGTERM handler for its whole run, from before set-up until after the
+tear-down: the first signal asks the node to stop, every later one only says
+"already stopping; restoring the host".  There is never a moment in which the
+default action (death) is back in force while the host is still changed; only
+SIGKILL can interrupt the restore, and the journal covers that.
 """
 
 from __future__ import annotations
@@ -151,6 +161,11 @@ class Node:
         self._stop: asyncio.Event | None = None
         self._control = None
         self._exit_error: BaseException | None = None
+        #: Stopping has begun (a signal, stop(), an error): later signals only say so.
+        self._stopping = False
+        self._restored = False        # the tear-down has finished
+        self._up = False              # ready: set-up done, packets flow
+        self._interrupted = False     # a signal came before the node was up
         #: Called for each decrypted packet before it goes to the kernel; True means "taken".
         self.intercept: Callable[[str | None, bytes], bool] | None = None
 
@@ -200,7 +215,8 @@ class Node:
         hooks.check()                     # refuse hooks it may not run, before any change
         for note in wgquick.notes(self.cfg, self.ifname, self.role):
             self.log(note)
-        self.journal.recover(self.log)
+        # What a crashed vpnedu left: undone, or adopted and replaced in place (see vpnedu.net.journal).
+        self.journal.recover(self.log, adopt=True)
         hooks.run("PreUp")
         self.sock = self.open_socket()
         wgquick.set_fwmark(self.sock, self.cfg.interface.fwmark)
@@ -216,6 +232,7 @@ class Node:
         self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
         self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
         self.setup_role()
+        self.journal.settle(self.log)
         hooks.run("PostUp")
 
     def _limit_tso(self, size: int) -> None:
@@ -347,8 +364,44 @@ class Node:
     # ------------------------------------------------------------------ running
     def stop(self) -> None:
         """Ask the node to shut down (thread-safe)."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        self._begin_stopping()
+
+    def _begin_stopping(self) -> None:
+        """Mark that stopping has begun and wake the event loop, if it runs, to do it."""
+        self._stopping = True
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:   # closed in the meantime: serve() is over anyway
+                pass
+
+    def _on_signal(self, signum: int, frame) -> None:
+        """The SIGINT/SIGTERM handler for all of :meth:`run` (see the module's docstring).
+
+        It runs in the main thread between two bytecodes of whatever runs there -- set-up, the
+        event loop, the tear-down -- so it must never raise into that code: it only sets flags
+        and wakes the loop.  During set-up it does not interrupt (a half-made change would be
+        undone anyway, but an exception in the middle of, say, a journal write is not worth it):
+        set-up finishes in a fraction of a second, and the node then stops before serving."""
+        if self._stopping:
+            self._say("already stopped; the host is restored" if self._restored
+                      else "already stopping; restoring the host")
+            return
+        if not self._up:
+            self._interrupted = True
+        self._begin_stopping()
+
+    def _say(self, line: str) -> None:
+        """Log from the signal handler.  The main thread may be inside a write to the same stream
+        (a buffered writer then refuses a reentrant call): fall back to a raw write to stderr."""
+        try:
+            self.log(line)
+        except Exception:
+            try:
+                os.write(2, (line + "\n").encode())
+            except OSError:
+                pass
 
     async def start_services(self) -> None:
         """Role-specific services inside the event loop (the server's proxy)."""
@@ -362,20 +415,19 @@ class Node:
     def fail(self, err: BaseException) -> None:
         """Stop the node with an error that :meth:`run` will raise."""
         self._exit_error = err
+        self._stopping = True
         if self._stop is not None:
             self._stop.set()
 
     async def serve(self, ready: Callable[["Node"], None] | None = None) -> None:
         """Move packets until stopped.  :meth:`setup` must have run (outside the event loop:
-        pyroute2's netlink calls run their own loop)."""
+        pyroute2's netlink calls run their own loop).  Signals are :meth:`run`'s business: it
+        handles them from before set-up until after the tear-down."""
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         loop = self._loop
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._stop.set)
-            except (ValueError, RuntimeError):  # not the main thread
-                pass
+        if self._stopping:     # a signal (or stop()) came before the loop was there to wake
+            self._stop.set()
         try:
             if self.control_enabled:
                 from .control import ControlServer
@@ -391,11 +443,14 @@ class Node:
                 loop.add_reader(self.sock.fileno(), self._on_udp_readable)
             self._schedule_tick()
             start = asyncio.ensure_future(self.after_start())
-            if ready is not None:
-                ready(self)
+            if not self._stopping:
+                self._up = True
+                if ready is not None:
+                    ready(self)
             await self._stop.wait()
             start.cancel()
         finally:
+            self._stopping = True
             if self._tick_handle is not None:
                 self._tick_handle.cancel()
             for obj in (self.tun, self.sock):
@@ -404,29 +459,39 @@ class Node:
             await self.stop_services()
             if self._control is not None:
                 await self._control.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.remove_signal_handler(sig)
-                except (ValueError, RuntimeError):
-                    pass
         if self._exit_error is not None:
             raise self._exit_error
 
-    def run(self, ready: Callable[["Node"], None] | None = None) -> None:
-        """Set up, run until SIGINT/SIGTERM or :meth:`stop`, and always restore the host."""
-        # SIGTERM during set-up must also lead to a clean tear-down: turn it into an exception.
-        def _interrupt(signum, frame):
-            raise KeyboardInterrupt
-        old = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
+    def run(self, ready: Callable[["Node"], None] | None = None, *, restore_signals: bool = True) -> None:
+        """Set up, run until SIGINT/SIGTERM or :meth:`stop`, and always restore the host.
+
+        From the first line to the last, SIGINT and SIGTERM go to :meth:`_on_signal` (in the
+        main thread; elsewhere only :meth:`stop` stops the node).  A signal before the node is up
+        still lets set-up finish, then tears down and raises KeyboardInterrupt ("interrupted").
+        At the end the previous handlers come back -- unless ``restore_signals`` is False, as
+        for the command line, whose process ends right after: there a supervisor's late second
+        signal must not turn a clean exit into death by signal, so SIGINT and SIGTERM are then
+        ignored (SIG_IGN: a Python handler would not do, the interpreter puts the default action
+        back while it shuts down)."""
+        signums = (signal.SIGINT, signal.SIGTERM)
+        old = {sig: signal.signal(sig, self._on_signal) for sig in signums} if _main_thread() else {}
         try:
             try:
                 self.setup()
+                if not self._stopping:
+                    asyncio.run(self.serve(ready))
             finally:
-                if old is not None:
-                    signal.signal(signal.SIGTERM, old)
-            asyncio.run(self.serve(ready))
+                self._stopping = True
+                self.teardown()
         finally:
-            self.teardown()
+            self._restored = True
+            for sig, handler in old.items():
+                if not restore_signals:
+                    signal.signal(sig, signal.SIG_IGN)
+                elif handler is not None:   # None: a handler not set from Python, cannot be put back
+                    signal.signal(sig, handler)
+        if self._interrupted:
+            raise KeyboardInterrupt
 
     def reload(self) -> dict:
         """Re-read the config file: add new peers and remove deleted ones, keeping live sessions."""
