@@ -94,7 +94,7 @@ class Server(Node):
 
     def _inject(self, packet: bytes) -> None:
         """Send a packet the proxy made (a reply, a RST) to a client through the tunnel."""
-        self._send(self.device.send_packet(packet))
+        self._send(self.device.send_packet(packet, self.clock()))
 
     def _peer_label(self, address: str) -> str | None:
         import ipaddress

@@ -141,6 +141,14 @@ class SimSocket:
         data, addr = self.inbox.popleft()
         return data[:bufsize], addr
 
+    def recvmsg_into(self, buffers, ancbufsize: int = 0, flags: int = 0):
+        """:meth:`recvfrom` into the caller's buffer, with the result of ``socket.recvmsg_into``
+        (length, no ancillary data, no flags, address): what the datapath calls."""
+        data, addr = self.recvfrom(len(buffers[0]))
+        n = len(data)
+        buffers[0][:n] = data
+        return n, [], 0, addr
+
     def getsockname(self) -> tuple[str, int]:
         return ("0.0.0.0", self.port)
 
