@@ -27,7 +27,6 @@ each in turn.  The test suite feeds the same targets with hypothesis.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Callable
 

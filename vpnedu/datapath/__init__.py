@@ -40,7 +40,6 @@ TUN devices and sockets) and the test harness (:class:`vpnedu.testing.LoopbackNo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from typing import Callable, Protocol
 

@@ -28,7 +28,7 @@ import ipaddress
 import struct
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import VpneduError
