@@ -178,8 +178,9 @@ class Datapath:
         self._ubuf = bytearray(READ_SIZE * batch)
         umv = memoryview(self._ubuf)
         self._slots = [(umv[i * READ_SIZE:(i + 1) * READ_SIZE],) for i in range(batch)]
-        self._out = Output(_udp.MAX_GSO_BYTES + 2048, max_run=_udp.MAX_SEGMENTS if self.gso else 1,
-                           max_run_bytes=_udp.MAX_GSO_BYTES)
+        # Room for a whole batch of MTU-sized packets, sealed (the engine adds areas if more come).
+        self._out = Output(max(_udp.MAX_GSO_BYTES, batch * (self.mtu + 64)),
+                           max_run=_udp.MAX_SEGMENTS if self.gso else 1, max_run_bytes=_udp.MAX_GSO_BYTES)
         #: What each optimisation did, for `vpnedu status` and the tests.
         self.stats = {"tun_reads": 0, "tso_packets": 0, "segments_sent": 0, "gso_sends": 0,
                       "udp_reads": 0, "datagrams_received": 0, "tun_writes": 0, "coalesced": 0}

@@ -233,16 +233,11 @@ class Device:
         if out is None:
             out = Output()
         self.now = now
-        timers = self.timers
-        reject_msgs = timers.reject_after_messages
-        reject_time = timers.reject_after_time
-        index = self._index
-        unpack = HEADER.unpack_from
-        ev = self.events
+        # Everything the loop touches per message, bound to local names once per batch.
+        reject_msgs, reject_time = self.timers.reject_after_messages, self.timers.reject_after_time
+        index, unpack, ip_length = self._index, HEADER.unpack_from, _ip.ip_length
+        ev, check_source, lookup = self.events, self.check_source, self.routes.lookup
         want = ev.wants("data.decrypted")
-        check_source = self.check_source
-        lookup = self.routes.lookup
-        ip_length = _ip.ip_length
         deliver = out.packets.append
         src_cache: dict = {}
         transport = 0      # transport messages seen (for the counters)
