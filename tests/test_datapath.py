@@ -1,6 +1,6 @@
 """The fast datapath's building blocks against slow, obviously-right references (no root needed):
-checksums, TSO splitting, GRO coalescing and re-splitting, UDP GRO buffers, the batch
-bookkeeping of the Device, and the --datapath option."""
+checksums, TSO splitting, GRO coalescing and re-splitting, UDP GRO buffers, the --datapath
+option; and the Datapath (the IO layer) over real loopback sockets."""
 
 import os
 import random
@@ -268,7 +268,8 @@ def test_split_gro_buffers():
 
 # ---------------------------------------------------------------------- options
 def test_datapath_options():
-    assert Options.parse("simple") is None
+    simple = Options.parse("simple")
+    assert not (simple.tso or simple.udp_gso or simple.udp_gro or simple.tun_gro) and simple.describe() == "simple"
     o = Options.parse("fast")
     assert not o.tso and o.udp_gso and o.udp_gro and o.tun_gro and o.vnet_hdr
     assert o.describe() == "fast"
@@ -281,12 +282,12 @@ def test_datapath_options():
             Options.parse(bad)
 
 
-# ---------------------------------------------------------------------- FastPath vs Device
+# ---------------------------------------------------------------------- the Datapath over real sockets
 import socket  # noqa: E402
 
-from vpnedu.fuzzing import LoopbackNode  # noqa: E402
-from vpnedu.protocol.device import _HEADER  # noqa: E402
+from vpnedu.protocol.transport import HEADER  # noqa: E402
 from vpnedu.sim import make_pair  # noqa: E402
+from vpnedu.testing import LoopbackNode  # noqa: E402
 
 
 def _drain(sock):
@@ -298,11 +299,13 @@ def _drain(sock):
             return out
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast,no-udp-gso,no-udp-gro,no-tun-gro"])
-def test_fast_send_equals_the_readable_path(spec):
+@pytest.mark.parametrize("spec", ["fast", "fast,no-udp-gso,no-udp-gro,no-tun-gro", "simple"])
+def test_datapath_sends_what_the_device_seals(spec):
+    """Packets read from TUN leave the socket as exactly the transport messages the protocol
+    defines (header, counter, padded packet, tag), in as few sendmsg calls as GSO allows."""
     pair = make_pair()
     pair.handshake()
-    node = LoopbackNode(pair.client, Options.parse(spec))
+    node = LoopbackNode(pair.client, Options.parse(spec), clock=lambda: pair.now)
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.setblocking(False)
@@ -312,48 +315,52 @@ def test_fast_send_equals_the_readable_path(spec):
         kp = peer.current
         c0, tx0 = kp.send_counter, peer.tx_bytes
         packets = stream(10) + [make_tcp(b"tail" * 3)]
-        node.fast.send_batch(peer, packets, pair.client.clock())
+        for p in packets:
+            node.tun.inject(p)
+        node.datapath.on_tun_readable()
         got = _drain(rx)
         want = []
         for i, p in enumerate(packets):
             pad = (-len(p)) % 16 if len(p) < 1420 else 0
-            want.append(_HEADER.pack(4, kp.remote_index, c0 + i) + kp.sender.seal(c0 + i, p + bytes(pad)))
-        assert got == want           # byte for byte what Device.send() would have sent
+            want.append(HEADER.pack(4, kp.remote_index, c0 + i) + kp.sender.seal(c0 + i, p + bytes(pad)))
+        assert got == want           # byte for byte the transport messages of the protocol
+        assert [d for d, _ in node.sent] == want
         assert kp.send_counter == c0 + len(packets)
         assert peer.tx_bytes - tx0 == sum(map(len, want)) and peer.t_new_handshake is not None
-        # The server's readable path takes them all.
+        assert (node.datapath.stats["gso_sends"] > 0) == node.datapath.gso
+        # The server takes them all.
         for d in got:
-            r = pair.server.receive(d, pair.client_ep)
+            r = pair.server.receive(d, pair.client_ep, pair.now)
             assert [p for _, p in r.packets] == [packets[got.index(d)]], dict(pair.server.counters)
     finally:
         rx.close()
         node.close()
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast,no-udp-gro,no-tun-gro"])
-def test_fast_receive_equals_the_readable_path_and_counts_drops(spec):
+@pytest.mark.parametrize("spec", ["fast", "fast,no-udp-gro,no-tun-gro", "simple"])
+def test_datapath_receives_what_the_device_opens_and_counts_drops(spec):
     pair = make_pair()
     pair.handshake()
     pair.client_sends(make_tcp(b"confirm"))   # the responder's session is confirmed
-    node = LoopbackNode(pair.server, Options.parse(spec))
+    node = LoopbackNode(pair.server, Options.parse(spec), clock=lambda: pair.now)
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx.bind(("127.0.0.1", 0))
     try:
         peer = pair.client_peer   # the server's view of the client
         packets = stream(12) + [make_tcp(b"x" * 100, seq=5000 + 12 * 1368, flags=off.TCP_ACK)]
-        datagrams = [d for p in packets for d, _ in pair.client.send(pair.server_peer, p)]
+        datagrams = [d for p in packets for d, _ in pair.client.send(pair.server_peer, p, pair.now)]
         rx0, n0 = peer.rx_bytes, peer.rx_packets
         for d in datagrams:
             tx.sendto(d, node.sock.getsockname())
         tx.sendto(datagrams[3], node.sock.getsockname())           # a replay
         bad = bytearray(datagrams[-1])
         bad[40] ^= 0x80
-        forged = list(pair.client.send(pair.server_peer, make_tcp(b"y")))[0][0]
+        forged = list(pair.client.send(pair.server_peer, make_tcp(b"y"), pair.now))[0][0]
         tx.sendto(bytes(bad[:16]) + bytes(bad[16:]), node.sock.getsockname())   # tampered copy of a replay
         bad2 = bytearray(forged)
         bad2[-1] ^= 1
         tx.sendto(bytes(bad2), node.sock.getsockname())              # tampered, fresh counter
-        node.fast.on_udp_readable()
+        node.datapath.on_udp_readable()
         written = node.tun.written()
         if node.tun.vnet_hdr:
             flat = [p for w in written for p in resplit(w[:10], [w[10:]])]
@@ -362,15 +369,42 @@ def test_fast_receive_equals_the_readable_path_and_counts_drops(spec):
         want = packets
         if node.tun.vnet_hdr:   # IPv4 IDs are renumbered by GRO + re-splitting; compare the rest
             assert [p[20:] for p in flat] == [p[20:] for p in want]
-            assert (len(written) < len(packets)) == node.fast.opts.tun_gro     # coalesced
+            assert (len(written) < len(packets)) == node.datapath.opts.tun_gro     # coalesced
         else:
             assert flat == want
         c = pair.server.counters
-        # The tampered copy of an old message is dropped as a replay before decryption, as Device does.
+        # The tampered copy of an old message is dropped as a replay before decryption.
         assert c["dropped.replay"] == 2 and c["dropped.bad-mac"] == 1, dict(c)
         assert peer.rx_packets - n0 == len(datagrams)
         assert peer.rx_bytes - rx0 == sum(map(len, datagrams))
         assert peer.endpoint == tx.getsockname()     # roaming follows authenticated packets
+        assert node.sent == []                       # nothing forged earned a reply
     finally:
         tx.close()
         node.close()
+
+
+def test_per_packet_events_come_from_the_one_path():
+    """Someone subscribes to the per-packet events: the same datapath emits them, one per packet,
+    and still moves the packets."""
+    from vpnedu.events import EventLog
+    pair = make_pair()
+    pair.handshake()
+    client = LoopbackNode(pair.client, Options.parse("fast"), clock=lambda: pair.now)
+    server = LoopbackNode(pair.server, Options.parse("fast"), clock=lambda: pair.now)
+    try:
+        pair.server_peer.endpoint = server.sock.getsockname()
+        log = EventLog(pair.events, kinds=["tun.read", "data.encrypted", "udp.sent", "udp.received",
+                                           "data.decrypted", "tun.write"])
+        packets = stream(5)
+        for p in packets:
+            client.tun.inject(p)
+        client.datapath.on_tun_readable()
+        server.datapath.on_udp_readable()
+        kinds = log.kinds()
+        for kind in ("tun.read", "data.encrypted", "udp.sent", "udp.received", "data.decrypted", "tun.write"):
+            assert kinds.count(kind) == 5, (kind, kinds)
+        assert [bytes(w[10:])[20:] for w in server.tun.written()] != []
+    finally:
+        client.close()
+        server.close()

@@ -1,4 +1,4 @@
-"""The fast datapath in real tunnels: fast against fast, fast against the readable path (whose
+"""The datapath in real tunnels: fast against fast, fast against simple (every offload off; its
 kernel verifies every TCP checksum our TSO split computed), each optimisation really in use.
 (vpnedu against wireguard-go with the fast path on: tests/test_wireguard_interop.py, which runs
 with the default datapath.)"""
@@ -42,8 +42,8 @@ def test_tunnel_moves_data_with_valid_checksums(lab_factory, server_dp, client_d
         assert st["peers"][0]["transfer_rx"] > 25 * MB and st["peers"][0]["transfer_tx"] > 25 * MB
     for st, dp, other in ((srv, server_dp, client_dp), (cli, client_dp, server_dp)):
         s = st["datapath_stats"]
-        if dp == "simple":
-            assert s == {}
+        if dp == "simple":                   # the same engine, one system call per packet
+            assert s["gso_sends"] == 0 and s["coalesced"] == 0 and s["datagrams_received"] == s["udp_reads"]
             continue
         if "tso" in dp:
             assert s["tso_packets"] > 0      # the kernel handed us super-packets, we split them
@@ -54,9 +54,9 @@ def test_tunnel_moves_data_with_valid_checksums(lab_factory, server_dp, client_d
     assert status(lab, "server")["counters"].get("dropped.bad-mac", 0) == 0
 
 
-def test_events_fall_back_to_the_readable_path(lab_factory):
-    """While someone watches per-packet events, the fast path hands packets to the readable path:
-    the events appear, and traffic still flows."""
+def test_per_packet_events_while_traffic_flows(lab_factory):
+    """While someone watches per-packet events, the one datapath emits them, per packet, and
+    traffic still flows."""
     import subprocess
     import sys
     import time

@@ -44,7 +44,7 @@ def test_server_can_initiate_once_it_knows_the_client(pair_factory, any_suite):
     pair.client_sends(PING)
     pair.net.clock.advance(6)
     # The server starts a handshake itself (roles swapped) and data flows on the new keys.
-    pair.net.send(pair.server_ep, pair.server.initiate(pair.client_peer))
+    pair.net.send(pair.server_ep, pair.server.initiate(pair.client_peer, pair.now))
     pair.net.run()
     assert [e["role"] for e in log.of("session.established")][-2:] == ["responder", "initiator"]
     assert pair.client_peer.current.initiator
@@ -89,12 +89,12 @@ def test_suite_mismatch_fails_with_a_clear_event(client_suite, server_suite, rec
     pair = make_pair(server_suite, allow_insecure=True)
     # Replace the client with one on another suite.
     client = Device(generate_private_key(), suite=client_suite, allow_insecure=True, events=pair.events,
-                    clock=pair.net.clock, wallclock=pair.net.clock.wall)
+                    wall_offset=pair.net.clock.wall_offset)
     client.add_peer(pair.server.public_key, endpoint=pair.server_ep, allowed_ips=["10.0.0.0/24"])
     pair.server.add_peer(client.public_key, allowed_ips=["10.0.0.2/32"])
     pair.net.attach(pair.client_ep, client)
     log = EventLog(pair.events)
-    pair.net.send(pair.client_ep, client.initiate(client.peers[pair.server.public_key]))
+    pair.net.send(pair.client_ep, client.initiate(client.peers[pair.server.public_key], pair.now))
     pair.net.run()
     drops = log.drops("suite-mismatch")
     assert drops and repr(client_suite) in drops[0]["detail"]
@@ -103,12 +103,11 @@ def test_suite_mismatch_fails_with_a_clear_event(client_suite, server_suite, rec
 
 def test_unknown_key_gets_no_reply_and_a_drop_event(pair_factory):
     pair = pair_factory()
-    stranger = Device(generate_private_key(), events=pair.events, clock=pair.net.clock,
-                      wallclock=pair.net.clock.wall)
+    stranger = Device(generate_private_key(), events=pair.events, wall_offset=pair.net.clock.wall_offset)
     peer = stranger.add_peer(pair.server.public_key, endpoint=pair.server_ep, allowed_ips=["0.0.0.0/0"])
     log = EventLog(pair.events)
-    datagrams = stranger.initiate(peer)
-    out = pair.server.receive(datagrams[0][0], ("192.0.2.99", 1234))
+    datagrams = stranger.initiate(peer, pair.now)
+    out = pair.server.receive(datagrams[0][0], ("192.0.2.99", 1234), pair.now)
     assert out.datagrams == [] and out.packets == []
     assert log.drops("unknown-peer")
 
@@ -118,11 +117,11 @@ def test_cryptokey_routing_drops_spoofed_inner_source(pair_factory):
     log = EventLog(pair.events)
     pair.handshake()
     spoofed = build_icmp_echo("10.0.0.99", "10.0.0.1")
-    (d, _), = pair.client.send(pair.server_peer, spoofed)
-    assert pair.server.receive(d, pair.client_ep).packets == []
+    (d, _), = pair.client.send(pair.server_peer, spoofed, pair.now)
+    assert pair.server.receive(d, pair.client_ep, pair.now).packets == []
     assert log.drops("source-not-allowed")
     # Sending side: a destination no peer's AllowedIPs covers has no route.
-    assert pair.server.send_packet(build_udp("10.0.0.1", 1, "192.0.2.200", 2, b"x")) == []
+    assert pair.server.send_packet(build_udp("10.0.0.1", 1, "192.0.2.200", 2, b"x"), pair.now) == []
     assert log.drops("no-route")
 
 
@@ -146,13 +145,13 @@ def flip_each_byte(data: bytes, skip=range(0)):
             yield i, data[:i] + bytes([data[i] ^ bit]) + data[i + 1:]
 
 
-def assert_all_rejected(dev, data, source, log, skip=range(0)) -> set:
+def assert_all_rejected(dev, data, source, log, now, skip=range(0)) -> set:
     """Flip every bit that matters; returns the drop reasons seen."""
     before = state(dev)
     reasons = set()
     for i, bad in flip_each_byte(data, skip):
         log.clear()
-        out = dev.receive(bad, source)
+        out = dev.receive(bad, source, now)
         assert out.datagrams == [] and out.packets == [], f"byte {i} flipped was answered"
         assert log.drops(), f"byte {i} flipped: no packet.dropped event"
         assert state(dev) == before, f"byte {i} flipped changed state"
@@ -163,53 +162,53 @@ def assert_all_rejected(dev, data, source, log, skip=range(0)) -> set:
 def test_flipping_any_byte_of_an_initiation_is_dropped_without_state_change(pair_factory, any_suite):
     pair = pair_factory(any_suite)
     log = EventLog(pair.events, kinds="packet.dropped")
-    (init, _), = pair.client.initiate(pair.server_peer)
+    (init, _), = pair.client.initiate(pair.server_peer, pair.now)
     # mac2 is only checked under load (tested below), so its 16 bytes are skipped here.
-    reasons = assert_all_rejected(pair.server, init, pair.client_ep, log, skip=range(132, 148))
+    reasons = assert_all_rejected(pair.server, init, pair.client_ep, log, pair.now, skip=range(132, 148))
     assert reasons == {"malformed", "bad-mac1"}   # the type/reserved bytes, then everything mac1 covers
-    assert pair.server.receive(init, pair.client_ep).datagrams  # the original still works
+    assert pair.server.receive(init, pair.client_ep, pair.now).datagrams  # the original still works
 
 
 def test_flipping_any_byte_of_a_response_is_dropped_without_state_change(pair_factory, any_suite):
     pair = pair_factory(any_suite)
     log = EventLog(pair.events, kinds="packet.dropped")
-    (init, _), = pair.client.initiate(pair.server_peer)
-    (resp, _), = pair.server.receive(init, pair.client_ep).datagrams
-    reasons = assert_all_rejected(pair.client, resp, pair.server_ep, log, skip=range(76, 92))
+    (init, _), = pair.client.initiate(pair.server_peer, pair.now)
+    (resp, _), = pair.server.receive(init, pair.client_ep, pair.now).datagrams
+    reasons = assert_all_rejected(pair.client, resp, pair.server_ep, log, pair.now, skip=range(76, 92))
     assert reasons == {"malformed", "bad-mac1"}
-    assert pair.client.receive(resp, pair.server_ep).datagrams  # keepalive confirming the session
+    assert pair.client.receive(resp, pair.server_ep, pair.now).datagrams  # keepalive confirming the session
 
 
 def test_flipping_any_byte_of_transport_data_is_dropped_without_state_change(pair_factory, any_suite):
     pair = pair_factory(any_suite)
     pair.handshake()
     log = EventLog(pair.events, kinds="packet.dropped")
-    (data, _), = pair.client.send(pair.server_peer, PING)
-    reasons = assert_all_rejected(pair.server, data, pair.client_ep, log)
+    (data, _), = pair.client.send(pair.server_peer, PING, pair.now)
+    reasons = assert_all_rejected(pair.server, data, pair.client_ep, log, pair.now)
     # type byte -> malformed; receiver index -> unknown-index; a counter flipped onto the one the
     # confirming keepalive used -> replay (before any decryption); the rest -> bad-mac.
     assert {"malformed", "unknown-index", "bad-mac"} <= reasons <= {"malformed", "unknown-index", "bad-mac", "replay"}
-    assert pair.server.receive(data, pair.client_ep).packets[0][1] == PING
+    assert pair.server.receive(data, pair.client_ep, pair.now).packets[0][1] == PING
 
 
 def test_flipping_any_byte_of_a_cookie_reply_is_dropped_without_state_change(pair_factory, any_suite):
     pair = pair_factory(any_suite)
-    (init, _), = pair.client.initiate(pair.server_peer)
-    pair.server.under_load = lambda: True
-    (cookie, _), = pair.server.receive(init, pair.client_ep).datagrams
+    (init, _), = pair.client.initiate(pair.server_peer, pair.now)
+    pair.server.under_load_until = float("inf")
+    (cookie, _), = pair.server.receive(init, pair.client_ep, pair.now).datagrams
     assert m.parse(cookie).type == m.COOKIE_REPLY
     log = EventLog(pair.events, kinds="packet.dropped")
-    reasons = assert_all_rejected(pair.client, cookie, pair.server_ep, log)
+    reasons = assert_all_rejected(pair.client, cookie, pair.server_ep, log, pair.now)
     assert reasons == {"malformed", "unknown-index", "bad-cookie"}
-    pair.client.receive(cookie, pair.server_ep)
+    pair.client.receive(cookie, pair.server_ep, pair.now)
     assert pair.server_peer.cookie is not None
 
 
 def test_under_load_mac2_and_cookie_reply(pair_factory):
     pair = pair_factory()
     log = EventLog(pair.events)
-    pair.server.under_load = lambda: True
-    pair.net.send(pair.client_ep, pair.client.initiate(pair.server_peer))
+    pair.server.under_load_until = float("inf")
+    pair.net.send(pair.client_ep, pair.client.initiate(pair.server_peer, pair.now))
     pair.net.run()
     # Under load, an initiation without mac2 gets only a 64-byte cookie reply, no handshake.
     assert log.of("handshake.cookie.sent") and log.of("handshake.cookie.received")
@@ -223,14 +222,14 @@ def test_under_load_mac2_and_cookie_reply(pair_factory):
     # A flipped mac2 under load is not processed either.
     log.clear()
     pair.net.clock.advance(6)
-    (init, _), = pair.client.initiate(pair.server_peer)
+    (init, _), = pair.client.initiate(pair.server_peer, pair.now)
     before = state(pair.server)
     bad = init[:-1] + bytes([init[-1] ^ 1])
-    out = pair.server.receive(bad, pair.client_ep)
+    out = pair.server.receive(bad, pair.client_ep, pair.now)
     assert m.parse(out.datagrams[0][0]).type == m.COOKIE_REPLY and state(pair.server) == before
     assert log.drops("under-load")
     # A cookie is bound to the address: the same mac2 from another address is not accepted.
-    out = pair.server.receive(init, ("192.0.2.77", 999))
+    out = pair.server.receive(init, ("192.0.2.77", 999), pair.now)
     assert m.parse(out.datagrams[0][0]).type == m.COOKIE_REPLY
 
 
@@ -238,34 +237,33 @@ def test_replayed_data_is_rejected(pair_factory):
     pair = pair_factory()
     pair.handshake()
     log = EventLog(pair.events, kinds="packet.dropped")
-    (data, _), = pair.client.send(pair.server_peer, PING)
-    assert pair.server.receive(data, pair.client_ep).packets
-    assert pair.server.receive(data, pair.client_ep).packets == []
+    (data, _), = pair.client.send(pair.server_peer, PING, pair.now)
+    assert pair.server.receive(data, pair.client_ep, pair.now).packets
+    assert pair.server.receive(data, pair.client_ep, pair.now).packets == []
     assert log.drops("replay")
 
 
 def test_replayed_initiation_is_rejected(pair_factory):
     pair = pair_factory()
     log = EventLog(pair.events, kinds="packet.dropped")
-    (init, _), = pair.client.initiate(pair.server_peer)
-    assert pair.server.receive(init, pair.client_ep).datagrams
+    (init, _), = pair.client.initiate(pair.server_peer, pair.now)
+    assert pair.server.receive(init, pair.client_ep, pair.now).datagrams
     pair.net.clock.advance(1)
     before = state(pair.server)
-    assert pair.server.receive(init, pair.client_ep).datagrams == []
+    assert pair.server.receive(init, pair.client_ep, pair.now).datagrams == []
     assert log.drops("stale-timestamp") and state(pair.server) == before
 
 
 def test_initiations_closer_than_20ms_are_a_flood(pair_factory):
     pair = pair_factory()
     log = EventLog(pair.events, kinds="packet.dropped")
-    (first, _), = pair.client.initiate(pair.server_peer)
-    pair.server.receive(first, pair.client_ep)
+    (first, _), = pair.client.initiate(pair.server_peer, pair.now)
+    pair.server.receive(first, pair.client_ep, pair.now)
     pair.net.clock.advance(0.010)
     pair.server_peer.last_initiation_sent = float("-inf")  # let the client send again at once
-    real_wall = pair.client.wallclock
-    pair.client.wallclock = lambda: real_wall() + 1  # newer TAI64N, so only the rate check can stop it
-    (second, _), = pair.client.initiate(pair.server_peer)
-    assert pair.server.receive(second, pair.client_ep).datagrams == []
+    pair.client.wall_offset += 1  # a newer TAI64N, so only the rate check can stop it
+    (second, _), = pair.client.initiate(pair.server_peer, pair.now)
+    assert pair.server.receive(second, pair.client_ep, pair.now).datagrams == []
     assert log.drops("initiation-flood")
 
 
@@ -277,7 +275,7 @@ def test_garbage_never_raises_and_never_gets_a_reply(pair_factory):
     for n in (0, 1, 3, 4, 31, 32, 64, 92, 148, 1500):
         for t in (1, 2, 3, 4, 9):
             data = bytes([t, 0, 0, 0]) + os.urandom(max(0, n - 4)) if n >= 4 else os.urandom(n)
-            out = pair.server.receive(data, ("192.0.2.66", 6666))
+            out = pair.server.receive(data, ("192.0.2.66", 6666), pair.now)
             assert out.datagrams == [] and out.packets == []
     assert len(log.events) == 50
     assert sum(v for k, v in pair.server.counters.items() if k.startswith("dropped.")) == 50
@@ -293,11 +291,11 @@ def test_one_server_and_a_hundred_clients_all_handshake_and_ping():
     clock = FakeClock()
     net = MemoryNetwork(clock=clock)
     server_ep = ("203.0.113.2", 51820)
-    server = Device(generate_private_key(), clock=clock, wallclock=clock.wall)
+    server = Device(generate_private_key(), wall_offset=clock.wall_offset)
     net.attach(server_ep, server)
     clients = []
     for i in range(100):
-        c = Device(generate_private_key(), clock=clock, wallclock=clock.wall)
+        c = Device(generate_private_key(), wall_offset=clock.wall_offset)
         addr = f"10.0.{1 + i // 250}.{2 + i % 250}"
         server.add_peer(c.public_key, allowed_ips=[f"{addr}/32"], name=f"c{i}")
         c.add_peer(server.public_key, endpoint=server_ep, allowed_ips=["0.0.0.0/0"])
@@ -305,7 +303,7 @@ def test_one_server_and_a_hundred_clients_all_handshake_and_ping():
         net.attach(ep, c)
         clients.append((c, ep, addr))
     for i, (c, ep, addr) in enumerate(clients):   # all at once: queued packets wait for handshakes
-        net.send(ep, c.send_packet(build_icmp_echo(addr, "10.0.0.1", ident=i, seq=1)))
+        net.send(ep, c.send_packet(build_icmp_echo(addr, "10.0.0.1", ident=i, seq=1), clock.now))
     net.run()
     got = net.delivered[server_ep]
     assert len(got) == 100
@@ -314,7 +312,7 @@ def test_one_server_and_a_hundred_clients_all_handshake_and_ping():
     for peer, pkt in got:   # the server answers each one
         ident = int.from_bytes(pkt[24:26], "big")
         reply = build_icmp_echo("10.0.0.1", clients[ident][2], ident=ident, seq=1, reply=True)
-        net.send(server_ep, server.send_packet(reply))
+        net.send(server_ep, server.send_packet(reply, clock.now))
     net.run()
     for i, (c, ep, addr) in enumerate(clients):
         [(peer, pkt)] = net.delivered[ep]

@@ -42,12 +42,12 @@ def test_the_fastpath_target_runs_the_daemons_receive_path_and_would_catch_a_lea
     for i in range(300):
         fuzzing.target_fastpath(bytes([3, 1]) + os.urandom(2 + 16 * (1 + i % 8)))
     assert fuzzing._server().server.counters["dropped.bad-mac"] > 100
-    assert fuzzing._fast[0].fast.stats["datagrams_received"] >= 300
+    assert fuzzing._fast[0].datapath.stats["datagrams_received"] >= 300
     p = make_pair()
     p.handshake()
     p.client_sends(b"\x45" + bytes(19))
     from vpnedu.packet.ip import build_icmp_echo
-    (data, _), = p.client.send(p.server_peer, build_icmp_echo("10.0.0.2", "10.0.0.1"))
+    (data, _), = p.client.send(p.server_peer, build_icmp_echo("10.0.0.2", "10.0.0.1"), p.now)
     fuzzing._pair, saved = p, fuzzing._fast
     try:
         with pytest.raises(AssertionError, match="reached TUN"):
@@ -63,7 +63,7 @@ def test_a_forged_reply_would_be_caught():
     makes it fail."""
     from vpnedu.sim import make_pair
     p = make_pair()
-    (init, _), = p.client.initiate(p.server_peer)
+    (init, _), = p.client.initiate(p.server_peer, p.now)
     fuzzing._pair = p
     try:
         with pytest.raises(AssertionError, match="got a reply"):

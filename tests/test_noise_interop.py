@@ -34,7 +34,7 @@ def noise(suite, initiator: bool, static_priv: bytes, remote_pub: bytes | None, 
 
 def make_device(suite, clock):
     bus = EventBus(clock=clock.wall)
-    return Device(generate_private_key(), suite=suite, events=bus, clock=clock, wallclock=clock.wall), bus
+    return Device(generate_private_key(), suite=suite, events=bus, wall_offset=clock.wall_offset), bus
 
 
 @pytest.mark.parametrize("suite", REAL_SUITES)
@@ -54,7 +54,7 @@ def test_noise_initiator_vpnedu_responder(suite, with_psk):
     data, _, _ = add_macs(SUITES[suite], msg.to_bytes(), MacKeys(SUITES[suite], server.public_key), None)
     assert len(data) == 148
 
-    out = server.receive(data, EP)
+    out = server.receive(data, EP, clock.now)
     assert len(out.datagrams) == 1, log.kinds()
     resp = m.HandshakeResponse.from_bytes(out.datagrams[0][0])
     assert resp.receiver == 0xCAFE
@@ -65,13 +65,13 @@ def test_noise_initiator_vpnedu_responder(suite, with_psk):
     ping = build_icmp_echo("10.0.0.2", "10.0.0.1", payload=b"x" * 20)  # 48 bytes: no padding needed
     assert len(ping) % 16 == 0
     ct = ini.encrypt(ping)
-    got = server.receive(m.transport_header(resp.sender, 0) + ct, EP)
+    got = server.receive(m.transport_header(resp.sender, 0) + ct, EP, clock.now)
     assert [p for _, p in got.packets] == [ping]
     assert "session.confirmed" in log.kinds()
 
     # And back: vpnedu encrypts, noise decrypts.
     reply = build_icmp_echo("10.0.0.1", "10.0.0.2", payload=b"y" * 20, reply=True)
-    (dgram, dest), = server.send(server.peers[public_key(client_priv)], reply)
+    (dgram, dest), = server.send(server.peers[public_key(client_priv)], reply, clock.now)
     assert dest == EP
     hdr = m.TransportData.from_bytes(dgram)
     assert hdr.receiver == 0xCAFE and hdr.counter == 0
@@ -89,7 +89,7 @@ def test_vpnedu_initiator_noise_responder(suite, with_psk):
                            allowed_ips=["10.0.0.0/24"])
     resp = noise(suite, False, server_priv, None, psk)
 
-    (data, dest), = client.initiate(peer)
+    (data, dest), = client.initiate(peer, clock.now)
     init = m.HandshakeInitiation.from_bytes(data)
     stamp = resp.read_message(init.ephemeral + init.encrypted_static + init.encrypted_timestamp)
     assert abs(tai64n.decode(stamp) - clock.wall()) < 0.05
@@ -99,7 +99,7 @@ def test_vpnedu_initiator_noise_responder(suite, with_psk):
     assert resp.handshake_finished and len(payload) == 48
     r = m.HandshakeResponse(0xBEEF, init.sender, payload[:32], payload[32:])
     data, _, _ = add_macs(SUITES[suite], r.to_bytes(), MacKeys(SUITES[suite], client.public_key), None)
-    out = client.receive(data, EP)
+    out = client.receive(data, EP, clock.now)
     # The initiator confirms the session at once with an empty keepalive.
     (ka, _), = out.datagrams
     t = m.TransportData.from_bytes(ka)
@@ -107,9 +107,9 @@ def test_vpnedu_initiator_noise_responder(suite, with_psk):
     assert resp.decrypt(t.encrypted_packet) == b""
 
     ping = build_icmp_echo("10.0.0.2", "10.0.0.1", payload=b"z" * 20)
-    (d, _), = client.send(peer, ping)
+    (d, _), = client.send(peer, ping, clock.now)
     assert resp.decrypt(m.TransportData.from_bytes(d).encrypted_packet) == ping
 
     reply = build_icmp_echo("10.0.0.1", "10.0.0.2", payload=b"w" * 20, reply=True)
-    got = client.receive(m.transport_header(init.sender, 0) + resp.encrypt(reply), EP)
+    got = client.receive(m.transport_header(init.sender, 0) + resp.encrypt(reply), EP, clock.now)
     assert [p for _, p in got.packets] == [reply]

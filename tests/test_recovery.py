@@ -330,7 +330,7 @@ def test_corrupt_foreign_and_stale_files_are_ignored_with_one_line(tmp_path):
 def _restart(pair, old):
     """A new server process: the same key and config (the client as its peer), no sessions."""
     dev = Device(old.static.private, name="server", events=EventBus(clock=pair.net.clock.wall),
-                 clock=pair.net.clock, wallclock=pair.net.clock.wall)
+                 wall_offset=pair.net.clock.wall_offset)
     dev.add_peer(pair.client.public_key, allowed_ips=["10.0.0.2/32"], name="client")
     pair.net.attach(pair.server_ep, dev)
     return dev
@@ -346,7 +346,7 @@ def test_a_restarted_server_greets_its_peer_and_both_have_a_fresh_session(tmp_pa
     client answers and its packets reach the new server at once, with no timer involved."""
     pair = pair_factory()
     f = _file(tmp_path, pair.server.public_key)
-    mem = PeerMemory(pair.server, f)
+    mem = PeerMemory(pair.server, f, clock=pair.net.clock)
     mem.watch(pair.server.events)
     pair.handshake()
     pair.client_sends(_ping())
@@ -363,12 +363,12 @@ def test_a_restarted_server_greets_its_peer_and_both_have_a_fresh_session(tmp_pa
     assert [c.source for c in pair.net.capture[before:]] == [pair.client_ep]
     assert new.counters["dropped.unknown-index"] == 1
 
-    mem2 = PeerMemory(new, f)
+    mem2 = PeerMemory(new, f, clock=pair.net.clock)
     greet = mem2.restore()
     mem2.watch(new.events)
     assert [p.public_key for p in greet] == [pair.client.public_key]
     assert greet[0].endpoint == pair.client_ep
-    pair.net.send(pair.server_ep, new.initiate(greet[0]))
+    pair.net.send(pair.server_ep, new.initiate(greet[0], pair.net.clock.now))
     mem2.update()
     pair.net.run()
     assert new.peers[pair.client.public_key].current is not None
@@ -379,12 +379,12 @@ def test_a_restarted_server_greets_its_peer_and_both_have_a_fresh_session(tmp_pa
     # A third process within REKEY_TIMEOUT may not initiate yet; it may when the time is up.
     pair.net.clock.advance(1.0)
     third = _restart(pair, new)
-    mem3 = PeerMemory(third, f)
+    mem3 = PeerMemory(third, f, clock=pair.net.clock)
     peer = mem3.restore()[0]
-    assert third.initiate(peer) == []
+    assert third.initiate(peer, pair.net.clock.now) == []
     assert mem3.greet_at(peer) == pytest.approx(pair.net.clock.now - 1.0 + REKEY_TIMEOUT)
     pair.net.clock.advance(REKEY_TIMEOUT - 1.0)
-    assert len(third.initiate(peer)) == 1
+    assert len(third.initiate(peer, pair.net.clock.now)) == 1
 
 
 def test_only_configured_peers_are_greeted_and_an_unanswered_one_is_forgotten(tmp_path, pair_factory):
@@ -393,14 +393,14 @@ def test_only_configured_peers_are_greeted_and_an_unanswered_one_is_forgotten(tm
     gone = b"\x09" * 32
     f.save({pair.client.public_key: PeerRecord(pair.client_ep, None),
             gone: PeerRecord(("198.51.100.77", 51820), None)})     # a peer no longer in the config
-    mem = PeerMemory(pair.server, f)
+    mem = PeerMemory(pair.server, f, clock=pair.net.clock)
     greet = mem.restore()
     mem.watch(pair.server.events)
     assert [p.public_key for p in greet] == [pair.client.public_key]
     # The client does not answer (its machine is off): after REKEY_ATTEMPT_TIME of retries the
     # server gives up, and forgets that endpoint.
     pair.net.devices.pop(pair.client_ep)
-    pair.net.send(pair.server_ep, pair.server.initiate(greet[0]))
+    pair.net.send(pair.server_ep, pair.server.initiate(greet[0], pair.net.clock.now))
     pair.net.run()
     assert pair.client.public_key in f.load()
     pair.net.advance(REKEY_ATTEMPT_TIME + 2 * REKEY_TIMEOUT)

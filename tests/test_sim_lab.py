@@ -101,3 +101,37 @@ def test_throughput_samples_grow_and_errors_are_one_line(lab):
     assert len(samples) >= 4 and samples[-1][1] > samples[1][1] > 0 and samples[-1][2] > 0
     with pytest.raises(VpneduError, match="stop_client"):
         list(lab.traffic("plain", 0.5))
+
+
+def test_the_simulated_lab_rekeys_after_two_minutes_on_a_fake_clock():
+    """The real daemons on the simulated hosts run on the clock the lab is given: on a fake
+    clock, REKEY_AFTER_TIME (120 s) passes without waiting, and the client -- the initiator --
+    renews the keys when it next sends, as WireGuard does."""
+    import time
+
+    from vpnedu.protocol.timers import REKEY_AFTER_TIME
+    from vpnedu.sim import FakeClock
+    clock = FakeClock()
+    lab = SimLab(clock=clock)
+    try:
+        log = EventLog(lab.client_events)
+        lab.start_server()
+        lab.start_client()
+        first = lab.client.server.current
+        started, real = clock(), time.monotonic()
+        assert lab.ping("client", "10.0.0.1").ok
+        lab.wait(REKEY_AFTER_TIME - 1)
+        assert lab.client.server.current is first and len(log.of("session.established")) == 1
+        lab.wait(2)
+        assert lab.ping("client", "10.0.0.1").ok             # the first packet after 120 s ...
+        assert any("REKEY_AFTER_TIME" in e["reason"] for e in log.of("timer.rekey"))
+        assert len(log.of("session.established")) == 2        # ... started a new handshake
+        assert lab.client.server.current is not first and lab.client.server.previous is first
+        assert lab.ping("client", "192.0.2.80").ok            # traffic flows on the new keys
+        assert clock() - started > REKEY_AFTER_TIME
+        # Two minutes of protocol time, not of real time (on the real clock this test would
+        # take more than 120 s; it takes well under one).
+        assert time.monotonic() - real < REKEY_AFTER_TIME / 4
+        assert lab.status("client")["peers"][0]["latest_handshake"] == pytest.approx(clock.wall(), abs=5)
+    finally:
+        lab.down()

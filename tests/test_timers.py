@@ -38,15 +38,15 @@ def test_keys_are_rejected_after_180_seconds(pair_factory):
     pair.handshake()
     pair.net.clock.advance(179)
     # Encrypted at 179 s (with the old keys, plus a rekey initiation we throw away) ...
-    late, rekey = pair.client.send(pair.server_peer, PING)
+    late, rekey = pair.client.send(pair.server_peer, PING, pair.now)
     assert late[0][0] == m.TRANSPORT_DATA and rekey[0][0] == m.INITIATION
     pair.net.clock.advance(2)
     # ... and delivered at 181 s: too late.
-    assert pair.server.receive(late[0], pair.client_ep).packets == []
+    assert pair.server.receive(late[0], pair.client_ep, pair.now).packets == []
     assert log.drops("expired-session")
     # Sending at 181 s never uses the old keys: the packet waits for a new handshake.
     pair.server_peer.last_initiation_sent = float("-inf")
-    sent = pair.client.send(pair.server_peer, PING)
+    sent = pair.client.send(pair.server_peer, PING, pair.now)
     assert [d[0] for d, _ in sent] == [m.INITIATION]
     assert log.of("session.expired") and len(pair.server_peer.staged) == 1
 

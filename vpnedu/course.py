@@ -171,10 +171,10 @@ def compare_suites(packets: int = 2000, size: int = 1400) -> list[dict]:
         start = time.perf_counter()
         wire = 0
         for _ in range(packets):
-            out = pair.client.send_packet(payload)
+            out = pair.client.send_packet(payload, pair.now)
             for data, ep in out:
                 wire += len(data)
-                pair.server.receive(data, pair.client_ep)
+                pair.server.receive(data, pair.client_ep, pair.now)
         secs = time.perf_counter() - start
         rows.append({"suite": name, "construction": suite.construction.decode(), "encrypts": not suite.insecure,
                      "MB/s": round(packets * size / secs / 1e6, 1),

@@ -11,9 +11,10 @@ Each target takes bytes and checks those promises itself:
 ``receive``    a server :class:`~vpnedu.protocol.device.Device` with an established session;
                the input, with its first byte steered to a real message type and, for data
                messages, the real receiver index, so the fuzzer reaches deep code quickly
-``fastpath``   the same, through the daemons' default receive path
-               (:meth:`vpnedu.datapath.FastPath.on_udp_readable`): a real UDP socket on the
+``fastpath``   the same, through the daemons' IO layer with its default offloads
+               (:meth:`vpnedu.datapath.Datapath.on_udp_readable`): a real UDP socket on the
                loopback address and a datagram socket pair standing in for the TUN device
+               (:class:`vpnedu.testing.LoopbackNode`)
 ``messages``   :func:`vpnedu.protocol.messages.parse`
 ``config``     :func:`vpnedu.config.loads` (wg-quick INI text)
 ``ip``         :class:`vpnedu.packet.ip.IPv4Packet` and :func:`~vpnedu.packet.ip.describe`
@@ -26,8 +27,6 @@ each in turn.  The test suite feeds the same targets with hypothesis.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import Callable
 
@@ -68,75 +67,12 @@ def target_receive(data: bytes) -> None:
     server = pair.server
     data = _steer(pair, data)
     before = _drops(server)
-    out = server.receive(data, ("198.51.100.66", 40000))
+    out = server.receive(data, ("198.51.100.66", 40000), pair.now)
     # Forged bytes cannot carry a valid MAC or AEAD tag: no reply, no packet, one drop counted.
     if out.datagrams or out.packets:
         raise AssertionError(f"a forged {len(data)}-byte message got a reply or was accepted: {data[:40].hex()}")
     if _drops(server) != before + 1:
         raise AssertionError(f"a rejected message was not counted as exactly one drop: {data[:40].hex()}")
-
-
-class LoopbackTun:
-    """A TUN device stand-in: a datagram socket pair keeps packet boundaries, as a TUN fd does.
-    The fast path reads and writes ``fd``; :meth:`written` returns what it wrote."""
-
-    def __init__(self, vnet_hdr: bool = False):
-        import socket
-        self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        for sk in (self._ours, self._theirs):
-            sk.setblocking(False)
-        self.fd = self._theirs.fileno()
-        self.vnet_hdr = vnet_hdr
-        self.tso = False
-
-    def write(self, packet: bytes) -> None:
-        from .net import offload
-        os.writev(self.fd, (offload.PLAIN_HDR, packet) if self.vnet_hdr else (packet,))
-
-    def written(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self._ours.recv(70000))
-            except BlockingIOError:
-                return out
-
-    def close(self) -> None:
-        self._ours.close()
-        self._theirs.close()
-
-
-class LoopbackNode:
-    """What :class:`~vpnedu.datapath.FastPath` needs of a daemon, over real sockets: its UDP socket
-    bound to 127.0.0.1 and a :class:`LoopbackTun`; the datagrams the fast path hands back to the
-    node (replies, handshakes) are kept in ``sent``, to be checked.  The fuzz target ``fastpath``
-    and the fast path's equivalence tests run on it."""
-
-    def __init__(self, device, opts=None):
-        import socket
-
-        from .datapath import FastPath, Options
-        opts = opts or Options.parse("fast,no-tun-gro")
-        self.device, self.events, self.intercept = device, device.events, None
-        self.tun = LoopbackTun(opts.vnet_hdr)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.sent: list = []
-        self.fast = FastPath(self, opts)
-
-    def _send(self, datagrams) -> None:
-        self.sent.extend(datagrams)
-
-    def _schedule_tick(self) -> None:
-        pass
-
-    def note_handshakes(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        self.sock.close()
-        self.tun.close()
 
 
 _fast = None
@@ -147,12 +83,14 @@ def target_fastpath(data: bytes) -> None:
     pair = _server()
     if _fast is None or _fast[0].device is not pair.server:
         import socket
-        _fast = (LoopbackNode(pair.server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+
+        from .testing import LoopbackNode
+        _fast = (LoopbackNode(pair.server, clock=lambda: pair.now), socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     node, sender = _fast
     data = _steer(pair, data)[:65000]
     before = _drops(pair.server)
     sender.sendto(data, node.sock.getsockname())
-    node.fast.on_udp_readable()
+    node.datapath.on_udp_readable()
     if node.sent or node.tun.written():
         raise AssertionError(f"a forged {len(data)}-byte datagram got a reply or reached TUN: {data[:40].hex()}")
     if _drops(pair.server) != before + 1:

@@ -183,7 +183,7 @@ def _send_held(pair, n: int, hold: set[int]):
     """The client sends pings 0..n-1; the datagrams of those in ``hold`` are kept off the wire."""
     held = {}
     for i in range(n):
-        grams = pair.client.send_packet(_ping(i))
+        grams = pair.client.send_packet(_ping(i), pair.now)
         for data, dest in grams:
             if i in hold:
                 held[i] = data

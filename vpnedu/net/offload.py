@@ -210,7 +210,7 @@ def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -
 
 def packets_from_tun(raw, mtu: int) -> list:
     """What one read from a TUN device with a virtio-net header holds, as plain IP packets with
-    valid checksums (the readable path; :class:`vpnedu.datapath.FastPath` inlines the same)."""
+    valid checksums (what :class:`vpnedu.datapath.Datapath` does with every read)."""
     if len(raw) < VNET_HDR_LEN:
         raise OffloadError("read shorter than a virtio-net header")
     flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(raw, 0)

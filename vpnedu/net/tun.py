@@ -84,6 +84,11 @@ class Tun:
         """One read: an IP packet (with ``vnet_hdr``: a virtio-net header, then the packet)."""
         return os.read(self.fd, 65536 + 10)
 
+    def readv(self, buffers) -> int:
+        """One read into the caller's buffers (the datapath's preallocated one); returns its
+        length.  BlockingIOError when nothing waits."""
+        return os.readv(self.fd, buffers)
+
     def write(self, packet: bytes) -> None:
         """Write one plain IP packet."""
         if self.vnet_hdr:

@@ -3,15 +3,16 @@ between them, and an asyncio loop that moves packets.
 
 ::
 
-      applications                                     the network
-           |                                                |
-      [ kernel ] --route--> TUN --read--> Device.send_packet --> UDP sendto
-      [ kernel ] <--write-- TUN <--------- Device.receive <----- UDP recvfrom
-                                   Device.tick  (timers: retries, keepalives, rekeys)
+      applications                                          the network
+           |                                                     |
+      [ kernel ] --route--> TUN ==> Datapath ==> Device ==> Datapath ==> UDP
+      [ kernel ] <--write-- TUN <== Datapath <== Device <== Datapath <== UDP
+                                    Device.tick  (timers: retries, keepalives, rekeys)
 
-That is the *readable* datapath (``--datapath simple``), one packet at a time.  By default a
-node runs the *fast* datapath of :mod:`vpnedu.datapath`: the same protocol state, in batches,
-with TSO/GRO offloads on the TUN device and GSO/GRO on the UDP socket.
+The layers have one job each: :class:`~vpnedu.protocol.device.Device` is the protocol and does
+no IO; :class:`~vpnedu.datapath.Datapath` does the system calls (draining TUN and the socket,
+UDP GSO/GRO, virtio-net headers); the node owns both, the host changes and the event loop
+(the datapath calls back :meth:`Node.schedule_tick` after every wakeup).
 
 Setting up changes the host (a device, addresses, routes, NAT, sysctls).
 Every change goes through a :class:`~vpnedu.net.journal.Journal` first and is
@@ -40,25 +41,16 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
-from ..datapath import FastPath, Options
+from ..datapath import Datapath, Options
 from ..errors import ConfigError, VpneduError
 from ..events import EventBus
 from ..net import journal as _journal
 from ..net import links
 from ..net.tun import Tun
-from ..packet.ip import describe
 from ..protocol.device import Device
 from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import wgquick
 
-#: How many packets to take from the TUN device or the socket per wakeup before yielding.
-BATCH = 64
-#: Handshake messages in one wakeup's batch that mean "under load": the socket has a backlog of
-#: handshakes, like wireguard-go's handshake queue filling up (device/receive.go).  While under
-#: load (and for UNDER_LOAD_HOLD seconds after), handshakes without a valid mac2 get a cookie
-#: reply instead of the expensive Diffie-Hellman work (WireGuard paper, section 5.3).
-UNDER_LOAD_BATCH = 16
-UNDER_LOAD_HOLD = 1.0
 CAP_NET_ADMIN = 12
 
 
@@ -124,7 +116,8 @@ class Node:
     def __init__(self, cfg: Config, *, ifname: str = "vpnedu0", events: EventBus | None = None,
                  log: Callable[[str], None] = print, control: bool = True,
                  timers: Timers = DEFAULT_TIMERS, control_path: str | None = None,
-                 keylog: str | None = None, datapath: str | None = "fast"):
+                 keylog: str | None = None, datapath: str | None = "fast",
+                 clock: Callable[[], float] = time.monotonic, wall_offset: float | None = None):
         if cfg.interface.private_key is None:
             raise ConfigError(f"{cfg.source}: [Interface] has no PrivateKey",
                               "add 'PrivateKey = ...' (make one with 'vpnedu genkey')")
@@ -136,25 +129,27 @@ class Node:
         self.ifname = ifname
         self.log = log
         self.events = events or EventBus()
+        #: Monotonic seconds: the ``now`` of every Device call (the simulation passes its own).
+        self.clock = clock
         self.device = Device(cfg.interface.private_key, suite=self.suite,
                              allow_insecure=cfg.interface.allow_null_teaching, events=self.events,
-                             timers=timers, mtu=cfg.interface.mtu or 1420, name=ifname)
+                             timers=timers, mtu=cfg.interface.mtu or 1420, name=ifname,
+                             wall_offset=time.time() - clock() if wall_offset is None else wall_offset)
         for p in cfg.peers:
             self.device.add_peer(p.public_key, preshared_key=p.preshared_key, endpoint=self._resolve(p.endpoint),
                                  persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
                                  name=p.name)
         self.journal = _journal.Journal(ifname)
-        self._under_load_until = 0.0
-        self.device.under_load = self._under_load
         if keylog:
             self.device.keylog = _keylog_writer(keylog)
         self.control_enabled = control
         self.control_path = Path(control_path) if control_path else None
         self.tun: Tun | None = None
         self.sock: socket.socket | None = None
-        #: None: the readable datapath; else the fast datapath's options (see vpnedu.datapath).
-        self.datapath_options: Options | None = Options.parse(datapath)
-        self.fastpath: FastPath | None = None
+        #: Which offloads the datapath uses (see vpnedu.datapath); ``simple``: none.
+        self.datapath_options: Options = Options.parse(datapath)
+        #: The IO layer, once the TUN device and the socket exist (:meth:`open_datapath`).
+        self.datapath: Datapath | None = None
         self.started = time.time()
         self.changes: list[str] = []  # human-readable list of what we changed on the host
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -224,7 +219,7 @@ class Node:
         self.journal.start()
         self.journal.record("link", ifname=self.ifname)
         opts = self.datapath_options
-        self.tun = Tun(self.ifname, vnet_hdr=bool(opts and opts.vnet_hdr), tso=bool(opts and opts.tso))
+        self.tun = Tun(self.ifname, vnet_hdr=opts.vnet_hdr, tso=opts.tso)
         links.configure(self.journal, self.ifname, self.cfg.interface.addresses, self.device.mtu)
         if self.tun.tso and opts.tso_max < 65536:
             self._limit_tso(opts.tso_max)
@@ -264,89 +259,25 @@ class Node:
             self.hooks.run("PostDown")
 
     # ------------------------------------------------------------------ the datapath
+    def open_datapath(self) -> Datapath:
+        """The IO layer between our TUN device and socket and the Device (after :meth:`setup`)."""
+        if self.datapath is None:
+            self.datapath = Datapath(self, self.datapath_options)
+        return self.datapath
+
     def _send(self, datagrams) -> None:
-        sock = self.sock
-        ev = self.events
-        for data, ep in datagrams:
-            try:
-                sock.sendto(data, ep)
-            except BlockingIOError:
-                self.device.counters["dropped.socket-full"] += 1
-                continue
-            except OSError as e:
-                self.device.counters["dropped.send-error"] += 1
-                if ev.wants("packet.dropped"):
-                    ev.emit("packet.dropped", None, reason="send-error", detail=e.strerror,
-                            source=None, size=len(data))
-                continue
-            if ev.wants("udp.sent"):
-                ev.emit("udp.sent", None, to=f"{ep[0]}:{ep[1]}", size=len(data), type=data[0])
-
-    def _on_tun_readable(self) -> None:
-        tun, dev, ev = self.tun, self.device, self.events
-        for _ in range(BATCH):
-            try:
-                pkt = tun.read()
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            if ev.wants("tun.read"):
-                ev.emit("tun.read", None, size=len(pkt), packet=describe(pkt))
-            self._send(dev.send_packet(pkt))
-        self._schedule_tick()
-
-    def _under_load(self) -> bool:
-        return time.monotonic() < self._under_load_until
-
-    def note_handshakes(self, in_this_batch: int) -> None:
-        """Called with the running count of handshake messages in one wakeup's batch: at
-        UNDER_LOAD_BATCH the node is under load for the next UNDER_LOAD_HOLD seconds."""
-        if in_this_batch == UNDER_LOAD_BATCH:
-            if not self._under_load():
-                self.events.emit("handshake.under-load", None, batch=in_this_batch, hold=UNDER_LOAD_HOLD)
-            self._under_load_until = time.monotonic() + UNDER_LOAD_HOLD
-
-    def _on_udp_readable(self) -> None:
-        sock, dev, tun, ev = self.sock, self.device, self.tun, self.events
-        handshakes = 0
-        for _ in range(BATCH):
-            try:
-                data, addr = sock.recvfrom(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                break
-            if data and data[0] in (1, 2):
-                handshakes += 1
-                self.note_handshakes(handshakes)
-            if ev.wants("udp.received"):
-                ev.emit("udp.received", None, source=f"{addr[0]}:{addr[1]}", size=len(data),
-                        type=data[0] if data else None)
-            got = dev.receive(data, addr[:2])
-            if got.datagrams:
-                self._send(got.datagrams)
-            intercept = self.intercept
-            for peer, pkt in got.packets:
-                if intercept is not None and intercept(peer.label, pkt):
-                    continue  # the server's proxy took it (see vpnedu.proxy)
-                try:
-                    tun.write(pkt)
-                except OSError:
-                    dev.counters["dropped.tun-write"] += 1
-                    continue
-                if ev.wants("tun.write"):
-                        ev.emit("tun.write", peer.label, size=len(pkt), packet=describe(pkt))
-        self._schedule_tick()
+        self.open_datapath().send(datagrams)
 
     # Timers: sleep until the core's next deadline (at most 1 s), then tick.
     _tick_handle: asyncio.TimerHandle | None = None
     _tick_at: float | None = None
 
-    def _schedule_tick(self) -> None:
+    def schedule_tick(self) -> None:
+        """Arm the event loop's timer for the Device's next deadline (the datapath calls this
+        after every wakeup)."""
         loop = self._loop
         deadline = self.device.next_deadline()
-        now = time.monotonic()
+        now = self.clock()
         at = min(deadline, now + 1.0) if deadline is not None else now + 1.0
         if self._tick_handle is not None and self._tick_at is not None and self._tick_at <= at:
             return
@@ -358,8 +289,8 @@ class Node:
     def _tick(self) -> None:
         self._tick_handle = None
         self._tick_at = None
-        self._send(self.device.tick())
-        self._schedule_tick()
+        self._send(self.device.tick(self.clock()))
+        self.schedule_tick()
 
     # ------------------------------------------------------------------ running
     def stop(self) -> None:
@@ -434,14 +365,10 @@ class Node:
                 self._control = ControlServer(self, self.control_path)
                 await self._control.start()
             await self.start_services()
-            if self.datapath_options is not None:
-                self.fastpath = FastPath(self, self.datapath_options)
-                loop.add_reader(self.tun.fileno(), self.fastpath.on_tun_readable)
-                loop.add_reader(self.sock.fileno(), self.fastpath.on_udp_readable)
-            else:
-                loop.add_reader(self.tun.fileno(), self._on_tun_readable)
-                loop.add_reader(self.sock.fileno(), self._on_udp_readable)
-            self._schedule_tick()
+            datapath = self.open_datapath()
+            loop.add_reader(self.tun.fileno(), datapath.on_tun_readable)
+            loop.add_reader(self.sock.fileno(), datapath.on_udp_readable)
+            self.schedule_tick()
             start = asyncio.ensure_future(self.after_start())
             if not self._stopping:
                 self._up = True
@@ -514,7 +441,7 @@ class Node:
                 live = self.device.peers[key]
                 if (live.persistent_keepalive != p.persistent_keepalive
                         or [str(n) for n in live.allowed_ips] != [str(n) for n in p.allowed_ips]):
-                    self.device.update_peer(key, persistent_keepalive=p.persistent_keepalive,
+                    self.device.update_peer(key, self.clock(), persistent_keepalive=p.persistent_keepalive,
                                             allowed_ips=p.allowed_ips, name=p.name)
                     updated += 1
         self.cfg.peers = cfg.peers
@@ -535,8 +462,8 @@ class Node:
             "addresses": [str(a) for a in self.cfg.interface.addresses],
             "mtu": self.device.mtu,
             "fwmark": self.cfg.interface.fwmark,
-            "datapath": self.datapath_options.describe() if self.datapath_options else "simple",
-            "datapath_stats": dict(self.fastpath.stats) if self.fastpath else {},
+            "datapath": self.datapath_options.describe(),
+            "datapath_stats": dict(self.datapath.stats) if self.datapath else {},
             "started": self.started,
             "changes": list(self.changes),
         })

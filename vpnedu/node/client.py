@@ -121,8 +121,8 @@ class Client(Node):
 
     async def after_start(self) -> None:
         """Start the handshake and wait for it."""
-        self._send(self.device.initiate(self.server))
-        self._schedule_tick()
+        self._send(self.device.initiate(self.server, self.clock()))
+        self.schedule_tick()
         waited = 0.0
         while self.server.current is None:
             await asyncio.sleep(0.05)
@@ -136,7 +136,7 @@ class Client(Node):
                 return
         self.log(f"handshake complete with the server {self.server.endpoint[0]}:{self.server.endpoint[1]}")
         if self.server.persistent_keepalive:
-            self._send(self.device.keepalive(self.server))
+            self._send(self.device.keepalive(self.server, self.clock()))
 
     def status(self) -> dict:
         st = super().status()

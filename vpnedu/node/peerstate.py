@@ -218,8 +218,11 @@ class PeerMemory:
     """
 
     def __init__(self, device, file: PeerStateFile, *, log: Callable[[str], None] = lambda s: None,
-                 schedule: Callable[[Callable[[], None]], object] | None = None):
+                 schedule: Callable[[Callable[[], None]], object] | None = None,
+                 clock: Callable[[], float]):
         self.device = device
+        #: The node's monotonic clock (the protocol core has none of its own).
+        self.clock = clock
         self.file = file
         self.log = log
         self.schedule = schedule
@@ -238,7 +241,7 @@ class PeerMemory:
         stored = self.file.load(self.log)
         peers = self.device.peers
         self.records = {k: r for k, r in stored.items() if k in peers}
-        now = self.device.clock()
+        now = self.clock()
         greet = []
         for key, rec in self.records.items():
             peer = peers[key]

@@ -106,7 +106,7 @@ class Server(Node):
 
     def _inject(self, packet: bytes) -> None:
         """Send a packet the proxy made (a reply, a RST) to a client through the tunnel."""
-        self._send(self.device.send_packet(packet))
+        self._send(self.device.send_packet(packet, self.clock()))
 
     def _peer_label(self, address: str) -> str | None:
         import ipaddress
@@ -131,7 +131,8 @@ class Server(Node):
         """Remember peers' endpoints from now on, and greet those remembered from before."""
         loop = asyncio.get_running_loop()
         file = PeerStateFile(default_path(self.ifname), interface=self.ifname, public_key=self.device.public_key)
-        self.peer_memory = PeerMemory(self.device, file, log=self.log, schedule=loop.call_soon)
+        self.peer_memory = PeerMemory(self.device, file, log=self.log, schedule=loop.call_soon,
+                                      clock=self.clock)
         peers = self.peer_memory.restore()
         self.peer_memory.watch(self.events)
         if peers:
@@ -145,7 +146,7 @@ class Server(Node):
         greeted when that time is up: the rate limit holds across restarts."""
         self._greet_handle = None
         dev, mem = self.device, self.peer_memory
-        now = dev.clock()
+        now = self.clock()
         later, sent = [], 0
         for peer in greetable(p for p in peers if dev.peers.get(p.public_key) is p):
             out = dev.initiate(peer, now)
@@ -156,7 +157,7 @@ class Server(Node):
                 later.append(peer)
         if sent:
             mem.update()   # the initiation times are on disk before anything else can happen
-            self._schedule_tick()
+            self.schedule_tick()
         if later:
             # A little past the limit: the previous process's initiation left its socket some
             # milliseconds after its clock reading (the Diffie-Hellman work comes in between).

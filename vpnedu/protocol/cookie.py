@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import struct
+from typing import Callable
 
 from .suites import LABEL_COOKIE, LABEL_MAC1, MAC_LEN, AEADError, CipherSuite
 
@@ -81,33 +81,33 @@ def _eq(a: bytes, b: bytes) -> bool:
 class CookieChecker:
     """The responder's side: checks mac2 and makes cookie replies.
 
-    ``clock`` is the injected monotonic clock (seconds).  The secret rotates
+    ``random(n)`` is the device's injected source of random bytes (the secret and the
+    nonces come from it); ``now`` is the caller's monotonic time.  The secret rotates
     every :data:`COOKIE_REFRESH_TIME` seconds.
     """
 
-    def __init__(self, suite: CipherSuite, our_public: bytes, clock, random=os.urandom):
+    def __init__(self, suite: CipherSuite, our_public: bytes, random: Callable[[int], bytes]):
         self.suite = suite
         self.keys = MacKeys(suite, our_public)
-        self._clock = clock
         self._random = random
         self._secret = b""
         self._secret_time = float("-inf")
 
-    def _current_secret(self) -> bytes:
-        now = self._clock()
+    def _current_secret(self, now: float) -> bytes:
         if now - self._secret_time >= COOKIE_REFRESH_TIME:
             self._secret = self._random(32)
             self._secret_time = now
         return self._secret
 
-    def cookie_for(self, source: Endpoint) -> bytes:
-        return self.suite.mac(self._current_secret(), endpoint_bytes(source))
+    def cookie_for(self, source: Endpoint, now: float) -> bytes:
+        return self.suite.mac(self._current_secret(now), endpoint_bytes(source))
 
-    def check_mac2(self, message: bytes, source: Endpoint) -> bool:
+    def check_mac2(self, message: bytes, source: Endpoint, now: float) -> bool:
         body, mac2 = message[:-MAC_LEN], message[-MAC_LEN:]
-        return _eq(self.suite.mac(self.cookie_for(source), body), mac2)
+        return _eq(self.suite.mac(self.cookie_for(source, now), body), mac2)
 
-    def make_reply(self, message: bytes, receiver_index: int, source: Endpoint) -> tuple[bytes, bytes]:
+    def make_reply(self, message: bytes, receiver_index: int, source: Endpoint,
+                   now: float) -> tuple[bytes, bytes]:
         """A cookie reply for a handshake message that had a valid mac1 but no valid mac2.
 
         The cookie is encrypted under HASH("cookie--" || our public key) with the
@@ -116,7 +116,7 @@ class CookieChecker:
         """
         nonce = self._random(24)
         mac1 = message[-2 * MAC_LEN:-MAC_LEN]
-        sealed = self.suite.cookie_seal(self.keys.cookie_key, nonce, self.cookie_for(source), mac1)
+        sealed = self.suite.cookie_seal(self.keys.cookie_key, nonce, self.cookie_for(source, now), mac1)
         return nonce, sealed
 
 

@@ -1,64 +1,74 @@
 """The protocol engine of one WireGuard interface, sans-IO.
 
-A :class:`Device` is what a WireGuard interface knows: its own static key,
-its peers, and a table from the 32-bit *indices* in received messages to the
-handshake or session they belong to.  It never touches a socket, a TUN device
-or a clock of its own.  The IO code around it does three things:
+A :class:`Device` is what a WireGuard interface knows: its own static key, its peers, and a
+table from the 32-bit *indices* in received messages to the handshake or session they belong
+to.  It never touches a socket, a TUN device or a clock: the IO layer around it
+(:mod:`vpnedu.datapath`, the simulation) reads, writes and keeps time, and calls
 
-* a datagram arrived on UDP  -> :meth:`Device.receive` -> datagrams to send,
-  IP packets to write to TUN;
-* an IP packet was read from TUN -> :meth:`Device.send_packet` (or
-  :meth:`Device.send` for a known peer) -> datagrams to send;
-* time passed -> :meth:`Device.tick` -> datagrams to send (retries, keepalives);
+* :meth:`Device.receive_batch` with the datagrams one wakeup read from UDP -> an
+  :class:`~vpnedu.protocol.transport.Output`: IP packets to write to TUN, datagrams to send;
+* :meth:`Device.send_packets` with the IP packets read from TUN (routed to their peers by
+  destination), or :meth:`Device.send_batch` for one known peer -> datagrams to send;
+* :meth:`Device.tick` when time passed -> datagrams to send (retries, keepalives);
   :meth:`Device.next_deadline` says when to call it next.
 
-Time comes from the injected ``clock`` (monotonic seconds) and ``wallclock``
-(Unix time, only for TAI64N timestamps), randomness from ``random``; a test
-passes fakes and gets a fully deterministic protocol.
+There is **one send path and one receive path**, shaped like wireguard-go's ``device/send.go``
+and ``receive.go``: a batch is encrypted or decrypted in one loop into buffers the caller
+owns (:mod:`vpnedu.protocol.transport`), and the bookkeeping -- counters, roaming, the timer
+hooks of :mod:`vpnedu.protocol.timers` -- runs once per run of packets of one session.  The
+one-packet calls that the notebooks and tests use (:meth:`receive`, :meth:`send_packet`,
+:meth:`send`) are a batch of one through the same code.
 
-Whatever the core throws away is reported as a ``packet.dropped`` event with a
-``reason``, and counted in :attr:`Device.counters` whether or not anyone
-listens.  Nothing a remote party sends can raise an exception out of
-:meth:`receive`.
+Every method takes ``now`` (monotonic seconds) from the caller; wall-clock time (TAI64N
+timestamps, "latest handshake") is ``now + wall_offset``, an offset the IO layer measures once,
+as boringtun's ``TimeStamper`` does.  Randomness (ephemeral keys, indices, cookie secrets and
+nonces, retry jitter) comes from the injected ``random(n)``.  Given the same inputs, ``now``
+values and random bytes, a Device produces the same bytes: a test can pass a seeded source and
+compare a handshake byte for byte.
+
+Whatever the core throws away is reported as a ``packet.dropped`` event with a ``reason``, and
+counted in :attr:`Device.counters` whether or not anyone listens.  Nothing a remote party sends
+can raise an exception out of :meth:`receive_batch`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import random as _random
-import struct
-import time
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import events as _events
 from ..errors import MessageError, SuiteError
 from ..packet import ip as _ip
 from . import handshake as hs
 from . import messages as msgs
 from . import tai64n
+from . import timers as tm
 from .allowedips import AllowedIPs
 from .cookie import COOKIE_REFRESH_TIME, CookieChecker, Endpoint, MacKeys, add_macs, check_mac1, open_cookie
-from .keys import KeyPair
+from .events import EventBus
+from .keys import KeyPair, clamp
 from .keys import encode as _encode
 from .peer import Peer
 from .session import Keypair
-from .suites import SUITES, WIREGUARD, AEADError, CipherSuite, get_suite
-from .timers import DEFAULT_TIMERS, Timers
+from .suites import SUITES, WIREGUARD, CipherSuite, TagMismatch, get_suite
+from .timers import DEFAULT_TIMERS, UNDER_LOAD_BATCH, UNDER_LOAD_HOLD, Timers
+from .transport import HEADER, MIN_SIZE, TYPE, Output, seal_batch
 
 Datagram = tuple[bytes, Endpoint]
-
-_HEADER = struct.Struct("<IIQ")
-_PAD = bytes(16)
+#: A datagram as read from UDP: ``(buffer, segment_size, source)``.  With UDP GRO one read holds
+#: several datagrams of ``segment_size`` bytes (the last may be shorter); otherwise
+#: ``segment_size == len(buffer)``.
+Read = tuple[bytes, int, Endpoint]
 #: Default inner MTU: 1500 minus 20 (IPv4) + 8 (UDP) + 32 (WireGuard header and tag) + 20 spare for IPv6.
 DEFAULT_MTU = 1420
+_TRANSPORT_NAME = "received." + msgs.TYPE_NAMES[msgs.TRANSPORT_DATA]
 
 
 @dataclass(slots=True)
 class Received:
-    """What :meth:`Device.receive` produced."""
+    """What :meth:`Device.receive` produced for one datagram."""
 
     #: Datagrams to send in reply (handshake responses, cookie replies, keepalives, queued data).
     datagrams: list[Datagram] = field(default_factory=list)
@@ -74,13 +84,10 @@ class Device:
     """One side of WireGuard: a static key, peers, indices and the timer state machine."""
 
     def __init__(self, private_key: bytes, *, suite: str | CipherSuite = WIREGUARD,
-                 allow_insecure: bool = False, events: _events.EventBus | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time,
-                 random: Callable[[int], bytes] = os.urandom,
+                 allow_insecure: bool = False, events: EventBus | None = None,
+                 random: Callable[[int], bytes] = secrets.token_bytes, wall_offset: float = 0.0,
                  jitter: Callable[[float], float] | None = None,
                  timers: Timers = DEFAULT_TIMERS, mtu: int = DEFAULT_MTU,
-                 under_load: Callable[[], bool] | None = None,
                  check_source: bool = True, name: str = "device"):
         if isinstance(suite, str):
             suite = get_suite(suite, allow_insecure=allow_insecure)
@@ -88,22 +95,25 @@ class Device:
             get_suite(suite.name, allow_insecure=False)  # raises the standard SuiteError
         self.suite = suite
         self.static = KeyPair(private_key)
-        self.events = events if events is not None else _events.EventBus(clock=wallclock)
-        self.clock = clock
-        self.wallclock = wallclock
+        #: The latest ``now`` a caller gave (events of the default bus are stamped with it).
+        self.now = 0.0
+        #: Unix time minus monotonic time: ``now + wall_offset`` is the wall clock (TAI64N).
+        self.wall_offset = wall_offset
+        self.events = events if events is not None else EventBus(clock=lambda: self.now + self.wall_offset)
+        #: ``random(n)`` -> n random bytes: the only source of randomness of the protocol.
         self.random = random
-        self.jitter = jitter or (lambda limit: _random.uniform(0, limit))
+        self.jitter = jitter or self._random_jitter
         self.timers = timers
         self.mtu = mtu
-        #: Called for every handshake message; when it returns True, mac2 is enforced.
-        self.under_load = under_load or (lambda: False)
+        #: Until when (monotonic) handshakes need a valid mac2 (see :meth:`under_load`).
+        self.under_load_until = float("-inf")
         #: Enforce cryptokey routing on received packets (source must be in the peer's AllowedIPs).
         self.check_source = check_source
         self.name = name
         self.peers: dict[bytes, Peer] = {}
         self.routes: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, tuple[Peer, object]] = {}
-        self.cookie_checker = CookieChecker(suite, self.static.public, clock, random)
+        self.cookie_checker = CookieChecker(suite, self.static.public, random)
         self.mac_keys = self.cookie_checker.keys
         # mac1 keys of the *other* suites, only to explain a suite mismatch in a drop event.
         self._other_suites = [(s, MacKeys(s, self.static.public)) for s in SUITES.values() if s is not suite]
@@ -115,6 +125,17 @@ class Device:
     @property
     def public_key(self) -> bytes:
         return self.static.public
+
+    def wall(self, now: float) -> float:
+        """Unix time at monotonic ``now``."""
+        return now + self.wall_offset
+
+    def _random_jitter(self, limit: float) -> float:
+        """Uniform in [0, limit), from the injected random bytes."""
+        return int.from_bytes(self.random(4), "little") / 2**32 * limit
+
+    def _ephemeral(self) -> KeyPair:
+        return KeyPair(clamp(self.random(32)))
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
@@ -132,7 +153,7 @@ class Device:
             self.routes.insert(net, peer)
         return peer
 
-    def update_peer(self, public_key: bytes, *, persistent_keepalive: int = 0,
+    def update_peer(self, public_key: bytes, now: float, *, persistent_keepalive: int = 0,
                     allowed_ips: tuple | list = (), name: str | None = None) -> Peer:
         """Change a live peer's settings without touching its session, as ``wg syncconf`` does:
         new AllowedIPs take over cryptokey routing at once, and a new PersistentKeepalive starts
@@ -143,7 +164,7 @@ class Device:
         for net in peer.allowed_ips:
             self.routes.insert(net, peer)
         peer.persistent_keepalive = int(persistent_keepalive or 0)
-        peer.t_persistent = (self.clock() + peer.persistent_keepalive
+        peer.t_persistent = (now + peer.persistent_keepalive
                              if peer.persistent_keepalive and peer.current is not None else None)
         if name:
             peer.name = name
@@ -180,33 +201,210 @@ class Device:
             ev.emit("packet.dropped", peer.label if peer else None, reason=reason, detail=detail,
                     source=f"{source[0]}:{source[1]}" if source else None, size=size)
 
+    def under_load(self, now: float) -> bool:
+        """Must handshake messages carry a valid mac2 now?  True while a received batch held
+        UNDER_LOAD_BATCH handshake messages, and for UNDER_LOAD_HOLD seconds after (the
+        protocol's own view of load, as wireguard-go's ``IsUnderLoad``)."""
+        return now < self.under_load_until
+
+    def _note_load(self, handshakes: int, now: float) -> None:
+        if not self.under_load(now):
+            self.events.emit("handshake.under-load", None, batch=handshakes, hold=UNDER_LOAD_HOLD)
+        self.under_load_until = now + UNDER_LOAD_HOLD
+
     # ------------------------------------------------------------ receiving
-    def receive(self, data: bytes, source: Endpoint, now: float | None = None) -> Received:
-        """Process one UDP datagram from ``source``."""
-        if now is None:
-            now = self.clock()
-        out = Received()
+    def receive(self, data: bytes, source: Endpoint, now: float) -> Received:
+        """Process one UDP datagram from ``source``: a batch of one."""
+        out = self.receive_batch([(data, len(data), source)], now)
+        return Received(out.all_datagrams(), out.packets)
+
+    def receive_batch(self, reads: list[Read], now: float, out: Output | None = None) -> Output:
+        """Process the datagrams one wakeup read (see :data:`Read`), in order.
+
+        Transport data is opened here, in one loop: the session is looked up once per run of
+        messages with the same receiver index from the same source, then per message the
+        counter is checked against REJECT_AFTER_MESSAGES and the replay window (cheaply, before
+        any decryption), the AEAD tag verified, the window moved, and the inner packet checked
+        (a plausible IP packet; its source in the sending peer's AllowedIPs: cryptokey routing).
+        Counters, roaming and the timer hooks run once per run.  Handshake messages and cookie
+        replies go to their handlers one by one; a run is closed before each, so the timer hooks
+        see events in the order they happened.
+        """
+        if out is None:
+            out = Output()
+        self.now = now
+        # Everything the loop touches per message, bound to local names once per batch.
+        reject_msgs, reject_time = self.timers.reject_after_messages, self.timers.reject_after_time
+        index, unpack, ip_length = self._index, HEADER.unpack_from, _ip.ip_length
+        ev, check_source, lookup = self.events, self.check_source, self.routes.lookup
+        want = ev.wants("data.decrypted")
+        deliver = out.packets.append
+        src_cache: dict = {}
+        transport = 0      # transport messages seen (for the counters)
+        handshakes = 0     # handshake messages seen (under-load detection)
+        # The open run: transport messages for one session from one source.
+        run_idx = -1
+        peer = kp = source = None
+        confirm = False
+        opened = nbytes = data = 0
+        r_check = r_accept = opn = nonce = None
+        for buf, seg, src in reads:
+            if src != source:
+                if opened:
+                    self._received_run(peer, kp, opened, nbytes, data, source, now, out)
+                    opened = nbytes = data = 0
+                run_idx = -1
+                source = src
+            n = len(buf)
+            if not n:
+                self._receive_message(b"", src, now, out)
+                continue
+            if seg <= 0:
+                seg = n
+            for off in range(0, n, seg):
+                d = buf if seg >= n else buf[off:off + seg]
+                dl = len(d)
+                if dl >= MIN_SIZE:
+                    t, ridx, counter = unpack(d)
+                else:
+                    t = 0
+                if t != TYPE:
+                    # Anything but well-formed transport data: one message at a time.
+                    if opened:
+                        self._received_run(peer, kp, opened, nbytes, data, source, now, out)
+                        opened = nbytes = data = 0
+                    run_idx = -1
+                    if d[0] == 1 or d[0] == 2:
+                        handshakes += 1
+                        if handshakes == UNDER_LOAD_BATCH:
+                            self._note_load(handshakes, now)
+                    self._receive_message(bytes(d), src, now, out)
+                    continue
+                transport += 1
+                if ridx != run_idx:
+                    if opened:
+                        self._received_run(peer, kp, opened, nbytes, data, source, now, out)
+                        opened = nbytes = data = 0
+                    entry = index.get(ridx)
+                    if entry is None or not isinstance(entry[1], Keypair):
+                        run_idx = -1
+                        self._drop("unknown-index", f"no session has index {ridx:#010x}", source=src, size=dl)
+                        continue
+                    peer, kp = entry
+                    if now - kp.created >= reject_time:
+                        run_idx = -1
+                        self._drop("expired-session", "the keys of this session are too old; a new "
+                                   "handshake is needed", peer, src, dl)
+                        continue
+                    run_idx = ridx
+                    r_check = kp.replay.check
+                    r_accept = kp.replay.accept
+                    opn = kp.receiver.decrypt
+                    nonce = kp.receiver.nonce
+                    confirm = kp is peer.next
+                if counter >= reject_msgs:
+                    self._drop("expired-session", "the keys of this session are too old; a new handshake "
+                               "is needed", peer, src, dl)
+                    continue
+                if not r_check(counter):
+                    self._drop("replay", f"counter {counter} was already received or is too old", peer, src, dl)
+                    continue
+                try:
+                    plain = opn(nonce(counter), d[16:], None)
+                except TagMismatch:
+                    self._drop("bad-mac", "transport data does not authenticate (altered, or wrong keys)",
+                               peer, src, dl)
+                    continue
+                if not r_accept(counter):
+                    self._drop("replay", f"counter {counter} was already received", peer, src, dl)
+                    continue
+                if confirm:
+                    confirm = False
+                    self._confirm(peer, kp, now, out)
+                opened += 1
+                nbytes += dl
+                if not plain:
+                    if want:
+                        ev.emit("data.decrypted", peer.label, counter=counter, keepalive=True,
+                                ciphertext_len=dl - 16, plaintext_len=0)
+                    continue
+                data += 1
+                length = ip_length(plain)
+                if length is None:
+                    self._drop("malformed-inner", "decrypted payload is not an IPv4/IPv6 packet", peer, src, dl)
+                    continue
+                padded = len(plain)
+                if length != padded:
+                    plain = plain[:length]
+                if check_source:
+                    addr = plain[12:16] if plain[0] >> 4 == 4 else plain[8:24]
+                    owner = src_cache.get(addr, False)
+                    if owner is False:
+                        owner = src_cache[addr] = lookup(addr)
+                    if owner is not peer:
+                        self._drop("source-not-allowed", f"inner source {ipaddress.ip_address(addr)} is not "
+                                   "in this peer's AllowedIPs", peer, src, dl)
+                        continue
+                if want:
+                    ev.emit("data.decrypted", peer.label, counter=counter, keepalive=False,
+                            ciphertext_len=dl - 16, plaintext_len=length, padded_len=padded,
+                            packet=_ip.describe(plain))
+                deliver((peer, plain))
+        if opened:
+            self._received_run(peer, kp, opened, nbytes, data, source, now, out)
+        if transport:
+            self.counters[_TRANSPORT_NAME] += transport
+        return out
+
+    def _received_run(self, peer: Peer, kp: Keypair, packets: int, nbytes: int, data: int,
+                      source: Endpoint, now: float, out: Output) -> None:
+        """After ``packets`` transport messages of one session authenticated (``data`` of them
+        not keepalives): roaming, counters, the timer hooks, a last-minute rekey."""
+        self._set_endpoint(peer, source)
+        peer.rx_bytes += nbytes
+        peer.rx_packets += packets
+        t = self.timers
+        tm.authenticated_received(peer, now)
+        if tm.rekey_due_receiving(peer, now, t):
+            self.events.emit("timer.rekey", peer.label, reason="keys near REJECT_AFTER_TIME while receiving")
+            self._initiate(peer, now, out, retry=False)
+        if data:
+            tm.data_received(peer, now, t, data)
+
+    def _confirm(self, peer: Peer, kp: Keypair, now: float, out: Output) -> None:
+        """The initiator used the new keys: the handshake is confirmed (responder side)."""
+        self._forget(peer.previous.local_index if peer.previous else None)
+        peer.previous, peer.current, peer.next = peer.current, kp, None
+        peer.last_handshake = self.wall(now)
+        self.counters["handshakes_completed"] += 1
+        tm.handshake_complete(peer)
+        self.events.emit("session.confirmed", peer.label, local_index=kp.local_index)
+        self._flush_staged(peer, now, out)
+
+    def _receive_message(self, data: bytes, source: Endpoint, now: float, out: Output) -> None:
+        """One datagram that is not well-formed transport data: a handshake message, a cookie
+        reply, or something to drop."""
         try:
             mtype = msgs.message_type(data)
         except MessageError as e:
             self._drop("malformed", str(e), source=source, size=len(data))
-            return out
+            return
         self.counters["received." + msgs.TYPE_NAMES[mtype]] += 1
         try:
-            if mtype == msgs.TRANSPORT_DATA:
-                self._receive_data(data, source, now, out)
-            elif mtype == msgs.INITIATION:
+            if mtype == msgs.INITIATION:
                 self._receive_initiation(data, source, now, out)
             elif mtype == msgs.RESPONSE:
                 self._receive_response(data, source, now, out)
-            else:
+            elif mtype == msgs.COOKIE_REPLY:
                 self._receive_cookie(data, source, now, out)
+            else:
+                self._drop("malformed", f"transport data of {len(data)} bytes is shorter than {MIN_SIZE}",
+                           source=source, size=len(data))
         except MessageError as e:
             self._drop("malformed", str(e), source=source, size=len(data))
-        return out
 
-    def _check_handshake_macs(self, data: bytes, sender_index: int, source: Endpoint,
-                              out: Received) -> bool:
+    def _check_handshake_macs(self, data: bytes, sender_index: int, source: Endpoint, now: float,
+                              out: Output) -> bool:
         """mac1 always, mac2 when under load.  False means: stop here."""
         if not check_mac1(self.suite, data, self.mac_keys):
             for other, keys in self._other_suites:
@@ -219,8 +417,8 @@ class Device:
             self._drop("bad-mac1", "mac1 does not match our public key (not for us, or altered)",
                        source=source, size=len(data))
             return False
-        if self.under_load() and not self.cookie_checker.check_mac2(data, source):
-            nonce, sealed = self.cookie_checker.make_reply(data, sender_index, source)
+        if self.under_load(now) and not self.cookie_checker.check_mac2(data, source, now):
+            nonce, sealed = self.cookie_checker.make_reply(data, sender_index, source, now)
             reply = msgs.CookieReply(sender_index, nonce, sealed).to_bytes()
             out.datagrams.append((reply, source))
             self.counters["cookie_replies_sent"] += 1
@@ -242,9 +440,9 @@ class Device:
                     pass
         return None
 
-    def _receive_initiation(self, data: bytes, source: Endpoint, now: float, out: Received) -> None:
+    def _receive_initiation(self, data: bytes, source: Endpoint, now: float, out: Output) -> None:
         msg = msgs.HandshakeInitiation.from_bytes(data)
-        if not self._check_handshake_macs(data, msg.sender, source, out):
+        if not self._check_handshake_macs(data, msg.sender, source, now, out):
             return
         try:
             init = hs.consume_initiation(self.suite, self.static, msg)
@@ -278,7 +476,7 @@ class Device:
                          mac2=msg.mac2.hex(), source=f"{source[0]}:{source[1]}")
 
         # Answer with message 2 and derive the keys.
-        e = KeyPair()
+        e = self._ephemeral()
         self._log_secrets(peer, e)
         idx = self._new_index(peer, None)
         try:
@@ -295,8 +493,8 @@ class Device:
             self._forget(peer.next.local_index)
         peer.next = kp  # not used for sending until the initiator's first data confirms it
         self._set_endpoint(peer, source)
-        self._session_derived(peer, now)
-        self._authenticated_sent(peer, now)
+        tm.session_derived(peer, now, self.timers)
+        tm.authenticated_sent(peer, now)
         out.datagrams.append((packed, source))
         self.counters["handshake_responses_sent"] += 1
         self.events.emit("handshake.response.sent", peer.label, sender_index=idx, receiver_index=msg.sender,
@@ -304,9 +502,9 @@ class Device:
         self.events.emit("session.established", peer.label, role="responder", local_index=idx,
                          remote_index=msg.sender, suite=self.suite.name)
 
-    def _receive_response(self, data: bytes, source: Endpoint, now: float, out: Received) -> None:
+    def _receive_response(self, data: bytes, source: Endpoint, now: float, out: Output) -> None:
         msg = msgs.HandshakeResponse.from_bytes(data)
-        if not self._check_handshake_macs(data, msg.sender, source, out):
+        if not self._check_handshake_macs(data, msg.sender, source, now, out):
             return
         entry = self._index.get(msg.receiver)
         if entry is None or not isinstance(entry[1], hs.InitiatorState) or entry[0].handshake is not entry[1]:
@@ -331,11 +529,11 @@ class Device:
             peer.previous = peer.current
         peer.current = kp
         self._set_endpoint(peer, source)
-        peer.last_handshake = self.wallclock()
+        peer.last_handshake = self.wall(now)
         self.counters["handshakes_completed"] += 1
-        self._session_derived(peer, now)
-        self._handshake_complete(peer)
-        self._authenticated_received(peer, now)
+        tm.session_derived(peer, now, self.timers)
+        tm.handshake_complete(peer)
+        tm.authenticated_received(peer, now)
         self.events.emit("handshake.response.received", peer.label, sender_index=msg.sender,
                          receiver_index=msg.receiver, ephemeral=_b64(msg.ephemeral),
                          mac1=msg.mac1.hex(), mac2=msg.mac2.hex())
@@ -344,9 +542,9 @@ class Device:
         # Confirm the session to the responder: send queued packets, or an empty keepalive.
         if not peer.staged:
             peer.staged.append(b"")
-        self._flush_staged(peer, now, out.datagrams)
+        self._flush_staged(peer, now, out)
 
-    def _receive_cookie(self, data: bytes, source: Endpoint, now: float, out: Received) -> None:
+    def _receive_cookie(self, data: bytes, source: Endpoint, now: float, out: Output) -> None:
         msg = msgs.CookieReply.from_bytes(data)
         entry = self._index.get(msg.receiver)
         if entry is None:
@@ -366,80 +564,6 @@ class Device:
         self.events.emit("handshake.cookie.received", peer.label, receiver_index=msg.receiver,
                          nonce=msg.nonce.hex())
 
-    def _receive_data(self, data: bytes, source: Endpoint, now: float, out: Received) -> None:
-        n = len(data)
-        if n < msgs.TRANSPORT_MIN_SIZE:
-            self._drop("malformed", f"transport data of {n} bytes is shorter than {msgs.TRANSPORT_MIN_SIZE}",
-                       source=source, size=n)
-            return
-        _, receiver, counter = _HEADER.unpack_from(data)
-        entry = self._index.get(receiver)
-        if entry is None or not isinstance(entry[1], Keypair):
-            self._drop("unknown-index", f"no session has index {receiver:#010x}", source=source, size=n)
-            return
-        peer, kp = entry
-        timers = self.timers
-        if counter >= timers.reject_after_messages or now - kp.created >= timers.reject_after_time:
-            self._drop("expired-session", "the keys of this session are too old; a new handshake is "
-                       "needed", peer, source, n)
-            return
-        if not kp.replay.check(counter):
-            self._drop("replay", f"counter {counter} was already received or is too old", peer, source, n)
-            return
-        try:
-            plain = kp.receiver.open(counter, data[16:])
-        except AEADError:
-            self._drop("bad-mac", "transport data does not authenticate (altered, or wrong keys)",
-                       peer, source, n)
-            return
-        if not kp.replay.accept(counter):
-            self._drop("replay", f"counter {counter} was already received", peer, source, n)
-            return
-        if kp is peer.next:
-            # The initiator used the new keys: the handshake is confirmed (responder side).
-            self._forget(peer.previous.local_index if peer.previous else None)
-            peer.previous, peer.current, peer.next = peer.current, kp, None
-            peer.last_handshake = self.wallclock()
-            self.counters["handshakes_completed"] += 1
-            self._handshake_complete(peer)
-            self.events.emit("session.confirmed", peer.label, local_index=kp.local_index)
-            self._flush_staged(peer, now, out.datagrams)
-        self._set_endpoint(peer, source)
-        peer.rx_bytes += n
-        peer.rx_packets += 1
-        self._authenticated_received(peer, now)
-        # An initiator whose keys are about to expire renews them even if it sends nothing.
-        cur = peer.current
-        if (cur is not None and cur.initiator and not peer.sent_last_minute_handshake
-                and now - cur.created >= timers.receive_rekey_age):
-            peer.sent_last_minute_handshake = True
-            self.events.emit("timer.rekey", peer.label, reason="keys near REJECT_AFTER_TIME while receiving")
-            out.datagrams.extend(self._initiate(peer, now, retry=False))
-        ev = self.events
-        if not plain:
-            if ev.wants("data.decrypted"):
-                ev.emit("data.decrypted", peer.label, counter=counter, keepalive=True,
-                        ciphertext_len=n - 16, plaintext_len=0)
-            return
-        # Data received: owe the peer a keepalive if we have nothing to send back.
-        if peer.t_keepalive is None:
-            peer.t_keepalive = now + timers.keepalive_timeout
-        else:
-            peer.need_another_keepalive = True
-        length = _ip.ip_length(plain)
-        if length is None:
-            self._drop("malformed-inner", "decrypted payload is not an IPv4/IPv6 packet", peer, source, n)
-            return
-        packet = plain[:length]
-        if self.check_source and self.routes.lookup(_ip.source_address(packet)) is not peer:
-            self._drop("source-not-allowed", f"inner source {_src(packet)} is not in this peer's AllowedIPs",
-                       peer, source, n)
-            return
-        if ev.wants("data.decrypted"):
-            ev.emit("data.decrypted", peer.label, counter=counter, keepalive=False, ciphertext_len=n - 16,
-                    plaintext_len=length, padded_len=len(plain), packet=_ip.describe(packet))
-        out.packets.append((peer, packet))
-
     def _set_endpoint(self, peer: Peer, source: Endpoint) -> None:
         if peer.endpoint != source:
             old = peer.endpoint
@@ -449,42 +573,113 @@ class Device:
                                  new=f"{source[0]}:{source[1]}")
 
     # ------------------------------------------------------------ sending
-    def send_packet(self, packet: bytes, now: float | None = None) -> list[Datagram]:
-        """An IP packet read from TUN: route it to its peer by destination and encrypt it."""
-        peer = self.routes.lookup(_ip.destination_address(packet)) if _ip.ip_length(packet) else None
-        if peer is None:
-            self._drop("no-route", f"no peer's AllowedIPs holds the destination of: {_ip.describe(packet)}",
-                       size=len(packet))
-            return []
-        return self.send(peer, packet, now)
+    def send_packet(self, packet: bytes, now: float) -> list[Datagram]:
+        """An IP packet read from TUN: route it to its peer by destination and encrypt it
+        (a batch of one)."""
+        return self.send_packets([packet], now).all_datagrams()
 
-    def send(self, peer: Peer, packet: bytes, now: float | None = None) -> list[Datagram]:
-        """Encrypt ``packet`` (b"" for a keepalive) for ``peer``, or queue it and start a handshake."""
-        if now is None:
-            now = self.clock()
-        out: list[Datagram] = []
-        kp = peer.current
-        if kp is not None and self._usable(peer, kp, now):
-            self._encrypt(peer, kp, packet, now, out)
-            if (kp.initiator and (kp.send_counter > self.timers.rekey_after_messages
-                                  or now - kp.created >= self.timers.rekey_after_time)):
-                if now - peer.last_initiation_sent >= self.timers.rekey_timeout:
-                    self.events.emit("timer.rekey", peer.label, reason="REKEY_AFTER_TIME or "
-                                     "REKEY_AFTER_MESSAGES reached while sending")
-                out.extend(self._initiate(peer, now, retry=False))
-            return out
-        # No usable session: queue the packet and (maybe) start a handshake.
-        if len(peer.staged) >= peer.max_staged:
-            peer.staged.popleft()
-            self._drop("queue-full", "too many packets waiting for a handshake", peer, size=len(packet))
-        peer.staged.append(packet)
-        self.events.emit("data.queued", peer.label, size=len(packet), queued=len(peer.staged))
-        out.extend(self._initiate(peer, now, retry=False))
-        return out
+    def send(self, peer: Peer, packet: bytes, now: float) -> list[Datagram]:
+        """Encrypt ``packet`` (b"" for a keepalive) for ``peer``, or queue it and start a
+        handshake (a batch of one)."""
+        return self.send_batch(peer, [packet], now).all_datagrams()
 
-    def keepalive(self, peer: Peer, now: float | None = None) -> list[Datagram]:
+    def keepalive(self, peer: Peer, now: float) -> list[Datagram]:
         """Send an empty keepalive now (as wireguard-go does when a PersistentKeepalive is set)."""
         return self.send(peer, b"", now)
+
+    def send_packets(self, packets: list, now: float, out: Output | None = None) -> Output:
+        """IP packets read from TUN: cryptokey routing (the peer whose AllowedIPs hold each
+        destination, looked up once per destination in the batch), then one
+        :meth:`send_batch` per peer, each peer's packets in the order they came."""
+        if out is None:
+            out = Output()
+        lookup = self.routes.lookup
+        cache: dict = {}
+        groups: dict[Peer, list] = {}
+        for p in packets:
+            n = len(p)
+            v = p[0] >> 4 if n else 0
+            # A plausible IPv4/IPv6 packet (the length it claims fits) and its destination.
+            if v == 4 and n >= 20 and 20 <= (p[2] << 8 | p[3]) <= n:
+                dst = bytes(p[16:20])
+            elif v == 6 and n >= 40 and 40 + (p[4] << 8 | p[5]) <= n:
+                dst = bytes(p[24:40])
+            else:
+                dst = None
+            peer = cache.get(dst, False)
+            if peer is False:
+                peer = cache[dst] = lookup(dst) if dst is not None else None
+            if peer is None:
+                self._drop("no-route", f"no peer's AllowedIPs holds the destination of: {_ip.describe(bytes(p))}",
+                           size=n)
+                continue
+            q = groups.get(peer)
+            if q is None:
+                groups[peer] = [p]
+            else:
+                q.append(p)
+        for peer, q in groups.items():
+            self.send_batch(peer, q, now, out)
+        return out
+
+    def send_batch(self, peer: Peer, packets: list, now: float, out: Output | None = None) -> Output:
+        """Encrypt ``packets`` (b"" is a keepalive) for ``peer`` with its current session, into
+        ``out``; or, with no usable session, queue them and start a handshake.
+
+        A batch behaves exactly as its packets sent one by one at the same ``now``: the session
+        may send only until REJECT_AFTER_MESSAGES (the rest waits for new keys), and the timer
+        hooks (:func:`~vpnedu.protocol.timers.authenticated_sent`, :func:`~.timers.data_sent`)
+        and the rekey check run once, with the batch's counts."""
+        if out is None:
+            out = Output()
+        self.now = now
+        t = self.timers
+        kp = peer.current
+        if kp is not None and self._usable(peer, kp, now):
+            ep = peer.endpoint
+            if ep is None:
+                for p in packets:
+                    self._drop("no-endpoint", "the peer's address is unknown (it has not contacted us yet)",
+                               peer, size=len(p))
+                return out
+            room = t.reject_after_messages - kp.send_counter
+            batch = packets if room >= len(packets) else packets[:room]
+            report = self._reporter(peer) if self.events.wants("data.encrypted") else None
+            nbytes, data = seal_batch(kp, batch, self.mtu, ep, out, report)
+            peer.tx_bytes += nbytes
+            peer.tx_packets += len(batch)
+            tm.authenticated_sent(peer, now)
+            if data:
+                tm.data_sent(peer, now, t)
+            if tm.rekey_due_sending(kp, now, t):
+                if now - peer.last_initiation_sent >= t.rekey_timeout:
+                    self.events.emit("timer.rekey", peer.label, reason="REKEY_AFTER_TIME or "
+                                     "REKEY_AFTER_MESSAGES reached while sending")
+                self._initiate(peer, now, out, retry=False)
+            if batch is packets:
+                return out
+            packets = packets[room:]
+            self._usable(peer, kp, now)   # used up: marks the session expired
+        # No usable session: queue the packets and (maybe) start a handshake.
+        for p in packets:
+            if len(peer.staged) >= peer.max_staged:
+                peer.staged.popleft()
+                self._drop("queue-full", "too many packets waiting for a handshake", peer, size=len(p))
+            peer.staged.append(bytes(p))
+            self.events.emit("data.queued", peer.label, size=len(p), queued=len(peer.staged))
+        self._initiate(peer, now, out, retry=False)
+        return out
+
+    def _reporter(self, peer: Peer):
+        """The per-packet ``data.encrypted`` event, for :func:`~.transport.seal_batch`."""
+        emit, label = self.events.emit, peer.label
+
+        def report(counter: int, packet, padded: int, dlen: int) -> None:
+            n = len(packet)
+            emit("data.encrypted", label, counter=counter, keepalive=(n == 0), plaintext_len=n,
+                 padded_len=padded, ciphertext_len=dlen - 16, datagram_len=dlen,
+                 packet=_ip.describe(bytes(packet)) if n else "keepalive")
+        return report
 
     def _usable(self, peer: Peer, kp: Keypair, now: float) -> bool:
         if now - kp.created < self.timers.reject_after_time and kp.send_counter < self.timers.reject_after_messages:
@@ -497,135 +692,53 @@ class Device:
             peer.previous, peer.current = kp, None
         return False
 
-    def _encrypt(self, peer: Peer, kp: Keypair, packet: bytes, now: float, out: list[Datagram]) -> None:
-        counter = kp.send_counter
-        kp.send_counter = counter + 1
-        n = len(packet)
-        # Pad to a multiple of 16 (hides exact sizes), but never past the MTU (paper 5.4.6).
-        unit = n % self.mtu if n > self.mtu else n
-        padded = min(-(-unit // 16) * 16, self.mtu) if self.mtu else -(-unit // 16) * 16
-        pad = padded - unit
-        plaintext = packet + _PAD[:pad] if pad > 0 else packet
-        datagram = _HEADER.pack(4, kp.remote_index, counter) + kp.sender.seal(counter, plaintext)
-        endpoint = peer.endpoint
-        if endpoint is None:
-            self._drop("no-endpoint", "the peer's address is unknown (it has not contacted us yet)", peer,
-                       size=n)
-            return
-        out.append((datagram, endpoint))
-        peer.tx_bytes += len(datagram)
-        peer.tx_packets += 1
-        ev = self.events
-        if ev.wants("data.encrypted"):
-            ev.emit("data.encrypted", peer.label, counter=counter, keepalive=(n == 0), plaintext_len=n,
-                    padded_len=len(plaintext), ciphertext_len=len(datagram) - 16, datagram_len=len(datagram),
-                    packet=_ip.describe(packet) if n else "keepalive")
-        self._authenticated_sent(peer, now)
-        if n:
-            # Data sent: expect something back within KEEPALIVE + REKEY_TIMEOUT.
-            if peer.t_new_handshake is None:
-                peer.t_new_handshake = now + self.timers.keepalive_timeout + self.timers.rekey_timeout
-
-    # ------------------------------------------------------------ fast-path helpers
-    # The fast datapath (vpnedu.datapath) encrypts and decrypts whole batches itself, with the
-    # same keypairs, counters and replay windows, and calls these once per batch so that
-    # counters, timers and rekeys end up as if every packet had gone through send()/receive().
-
-    def fast_send_keypair(self, peer: Peer, count: int, now: float) -> Keypair | None:
-        """The keypair with which the fast path may encrypt ``count`` data packets for ``peer``
-        now, or None: then use :meth:`send` (no session yet, keys expiring, no endpoint)."""
-        kp = peer.current
-        timers = self.timers
-        if (kp is None or peer.endpoint is None or now - kp.created >= timers.reject_after_time
-                or kp.send_counter + count >= timers.reject_after_messages):
-            return None
-        return kp
-
-    def fast_sent(self, peer: Peer, kp: Keypair, packets: int, nbytes: int, now: float) -> list[Datagram]:
-        """Bookkeeping after the fast path sent ``packets`` data messages (``nbytes`` bytes on the
-        wire) with ``kp``: counters, timers and, when due, a rekey (what :meth:`send` does)."""
-        peer.tx_bytes += nbytes
-        peer.tx_packets += packets
-        self._authenticated_sent(peer, now)
-        if peer.t_new_handshake is None:
-            peer.t_new_handshake = now + self.timers.keepalive_timeout + self.timers.rekey_timeout
-        if (kp.initiator and (kp.send_counter > self.timers.rekey_after_messages
-                              or now - kp.created >= self.timers.rekey_after_time)):
-            if now - peer.last_initiation_sent >= self.timers.rekey_timeout:
-                self.events.emit("timer.rekey", peer.label, reason="REKEY_AFTER_TIME or "
-                                 "REKEY_AFTER_MESSAGES reached while sending")
-            return self._initiate(peer, now, retry=False)
-        return []
-
-    def fast_received(self, peer: Peer, kp: Keypair, packets: int, nbytes: int, data_packets: int,
-                      source: Endpoint, now: float) -> list[Datagram]:
-        """Bookkeeping after the fast path accepted ``packets`` transport messages (``nbytes``
-        bytes, ``data_packets`` of them not keepalives) for ``kp`` from ``source``: roaming,
-        counters, timers, the initiator's last-minute rekey (what :meth:`receive` does)."""
-        self.counters["received." + msgs.TYPE_NAMES[msgs.TRANSPORT_DATA]] += packets
-        self._set_endpoint(peer, source)
-        peer.rx_bytes += nbytes
-        peer.rx_packets += packets
-        self._authenticated_received(peer, now)
-        out: list[Datagram] = []
-        cur = peer.current
-        timers = self.timers
-        if (cur is not None and cur.initiator and not peer.sent_last_minute_handshake
-                and now - cur.created >= timers.receive_rekey_age):
-            peer.sent_last_minute_handshake = True
-            self.events.emit("timer.rekey", peer.label, reason="keys near REJECT_AFTER_TIME while receiving")
-            out.extend(self._initiate(peer, now, retry=False))
-        if data_packets:
-            if peer.t_keepalive is None:
-                peer.t_keepalive = now + timers.keepalive_timeout
-                if data_packets > 1:
-                    peer.need_another_keepalive = True
-            else:
-                peer.need_another_keepalive = True
-        return out
-
-    def _flush_staged(self, peer: Peer, now: float, out: list[Datagram]) -> None:
-        kp = peer.current
-        while peer.staged and kp is not None and self._usable(peer, kp, now):
-            self._encrypt(peer, kp, peer.staged.popleft(), now, out)
+    def _flush_staged(self, peer: Peer, now: float, out: Output) -> None:
+        """A session is ready: send what waited for it."""
+        if peer.staged:
+            staged = list(peer.staged)
+            peer.staged.clear()
+            self.send_batch(peer, staged, now, out)
 
     def _cookie(self, peer: Peer, now: float) -> bytes | None:
         if peer.cookie is not None and now - peer.cookie_time < COOKIE_REFRESH_TIME:
             return peer.cookie
         return None
 
-    def initiate(self, peer: Peer, now: float | None = None) -> list[Datagram]:
+    def initiate(self, peer: Peer, now: float) -> list[Datagram]:
         """Start a handshake with ``peer`` now (a client does this when it comes up)."""
-        return self._initiate(peer, self.clock() if now is None else now, retry=False)
+        out = Output()
+        self._initiate(peer, now, out, retry=False)
+        return out.all_datagrams()
 
-    def _initiate(self, peer: Peer, now: float, retry: bool) -> list[Datagram]:
+    def _initiate(self, peer: Peer, now: float, out: Output, retry: bool) -> None:
+        self.now = now
         if not retry:
             peer.handshake_attempts = 0
         # Never more than one initiation per REKEY_TIMEOUT (paper 6.1).
         if now - peer.last_initiation_sent < self.timers.rekey_timeout:
-            return []
+            return
         if peer.endpoint is None:
             self._drop("no-endpoint", "cannot start a handshake: the peer's endpoint is unknown", peer)
-            return []
+            return
         peer.last_initiation_sent = now
         if peer.handshake is not None:
             self._forget(peer.handshake.local_index)
         idx = self._new_index(peer, None)
-        stamp = tai64n.encode(self.wallclock())
-        e = KeyPair()
+        stamp = tai64n.encode(self.wall(now))
+        e = self._ephemeral()
         self._log_secrets(peer, e)
         try:
             msg, state = hs.create_initiation(self.suite, self.static, peer.public_key, peer.psk, idx, stamp, e)
-        except hs.HandshakeError as e:
+        except hs.HandshakeError as err:
             self._forget(idx)
-            self._drop(e.reason, e.detail, peer)
-            return []
+            self._drop(err.reason, err.detail, peer)
+            return
         self._index[idx] = (peer, state)
         peer.handshake = state
         packed, mac1, mac2 = add_macs(self.suite, msg.to_bytes(), peer.mac_keys, self._cookie(peer, now))
         peer.last_mac1 = mac1
-        peer.t_retransmit = now + self.timers.rekey_timeout + self.jitter(self.timers.max_jitter)
-        self._authenticated_sent(peer, now)
+        tm.handshake_initiated(peer, now, self.timers, self.jitter(self.timers.max_jitter))
+        tm.authenticated_sent(peer, now)
         self.counters["handshake_initiations_sent"] += 1
         self.events.emit("handshake.initiation.sent", peer.label, sender_index=idx,
                          ephemeral=_b64(msg.ephemeral), timestamp=tai64n.decode(stamp),
@@ -633,7 +746,7 @@ class Device:
                          encrypted_timestamp=msg.encrypted_timestamp.hex(),
                          mac1=mac1.hex(), mac2=mac2.hex(), attempt=peer.handshake_attempts + 1,
                          to=f"{peer.endpoint[0]}:{peer.endpoint[1]}")
-        return [(packed, peer.endpoint)]
+        out.datagrams.append((packed, peer.endpoint))
 
     def _log_secrets(self, peer: Peer, ephemeral: KeyPair) -> None:
         """Key-log lines in the format of Wireshark's WireGuard dissector (wg.keylog_file):
@@ -647,25 +760,6 @@ class Device:
                     f"PRESHARED_KEY = {_encode(peer.psk)}\n")
 
     # ------------------------------------------------------------ timers
-    def _authenticated_sent(self, peer: Peer, now: float) -> None:
-        peer.t_keepalive = None  # anything we send counts as a keepalive
-        peer.need_another_keepalive = False
-        if peer.persistent_keepalive:
-            peer.t_persistent = now + peer.persistent_keepalive
-
-    def _authenticated_received(self, peer: Peer, now: float) -> None:
-        peer.t_new_handshake = None  # the peer is alive
-        if peer.persistent_keepalive:
-            peer.t_persistent = now + peer.persistent_keepalive
-
-    def _session_derived(self, peer: Peer, now: float) -> None:
-        peer.t_zero_keys = now + 3 * self.timers.reject_after_time
-        peer.sent_last_minute_handshake = False
-
-    def _handshake_complete(self, peer: Peer) -> None:
-        peer.t_retransmit = None
-        peer.handshake_attempts = 0
-
     def _zero_keys(self, peer: Peer) -> None:
         for kp in peer.keypairs():
             self._forget(kp.local_index)
@@ -684,51 +778,42 @@ class Device:
                     best = t
         return best
 
-    def tick(self, now: float | None = None) -> list[Datagram]:
-        """Run every timer that has expired; returns what must be sent."""
-        if now is None:
-            now = self.clock()
-        out: list[Datagram] = []
+    def tick(self, now: float) -> list[Datagram]:
+        """Run every timer that has expired (:func:`vpnedu.protocol.timers.expired`); returns
+        what must be sent."""
+        self.now = now
+        out = Output()
         timers = self.timers
         for peer in list(self.peers.values()):
-            if peer.t_retransmit is not None and now >= peer.t_retransmit:
-                peer.t_retransmit = None
-                if peer.handshake_attempts + 1 >= timers.max_handshake_attempts:
+            for what in tm.expired(peer, now, timers):
+                if what == "give-up":
                     dropped = len(peer.staged)
                     peer.staged.clear()
-                    peer.t_keepalive = None
                     if dropped:
                         self.counters["dropped.handshake-timeout"] += dropped
-                    if peer.t_zero_keys is None:
-                        peer.t_zero_keys = now + 3 * timers.reject_after_time
                     self.counters["handshake_timeouts"] += 1
                     self.events.emit("handshake.timeout", peer.label, attempts=peer.handshake_attempts + 1,
                                      seconds=timers.rekey_attempt_time, dropped_packets=dropped)
-                else:
-                    peer.handshake_attempts += 1
+                elif what == "retransmit":
                     self.events.emit("timer.retransmit", peer.label, attempt=peer.handshake_attempts + 1)
-                    out.extend(self._initiate(peer, now, retry=True))
-            if peer.t_keepalive is not None and now >= peer.t_keepalive:
-                peer.t_keepalive = None
-                again = peer.need_another_keepalive
-                self.events.emit("timer.keepalive", peer.label, mode="passive")
-                out.extend(self.send(peer, b"", now))
-                if again:
-                    peer.t_keepalive = now + timers.keepalive_timeout
-            if peer.t_new_handshake is not None and now >= peer.t_new_handshake:
-                peer.t_new_handshake = None
-                self.events.emit("timer.rekey", peer.label,
-                                 reason="sent data but received nothing for KEEPALIVE + REKEY_TIMEOUT")
-                out.extend(self._initiate(peer, now, retry=False))
-            if peer.t_zero_keys is not None and now >= peer.t_zero_keys:
-                self._zero_keys(peer)
-                self.events.emit("session.zeroed", peer.label)
-            if peer.t_persistent is not None and now >= peer.t_persistent:
-                peer.t_persistent = None
-                if peer.persistent_keepalive:
+                    self._initiate(peer, now, out, retry=True)
+                elif what == "keepalive":
+                    again = peer.need_another_keepalive
+                    self.events.emit("timer.keepalive", peer.label, mode="passive")
+                    self.send_batch(peer, [b""], now, out)
+                    if again:   # one more was owed (data kept coming while this one was armed)
+                        peer.t_keepalive = now + timers.keepalive_timeout
+                elif what == "new-handshake":
+                    self.events.emit("timer.rekey", peer.label,
+                                     reason="sent data but received nothing for KEEPALIVE + REKEY_TIMEOUT")
+                    self._initiate(peer, now, out, retry=False)
+                elif what == "zero-keys":
+                    self._zero_keys(peer)
+                    self.events.emit("session.zeroed", peer.label)
+                elif what == "persistent":
                     self.events.emit("timer.keepalive", peer.label, mode="persistent")
-                    out.extend(self.send(peer, b"", now))
-        return out
+                    self.send_batch(peer, [b""], now, out)
+        return out.all_datagrams()
 
     # ------------------------------------------------------------ status
     def status(self) -> dict:
@@ -739,7 +824,3 @@ class Device:
             "peers": [p.status() for p in self.peers.values()],
             "counters": dict(self.counters),
         }
-
-
-def _src(packet: bytes) -> str:
-    return str(ipaddress.ip_address(_ip.source_address(packet)))

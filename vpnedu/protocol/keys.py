@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
+import secrets
+from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
@@ -31,14 +32,15 @@ def clamp(secret: bytes) -> bytes:
     return bytes(b)
 
 
-def generate_private_key() -> bytes:
-    """32 random bytes, clamped: a WireGuard private key."""
-    return clamp(os.urandom(KEY_SIZE))
+def generate_private_key(random: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
+    """32 random bytes, clamped: a WireGuard private key.  ``random(n)`` is the source of
+    randomness (the operating system's CSPRNG unless a caller injects another)."""
+    return clamp(random(KEY_SIZE))
 
 
-def generate_psk() -> bytes:
+def generate_psk(random: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
     """32 random bytes: a pre-shared key (mixed in as Noise's psk2)."""
-    return os.urandom(KEY_SIZE)
+    return random(KEY_SIZE)
 
 
 def public_key(private: bytes) -> bytes:

@@ -26,11 +26,12 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import MessageError
+from . import transport as _transport
 
 INITIATION = 1
 RESPONSE = 2
 COOKIE_REPLY = 3
-TRANSPORT_DATA = 4
+TRANSPORT_DATA = _transport.TYPE
 
 TYPE_NAMES = {
     INITIATION: "handshake initiation",
@@ -42,16 +43,17 @@ TYPE_NAMES = {
 INITIATION_SIZE = 148
 RESPONSE_SIZE = 92
 COOKIE_REPLY_SIZE = 64
-TRANSPORT_HEADER_SIZE = 16
+#: Transport data is defined, sealed and opened in :mod:`vpnedu.protocol.transport`.
+TRANSPORT_HEADER_SIZE = _transport.HEADER_SIZE
 #: The smallest transport message: header + an empty (keepalive) payload's tag.
-TRANSPORT_MIN_SIZE = TRANSPORT_HEADER_SIZE + 16
+TRANSPORT_MIN_SIZE = _transport.MIN_SIZE
 #: Largest datagram we accept (an IP packet of 65535 bytes + overhead is never more).
 MAX_DATAGRAM_SIZE = 65535
 
 _INITIATION = struct.Struct("<II32s48s28s16s16s")
 _RESPONSE = struct.Struct("<III32s16s16s16s")
 _COOKIE = struct.Struct("<II24s32s")
-_TRANSPORT_HEADER = struct.Struct("<IIQ")
+_TRANSPORT_HEADER = _transport.HEADER
 
 #: Offsets used by mac1/mac2: mac1 covers everything before it, mac2 everything before mac2.
 INITIATION_MAC1_OFFSET = INITIATION_SIZE - 32
@@ -150,7 +152,7 @@ class TransportData:
 
 
 def transport_header(receiver: int, counter: int) -> bytes:
-    """The 16-byte header of a transport message (the fast path builds it directly)."""
+    """The 16-byte header of a transport message."""
     return _TRANSPORT_HEADER.pack(TRANSPORT_DATA, receiver, counter)
 
 

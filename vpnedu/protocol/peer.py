@@ -6,19 +6,9 @@ the handshake in flight, up to three keypairs, packets waiting for a
 handshake, counters, and the deadlines of its five timers.  The
 :class:`~vpnedu.protocol.device.Device` drives it.
 
-The five timers (paper, section 6; wireguard-go ``device/timers.go``):
-
-=====================  ==============================================================
-``retransmit``          REKEY_TIMEOUT (+jitter) after sending an initiation: send a new one,
-                        until REKEY_ATTEMPT_TIME has passed; then give up.
-``keepalive``           KEEPALIVE_TIMEOUT after receiving data if we sent nothing since:
-                        send an empty keepalive, so the sender knows we are alive.
-``new_handshake``       KEEPALIVE_TIMEOUT + REKEY_TIMEOUT after sending data if nothing came
-                        back: the session may be dead, start a new handshake.
-``zero_keys``           3 x REJECT_AFTER_TIME after the last new session: erase all keys.
-``persistent``          PersistentKeepalive seconds after the last packet either way: send a
-                        keepalive to keep NAT mappings on the path open (optional).
-=====================  ==============================================================
+Its five timer deadlines (``t_retransmit``, ``t_keepalive``, ``t_new_handshake``,
+``t_zero_keys``, ``t_persistent``) are armed and disarmed only by the hooks in
+:mod:`vpnedu.protocol.timers`, whose docstring tells the whole state machine.
 """
 
 from __future__ import annotations

@@ -61,51 +61,77 @@ class AEADError(Exception):
     or the wrong key was used.  The core turns this into a ``packet.dropped`` event."""
 
 
-class _AEAD:
+#: What the raw batch methods (:meth:`AEAD.decrypt`) raise when a tag does not verify.  The
+#: readable methods (:meth:`AEAD.open`) turn it into :class:`AEADError`.
+TagMismatch = InvalidTag
+
+
+class AEAD:
     """An AEAD cipher bound to one key, with Noise's nonce rule for the suite.
 
     Noise (section 5.1) uses a 64-bit counter ``n`` as the nonce.  ChaChaPoly
     encodes it as 32 zero bits followed by ``n`` little-endian; AESGCM as 32 zero
     bits followed by ``n`` big-endian (Noise spec, section 12).
+
+    Two levels of the same operation:
+
+    * :meth:`seal` / :meth:`open` take a counter and return new bytes -- what the
+      handshake and a reader of the code use;
+    * :attr:`nonce`, :attr:`encrypt_into` and :attr:`decrypt` are the cipher's own
+      (C-level) calls, bound once, for the transport engine's batch loops
+      (:mod:`vpnedu.protocol.transport`): ``encrypt_into(nonce, plaintext, None, out)``
+      writes ciphertext and tag into a buffer the caller owns, ``decrypt(nonce, data, None)``
+      raises :data:`TagMismatch`.  No Python frame sits between the loop and the cipher.
     """
 
-    __slots__ = ("_cipher", "_fmt")
+    __slots__ = ("nonce", "encrypt_into", "decrypt")
 
     def __init__(self, cipher, big_endian: bool):
-        self._cipher = cipher
-        self._fmt = struct.Struct(">4xQ" if big_endian else "<4xQ")
+        self.nonce = struct.Struct(">4xQ" if big_endian else "<4xQ").pack
+        self.encrypt_into = cipher.encrypt_into
+        self.decrypt = cipher.decrypt
 
     def seal(self, counter: int, plaintext: bytes, ad: bytes | None = None) -> bytes:
-        return self._cipher.encrypt(self._fmt.pack(counter), plaintext, ad)
+        out = bytearray(len(plaintext) + TAG_LEN)
+        self.encrypt_into(self.nonce(counter), plaintext, ad, out)
+        return bytes(out)
 
     def open(self, counter: int, ciphertext: bytes, ad: bytes | None = None) -> bytes:
         try:
-            return self._cipher.decrypt(self._fmt.pack(counter), ciphertext, ad)
+            return self.decrypt(self.nonce(counter), ciphertext, ad)
         except InvalidTag:
             raise AEADError("authentication tag does not match") from None
 
 
-class _NullAEAD:
+class NullAEAD(AEAD):
     """Authentication without encryption, for the ``null-teaching`` suite.
 
     The "ciphertext" is the plaintext followed by a Poly1305 tag computed with
     ChaCha20-Poly1305 over an empty message and the plaintext as associated data:
-    anyone on the path can read the packet, nobody can change it unnoticed.
+    anyone on the path can read the packet, nobody can change it unnoticed.  It has
+    the same batch calls as :class:`AEAD` (in Python, so slower), so the one transport
+    engine serves it too.
     """
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_tag",)
 
     def __init__(self, key: bytes):
-        self._inner = _AEAD(ChaCha20Poly1305(key), big_endian=False)
+        inner = ChaCha20Poly1305(key)
+        self.nonce = struct.Struct("<4xQ").pack
+        self._tag = inner
+        self.encrypt_into = self._encrypt_into
+        self.decrypt = self._decrypt
 
-    def seal(self, counter: int, plaintext: bytes, ad: bytes | None = None) -> bytes:
-        return plaintext + self._inner.seal(counter, b"", (ad or b"") + plaintext)
+    def _encrypt_into(self, nonce: bytes, plaintext, ad, out) -> None:
+        n = len(plaintext)
+        out[:n] = plaintext
+        out[n:n + TAG_LEN] = self._tag.encrypt(nonce, b"", bytes(ad or b"") + bytes(plaintext))
 
-    def open(self, counter: int, ciphertext: bytes, ad: bytes | None = None) -> bytes:
+    def _decrypt(self, nonce: bytes, ciphertext, ad) -> bytes:
         if len(ciphertext) < TAG_LEN:
-            raise AEADError("shorter than an authentication tag")
-        plaintext, tag = ciphertext[:-TAG_LEN], ciphertext[-TAG_LEN:]
-        self._inner.open(counter, tag, (ad or b"") + plaintext)
+            raise InvalidTag()
+        plaintext, tag = bytes(ciphertext[:-TAG_LEN]), bytes(ciphertext[-TAG_LEN:])
+        self._tag.decrypt(nonce, tag, bytes(ad or b"") + plaintext)
         return plaintext
 
 
@@ -177,16 +203,16 @@ class CipherSuite:
         return tuple(out)
 
     # -- AEADs ---------------------------------------------------------------
-    def handshake_aead(self, key: bytes) -> _AEAD:
+    def handshake_aead(self, key: bytes) -> AEAD:
         """The AEAD used inside the handshake (always real encryption)."""
         if self.aes:
-            return _AEAD(AESGCM(key), big_endian=True)
-        return _AEAD(ChaCha20Poly1305(key), big_endian=False)
+            return AEAD(AESGCM(key), big_endian=True)
+        return AEAD(ChaCha20Poly1305(key), big_endian=False)
 
-    def transport_aead(self, key: bytes) -> _AEAD | _NullAEAD:
+    def transport_aead(self, key: bytes) -> AEAD:
         """The AEAD used for transport data messages (section 5.4.6)."""
         if self.insecure:
-            return _NullAEAD(key)
+            return NullAEAD(key)
         return self.handshake_aead(key)
 
     def cookie_seal(self, key: bytes, nonce: bytes, cookie: bytes, ad: bytes) -> bytes:

@@ -8,6 +8,7 @@ endpoints, under a :class:`FakeClock` that moves only when told to.  Tests,
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,24 +21,46 @@ from ..protocol.peer import Peer
 
 
 class FakeClock:
-    """A clock that only moves when :meth:`advance` is called.
+    """A clock that only moves when :meth:`advance` (or :meth:`sleep`) is called.
 
-    Call it for monotonic seconds; :meth:`wall` gives matching Unix time.
+    Call it for monotonic seconds; :meth:`wall` gives matching Unix time, and
+    :attr:`wall_offset` is what a :class:`~vpnedu.protocol.device.Device` adds to its
+    ``now`` to get it.  :class:`RealClock` has the same calls on the real clocks.
     """
 
     def __init__(self, start: float = 1000.0, wall_start: float = 1_800_000_000.0):
         self.now = start
-        self._offset = wall_start - start
+        self.wall_offset = wall_start - start
 
     def __call__(self) -> float:
         return self.now
 
     def wall(self) -> float:
-        return self.now + self._offset
+        return self.now + self.wall_offset
 
     def advance(self, seconds: float) -> float:
         self.now += seconds
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Waiting on a fake clock is moving it."""
+        self.now += max(0.0, seconds)
+
+
+class RealClock:
+    """The monotonic clock, with :class:`FakeClock`'s calls (the simulation's default)."""
+
+    def __init__(self) -> None:
+        self.wall_offset = time.time() - time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.monotonic() + self.wall_offset
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
 
 
 @dataclass
@@ -92,7 +115,7 @@ class MemoryNetwork:
             dev = self.devices.get(dst)
             if dev is None:
                 continue
-            got = dev.receive(data, src)
+            got = dev.receive(data, src, self.clock.now)
             self.delivered[dst].extend(got.packets)
             self.send(dst, got.datagrams)
         return count
@@ -100,7 +123,7 @@ class MemoryNetwork:
     def tick(self) -> None:
         """Run every device's timers at the current fake time, and deliver the results."""
         for ep, dev in self.devices.items():
-            self.send(ep, dev.tick())
+            self.send(ep, dev.tick(self.clock.now))
         self.run()
 
     def advance(self, seconds: float, step: float = 0.5) -> None:
@@ -132,30 +155,43 @@ class Pair:
         """The client as the server's peer."""
         return self.server.peers[self.client.public_key]
 
+    @property
+    def now(self) -> float:
+        """The network's (fake) time: what to pass as ``now`` to the devices."""
+        return self.net.clock.now
+
     def handshake(self) -> None:
-        self.net.send(self.client_ep, self.client.initiate(self.server_peer))
+        self.net.send(self.client_ep, self.client.initiate(self.server_peer, self.now))
         self.net.run()
 
     def client_sends(self, packet: bytes) -> None:
-        self.net.send(self.client_ep, self.client.send_packet(packet))
+        self.net.send(self.client_ep, self.client.send_packet(packet, self.now))
         self.net.run()
 
     def server_sends(self, packet: bytes) -> None:
-        self.net.send(self.server_ep, self.server.send_packet(packet))
+        self.net.send(self.server_ep, self.server.send_packet(packet, self.now))
         self.net.run()
 
 
 def make_pair(suite: str = "wireguard", *, allow_insecure: bool = False, psk: bytes | None = None,
-              events: EventBus | None = None, clock: FakeClock | None = None, **device_kw) -> Pair:
-    """Build two devices that know each other, on an in-memory network."""
+              events: EventBus | None = None, clock: FakeClock | None = None,
+              random: Callable[[int], bytes] | None = None, **device_kw) -> Pair:
+    """Build two devices that know each other, on an in-memory network.  ``random(n)`` is the
+    source of every random byte (keys included): pass a seeded one
+    (:class:`vpnedu.testing.SeededRandom`) and every run produces the same bytes."""
     clock = clock or FakeClock()
     bus = events or EventBus(clock=clock.wall)
     net = MemoryNetwork(clock=clock)
     client_ep, server_ep = ("192.0.2.2", 51820), ("203.0.113.1", 51820)
-    common = dict(suite=suite, allow_insecure=allow_insecure, events=bus, clock=clock,
-                  wallclock=clock.wall, **device_kw)
-    server = Device(generate_private_key(), name="server", **common)
-    client = Device(generate_private_key(), name="client", **common)
+    common = dict(suite=suite, allow_insecure=allow_insecure, events=bus, wall_offset=clock.wall_offset,
+                  **device_kw)
+    if random is not None:
+        common["random"] = random
+        keys = (generate_private_key(random), generate_private_key(random))
+    else:
+        keys = (generate_private_key(), generate_private_key())
+    server = Device(keys[0], name="server", **common)
+    client = Device(keys[1], name="client", **common)
     server.add_peer(client.public_key, preshared_key=psk, allowed_ips=["10.0.0.2/32"], name="client")
     client.add_peer(server.public_key, preshared_key=psk, endpoint=server_ep,
                     allowed_ips=["10.0.0.0/24"], name="server")

@@ -28,7 +28,7 @@ import ipaddress
 import struct
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import VpneduError
@@ -140,6 +140,14 @@ class SimSocket:
             raise BlockingIOError("no datagram waiting")
         data, addr = self.inbox.popleft()
         return data[:bufsize], addr
+
+    def recvmsg_into(self, buffers, ancbufsize: int = 0, flags: int = 0):
+        """:meth:`recvfrom` into the caller's buffer, with the result of ``socket.recvmsg_into``
+        (length, no ancillary data, no flags, address): what the datapath calls."""
+        data, addr = self.recvfrom(len(buffers[0]))
+        n = len(data)
+        buffers[0][:n] = data
+        return n, [], 0, addr
 
     def getsockname(self) -> tuple[str, int]:
         return ("0.0.0.0", self.port)

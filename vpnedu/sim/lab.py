@@ -9,9 +9,12 @@ namespace lab (:mod:`vpnedu.lab.topology`)::
 
 and runs the real vpnedu server and client on them (:mod:`vpnedu.sim.node`),
 provisioned by the real ``server init`` / ``add-client`` code.  It needs no
-root, so it is what the course uses on Binder and on locked-down PCs.  Time is
-real (the protocol's timers run on the monotonic clock); packets move when
-:meth:`SimLab.run` pumps them, which every method here does for you.
+root, so it is what the course uses on Binder and on locked-down PCs.  Packets move
+when :meth:`SimLab.run` pumps them, which every method here does for you.  Time is
+the ``clock`` the lab is given: the real monotonic clock by default
+(:class:`~vpnedu.sim.RealClock`), or a :class:`~vpnedu.sim.FakeClock` on which
+:meth:`SimLab.wait` jumps from one timer to the next -- two minutes of protocol
+time (a rekey after REKEY_AFTER_TIME) pass in a fraction of a second.
 
 Two extra powers a real network does not give a student: :meth:`SimLab.trace`
 lists every hop of every packet (which host, which interface, which way, NAT
@@ -38,6 +41,7 @@ from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..packet import ip as _ip
 from ..protocol import messages as msgs
+from . import FakeClock, RealClock
 from .host import SimHost, TraceEntry
 from .node import SimClient, SimServer
 
@@ -75,7 +79,8 @@ class SimInternet:
     packet in flight.  :attr:`wire` keeps the latest packets (bounded), like a capture.
     """
 
-    def __init__(self, keep: int = 5000):
+    def __init__(self, keep: int = 5000, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
         self._owners: dict[ipaddress.IPv4Address, tuple[SimHost, str]] = {}
         self._queue: deque[tuple[SimHost, bytes]] = deque()
         self.wire: deque[WirePacket] = deque(maxlen=keep)
@@ -98,7 +103,7 @@ class SimInternet:
         self._queue.append((_Nobody(source), packet))
 
     def trace(self, host: SimHost, dev: str, direction: str, packet: bytes, note: str = "") -> None:
-        self.hops.append(TraceEntry(next(self._seq), time.monotonic(), host.name, dev, direction, packet, note))
+        self.hops.append(TraceEntry(next(self._seq), self.clock(), host.name, dev, direction, packet, note))
 
     def deliver(self) -> int:
         """Deliver every queued packet (and what they cause); returns how many."""
@@ -107,7 +112,7 @@ class SimInternet:
             source, packet = self._queue.popleft()
             dst = ipaddress.IPv4Address(packet[16:20])
             owner = self._owners.get(dst)
-            wp = WirePacket(time.monotonic(), source.name, owner[0].name if owner else "?", packet)
+            wp = WirePacket(self.clock(), source.name, owner[0].name if owner else "?", packet)
             if self.on_wire is not None:
                 changed = self.on_wire(wp)
                 if changed is None:
@@ -158,16 +163,19 @@ class SimLab:
 
     mode = "sim"
 
-    def __init__(self, suite: str = "wireguard", log: Callable[[str], None] = lambda s: None):
+    def __init__(self, suite: str = "wireguard", log: Callable[[str], None] = lambda s: None,
+                 clock: FakeClock | RealClock | None = None):
         self.suite = suite
         self.log = log
-        self.internet = SimInternet()
+        #: Monotonic seconds for everything in the lab: hosts, daemons, their timers.
+        self.clock = clock or RealClock()
+        self.internet = SimInternet(clock=self.clock)
         self.hosts: dict[str, SimHost] = {}
         self.dir = Path(tempfile.mkdtemp(prefix="vpnedu-sim-"))
         self.server: SimServer | None = None
         self.client: SimClient | None = None
-        self.client_events = EventBus()
-        self.server_events = EventBus()
+        self.client_events = EventBus(clock=self.clock.wall)
+        self.server_events = EventBus(clock=self.clock.wall)
         self._build()
 
     @property
@@ -188,14 +196,14 @@ class SimLab:
     # ------------------------------------------------------------------ topology
     def _build(self) -> None:
         net = self.internet
-        inet = self.hosts["internet"] = SimHost("internet", net)
+        inet = self.hosts["internet"] = SimHost("internet", net, self.clock)
         for dev, addr in (("br0", f"{CLIENT_NET}.1/24"), ("s0", f"{SERVER_NET}.1/24"), ("a0", f"{APP_NET}.1/24")):
             inet.add_address(dev, addr)
         inet.forwarding = True
         for name, addr, gw in (("client", f"{CLIENT_NET}.2/24", f"{CLIENT_NET}.1"),
                                ("server", f"{SERVER_PUBLIC}/24", f"{SERVER_NET}.1"),
                                ("app", f"{APP_ADDRESS}/24", f"{APP_NET}.1")):
-            h = self.hosts[name] = SimHost(name, net)
+            h = self.hosts[name] = SimHost(name, net, self.clock)
             h.add_address("eth0", addr)
             h.add_route("default", gw, "eth0")
         app = self.hosts["app"]
@@ -231,11 +239,22 @@ class SimLab:
         return total
 
     def wait(self, seconds: float) -> None:
-        """Let real time pass while timers and packets run."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        """Let ``seconds`` pass on the lab's clock while timers and packets run.  Nothing can
+        happen in the simulation between two timers, so the lab sleeps until the daemons' next
+        deadline (on a fake clock: jumps there)."""
+        clock = self.clock
+        end = clock() + seconds
+        while True:
             self.run()
-            time.sleep(min(0.02, max(0.0, end - time.monotonic())))
+            now = clock()
+            if now >= end:
+                break
+            at = end
+            for node in (self.server, self.client):
+                deadline = node.device.next_deadline() if node is not None else None
+                if deadline is not None and deadline < at:
+                    at = deadline
+            clock.sleep(max(at - now, 0.001))
         self.run()
 
     # ------------------------------------------------------------------ daemons
@@ -260,7 +279,8 @@ class SimLab:
         if suite is not None or not (self.dir / "server.conf").exists():
             self.provision(suite)
         self.server = SimServer(self._load("server.conf"), self.hosts["server"], events=self.server_events,
-                                forwarding=forwarding, log=self.log)
+                                forwarding=forwarding, log=self.log, clock=self.clock,
+                                wall_offset=self.clock.wall_offset)
         self.server.setup()
         return self.server.status()
 
@@ -273,16 +293,17 @@ class SimLab:
         cfg = self._load("client.conf")
         if split:
             cfg.peers[0].allowed_ips = [ipaddress.ip_network("10.0.0.0/24")]
-        self.client = SimClient(cfg, self.hosts["client"], events=self.client_events, log=self.log)
+        self.client = SimClient(cfg, self.hosts["client"], events=self.client_events, log=self.log,
+                                clock=self.clock, wall_offset=self.clock.wall_offset)
         self.client.setup()
         self.client.start()
-        end = time.monotonic() + timeout
+        end = self.clock() + timeout
         while self.client.server.current is None:
             self.run()
-            if time.monotonic() > end:
+            if self.clock() > end:
                 raise VpneduError("no handshake response in the simulation",
                                   "check that both sides use the same cipher suite")
-            time.sleep(0.005)
+            self.clock.sleep(0.005)
         self.run()
         return self.client.status()
 
@@ -359,13 +380,13 @@ class SimLab:
         sock = SimSocket(self.hosts[host])
         try:
             sock.sendto(payload, (destination, port))
-            end = time.monotonic() + timeout
-            while time.monotonic() < end:
+            end = self.clock() + timeout
+            while self.clock() < end:
                 self.run()
                 try:
                     return sock.recvfrom(65536)[0]
                 except BlockingIOError:
-                    time.sleep(0.005)
+                    self.clock.sleep(0.005)
             return None
         finally:
             sock.close()
@@ -450,7 +471,8 @@ class SimLab:
         ``interval``: cumulative bytes on the client's link, each way.
 
         ``kind`` "vpnedu" goes through the tunnel (start the client first); "plain" goes
-        straight to the app server (the client must not be running).
+        straight to the app server (the client must not be running).  The seconds are real
+        ones (a stopwatch of how fast this process simulates), whatever the lab's clock.
         """
         h = self.hosts["client"]
         if kind == "vpnedu" and self.client is None:

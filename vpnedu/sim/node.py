@@ -2,20 +2,23 @@
 
 :class:`SimServer` and :class:`SimClient` *are* :class:`vpnedu.node.server.Server`
 and :class:`vpnedu.node.client.Client`: the same config handling, the same
-protocol :class:`~vpnedu.protocol.device.Device`, the same datapath methods
-(``_on_tun_readable``: TUN -> ``Device.send_packet`` -> UDP;
-``_on_udp_readable``: UDP -> ``Device.receive`` -> TUN), the same route planner
-(:meth:`~vpnedu.node.client.Client.plan_routes`) and the same status.  Only the
+protocol :class:`~vpnedu.protocol.device.Device`, the same
+:class:`~vpnedu.datapath.Datapath` (``on_tun_readable``: TUN -> ``Device.send_packets``
+-> UDP; ``on_udp_readable``: UDP -> ``Device.receive_batch`` -> TUN), the same route
+planner (:meth:`~vpnedu.node.client.Client.plan_routes`) and the same status.  Only the
 host they change is different: a :class:`~vpnedu.sim.host.SimHost` with a
 :class:`~vpnedu.sim.tun.MemoryTun` and a :class:`~vpnedu.sim.host.SimSocket`
-instead of the kernel, and the simulation's loop (:meth:`SimNode.pump`) instead
-of asyncio calling them when packets wait or a timer is due.
+instead of the kernel (so the datapath runs without offloads: ``--datapath simple``), and
+the simulation's loop (:meth:`SimNode.pump`) instead of asyncio calling them when packets
+wait or a timer is due -- on the clock the simulation gives them (``clock=``), which may
+be a :class:`~vpnedu.sim.FakeClock`.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Callable
+
+from ..datapath import Options
 
 from ..node.client import Client
 from ..node.server import Server
@@ -42,6 +45,8 @@ class SimNode:
         """The real :meth:`Node.setup`, on the simulated host: UDP socket, TUN device, addresses."""
         self.sock = self.open_socket()
         self.tun = MemoryTun(self.host, self.ifname)
+        self.datapath_options = Options.simple()   # an in-memory device offers no offloads
+        self.open_datapath()
         for a in self.cfg.interface.addresses:
             if a.version == 4:
                 self.host.add_address(self.ifname, a)
@@ -60,22 +65,24 @@ class SimNode:
         if self.sock is not None:
             self.sock.close()
 
-    def _schedule_tick(self) -> None:
+    def schedule_tick(self) -> None:
         """The simulation's loop asks :meth:`pump` instead of arming an asyncio timer."""
 
     def pump(self) -> bool:
         """Do what the asyncio loop would do now: read waiting packets, run due timers.
         Returns True if anything was done."""
         did = False
+        datapath = self.datapath
         if self.tun is not None and self.tun.pending:
-            self._on_tun_readable()
+            datapath.on_tun_readable()
             did = True
         if self.sock is not None and self.sock.inbox:
-            self._on_udp_readable()
+            datapath.on_udp_readable()
             did = True
+        now = self.clock()
         deadline = self.device.next_deadline()
-        if deadline is not None and deadline <= time.monotonic():
-            out = self.device.tick()
+        if deadline is not None and deadline <= now:
+            out = self.device.tick(now)
             if out:
                 self._send(out)
                 did = True
@@ -138,4 +145,4 @@ class SimClient(SimNode, Client):
 
     def start(self) -> None:
         """What :meth:`Client.after_start` does first: send the handshake initiation."""
-        self._send(self.device.initiate(self.server))
+        self._send(self.device.initiate(self.server, self.clock()))

@@ -4,7 +4,7 @@ A real TUN device (:mod:`vpnedu.net.tun`) is a network interface whose "wire" is
 a file descriptor: the kernel routes packets to it and the program ``read()``-s
 them; the program ``write()``-s packets and the kernel receives them as if they
 had arrived on that interface.  :class:`MemoryTun` offers the same ``read``,
-``write``, ``fileno`` and ``close`` calls, so the very same daemon code
+``readv``, ``write``, ``fileno`` and ``close`` calls, so the very same daemon code
 (:class:`vpnedu.node.base.Node`) can hold one instead of a real device.
 """
 
@@ -32,6 +32,8 @@ class MemoryTun:
         self._to_program: deque[bytes] = deque()
         self.dropped = 0
         self.closed = False
+        #: Packets are plain IP packets (no virtio-net header), as on a TUN device without offloads.
+        self.vnet_hdr = False
         host.tuns[name] = self
 
     # The kernel's side ----------------------------------------------------------
@@ -53,11 +55,22 @@ class MemoryTun:
             raise BlockingIOError("no packet waiting")
         return self._to_program.popleft()
 
+    def readv(self, buffers) -> int:
+        """:meth:`read` into the caller's buffer (what the datapath calls); returns the length."""
+        packet = self.read()
+        n = len(packet)
+        buffers[0][:n] = packet
+        return n
+
     def write(self, packet: bytes) -> None:
         """Hand ``packet`` to the host, as if it had arrived on this interface."""
         if self.closed:
             raise OSError("the TUN device is closed")
-        self.host.receive(packet, self.name)
+        self.host.receive(bytes(packet), self.name)
+
+    def write_parts(self, parts) -> None:
+        """Write one packet given as pieces."""
+        self.write(b"".join(bytes(p) for p in parts))
 
     def fileno(self) -> int:
         return -1
