@@ -206,7 +206,7 @@ def test_vpnedu_events_says_what_it_waits_for_and_shows_the_recent_history(lab_f
             if p.poll() is None:
                 p.kill()
         assert first.startswith("vpnedu events: the 1 most recent events of kind handshake the daemon kept:"), first
-        assert " handshake.response.received [" in event, event
+        assert " handshake.response.received peer=server " in event, event
         assert second.startswith("vpnedu events: waiting for events of kind handshake from"), second
         # Per-packet kinds are not kept: it says which kinds are.
         p = _follow([*vp, "--recent", "5", "--kind", "data.encrypted"])
