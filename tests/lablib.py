@@ -43,24 +43,34 @@ def wait_for(pred, timeout: float = 20, what: str = "condition", proc: subproces
     raise AssertionError(f"timed out waiting for {what}\n{extra}")
 
 
-def wait_ready(lab: Lab, host: str, p: subprocess.Popen, name: str | None = None) -> dict:
+def _ifname(args) -> str:
+    """The interface a daemon was started with (``--interface NAME``; vpnedu0 by default)."""
+    args = list(args)
+    for i, a in enumerate(args[:-1]):
+        if a in ("--interface", "-i"):
+            return args[i + 1]
+    return "vpnedu0"
+
+
+def wait_ready(lab: Lab, host: str, p: subprocess.Popen, name: str | None = None,
+               ifname: str = "vpnedu0") -> dict:
     """The daemon on ``host`` answers on its control socket (the product's own readiness check)."""
     from vpnedu.node.control import netns_socket_path
     from vpnedu.node.control import wait_ready as ready
-    return ready(netns_socket_path(lab.ns(host)), p, lab.dir / f"{name or 'vpn-' + host}.log",
+    return ready(netns_socket_path(lab.ns(host), ifname), p, lab.dir / f"{name or 'vpn-' + host}.log",
                  what=f"the vpnedu daemon on {host}")
 
 
 def start_server(lab: Lab, *extra: str) -> subprocess.Popen:
     p = lab.spawn("server", "vpn-server", *vpnedu("server", "-c", f"{lab.dir}/server.conf", *extra))
-    wait_ready(lab, "server", p)
+    wait_ready(lab, "server", p, ifname=_ifname(extra))
     return p
 
 
 def start_client(lab: Lab, host: str = "client", conf: str | None = None, *extra: str) -> subprocess.Popen:
     conf = conf or f"{lab.dir}/{host}.conf"
     p = lab.spawn(host, f"vpn-{host}", *vpnedu("client", "-c", conf, *extra))
-    wait_ready(lab, host, p)
+    wait_ready(lab, host, p, ifname=_ifname(extra))
     wait_for(lambda: (st := status(lab, host)) and st["peers"][0].get("latest_handshake"),
              what=f"{host} handshake", proc=p, log=lab.dir / f"vpn-{host}.log")
     return p

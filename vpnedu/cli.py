@@ -748,7 +748,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", InsecureSuiteWarning)
     try:
-        cli.main(args=argv, prog_name="vpnedu", standalone_mode=False)
+        try:
+            cli.main(args=argv, prog_name="vpnedu", standalone_mode=False)
+        except VpneduError as e:
+            from .node.control import AccessRefused
+            if isinstance(e, AccessRefused) and e.by_system and e.path is not None:
+                raise _not_permitted(e.path) from None   # whose socket it is, and what to run
+            raise
     except VpneduError as e:
         click.echo(f"vpnedu: error: {e}", err=True)
         return e.exit_code

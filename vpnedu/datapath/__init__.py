@@ -196,7 +196,6 @@ class Datapath:
         want = ev.wants("tun.read")
         stats = self.stats
         out = self._out
-        now = host.clock()
         packets: list = []
         reads = 0
         for _ in range(self.opts.batch):
@@ -218,16 +217,20 @@ class Datapath:
                 if len(segs) > 1:   # a TSO super-packet: send it on while the next is read
                     stats["tso_packets"] += 1
                     packets.extend(segs)
-                    self._send_packets(packets, now, out, want)
+                    self._send_packets(packets, out, want)
                     packets = []
                     continue
                 packets.append(segs[0])
         stats["tun_reads"] += reads
         if packets:
-            self._send_packets(packets, now, out, want)
+            self._send_packets(packets, out, want)
         host.schedule_tick()
 
-    def _send_packets(self, packets: list, now: float, out: Output, want: bool) -> None:
+    def _send_packets(self, packets: list, out: Output, want: bool) -> None:
+        # The clock is read here, after the reads, not before them: a process stopped (SIGSTOP,
+        # a suspended VM) between the two would otherwise judge its keys' age by a time from
+        # before the pause, and could send under keys past REJECT_AFTER_TIME.
+        now = self.host.clock()
         if want:
             ev = self.events
             for p in packets:
@@ -298,7 +301,6 @@ class Datapath:
         recv = self.sock.recvmsg_into
         cmsg = _udp.GRO_CMSG_SPACE if self.gro else 0
         gro_size = _udp.gro_segment_size
-        now = host.clock()
         reads = []
         for bufs in self._slots:
             try:
@@ -319,6 +321,7 @@ class Datapath:
                             type=d[0] if len(d) else None)
         stats["datagrams_received"] += sum(-(-len(b) // s) if b else 1 for b, s, _ in reads)
         out = self._out
+        now = host.clock()   # after the reads (see _send_packets)
         self.dev.receive_batch(reads, now, out)
         self.send_output(out)
         host.schedule_tick()

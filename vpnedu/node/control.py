@@ -31,7 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import VpneduError
+from ..errors import NotPermitted, VpneduError
 from ..net.journal import netns_id, run_dir
 
 MAX_REQUEST = 4096
@@ -233,8 +233,15 @@ class NoReply(ControlSocketError):
     """Connected, but no complete answer: the daemon is busy, or closed the connection."""
 
 
-class AccessRefused(ControlSocketError):
-    """A permission problem: the socket belongs to another user, or the daemon refused us."""
+class AccessRefused(ControlSocketError, NotPermitted):
+    """A permission problem: the socket belongs to another user, or the daemon refused us.
+    ``path`` is the socket; ``by_system`` is True when the kernel said no (file modes), which
+    the CLI explains by naming the owner (exit status 77, as every :class:`NotPermitted`)."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, path: Path | None = None,
+                 by_system: bool = False):
+        super().__init__(problem, fix)
+        self.path, self.by_system = path, by_system
 
 
 def _connect(path: Path, timeout: float | None = None) -> socket.socket:
@@ -247,7 +254,8 @@ def _connect(path: Path, timeout: float | None = None) -> socket.socket:
         raise NoSocket(f"control socket {path} does not exist", "is the daemon running?") from None
     except PermissionError:
         s.close()
-        raise AccessRefused(f"permission denied on {path}", "run as the daemon's user (or root)") from None
+        raise AccessRefused(f"permission denied on {path}", "run as the daemon's user (or root)",
+                            path=path, by_system=True) from None
     if st.st_uid not in (0, os.geteuid()):
         s.close()
         raise AccessRefused(f"control socket {path} belongs to another user (uid {st.st_uid})",
@@ -256,7 +264,8 @@ def _connect(path: Path, timeout: float | None = None) -> socket.socket:
         s.connect(str(path))
     except PermissionError:
         s.close()
-        raise AccessRefused(f"permission denied on {path}", "run as the daemon's user (or root)") from None
+        raise AccessRefused(f"permission denied on {path}", "run as the daemon's user (or root)",
+                            path=path, by_system=True) from None
     except FileNotFoundError:
         s.close()
         raise NoSocket(f"control socket {path} does not exist", "is the daemon running?") from None
