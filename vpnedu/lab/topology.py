@@ -19,10 +19,12 @@ stands between a client and the server but a cable::
 
 Each client has a veth cable of its own straight into the server's namespace and an on-link
 default route over it; the server holds the public address on its loopback and a host route
-back to each client through that client's cable.  No host forwards anything, so what a tunnel
-costs is its own cost: a router hop would add a per-packet cost that falls on a peer sending one
-datagram per packet and hardly on one that sends UDP GSO bursts (a burst crosses veth-to-veth
-forwarding as one large packet), which is not what a benchmark should weigh.
+back to each client through that client's cable.  ``10.0.0.0/8``, where the tunnels' addresses
+live, is unreachable over the cable (see :meth:`Lab._build_direct`).  No host forwards
+anything, so what a tunnel costs is its own cost: a router hop would add a per-packet cost that
+falls on a peer sending one datagram per packet and hardly on one that sends UDP GSO bursts (a
+burst crosses veth-to-veth forwarding as one large packet), which is not what a benchmark
+should weigh.
 
 All addresses are documentation ranges (RFC 5737), and every command runs
 inside the lab's own namespaces (``ip -n NS ...`` / ``ip netns exec NS ...``),
@@ -53,6 +55,8 @@ APP_NET = "192.0.2"
 SERVER_PUBLIC = f"{SERVER_NET}.2"
 APP_ADDRESS = f"{APP_NET}.80"
 APP_PORT = 80
+#: Where the tunnels' own addresses live (vpnedu's 10.0.0.0/24, OpenVPN's 10.8.0.0/24).
+TUNNEL_NETS = "10.0.0.0/8"
 
 #: The lab's topologies, and what measuring across each means (the benchmark prints it).
 TOPOLOGIES = {
@@ -234,6 +238,12 @@ class Lab:
             # On-link: the cable is this client's whole internet (the server answers ARP for
             # its loopback address on it).
             self._ip("-n", self.ns(c), "route", "add", "default", "dev", "eth0")
+            # Tunnel addresses only through a tunnel.  Linux answers for any of its addresses on
+            # any interface, so without this a client would reach the server's tunnel address
+            # (10.0.0.1, OpenVPN's 10.8.0.1) over the bare cable before its tunnel is up -- a
+            # ping "through the tunnel" would pass and a connection opened then would bypass it.
+            # A tunnel's own /24 is more specific and wins once the tunnel is up.
+            self._ip("-n", self.ns(c), "route", "add", "unreachable", TUNNEL_NETS, "metric", "4096")
 
     def impair(self, loss: float = 0, dup: float = 0, reorder: float = 0, delay_ms: float = 0,
                seed: int | None = None, port: int = 51820) -> None:
