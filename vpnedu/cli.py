@@ -536,9 +536,9 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
 
 # ---------------------------------------------------------------------------- benchmarks
 @cli.command()
-@click.option("--quick", is_flag=True, help="One round of 2 s per test (a correctness run of about a minute).")
+@click.option("--quick", is_flag=True, help="One round of 1 s per test: a correctness run (about 90 s), not numbers.")
 @click.option("--rounds", type=click.IntRange(1, 20), help="Rounds (paths alternate within each); default 3.")
-@click.option("--seconds", type=click.FloatRange(1, 120), help="Seconds per iperf3 test; default 10.")
+@click.option("--seconds", type=click.IntRange(1, 120), help="Seconds per iperf3 test; default 10.")
 @click.option("--paths", help="Comma-separated (';' when a spec has commas) subset of: bare, vpnedu-wireguard, "
                               "vpnedu-wireguard-simple, vpnedu-aes256gcm, vpnedu-null-teaching, wireguard-go, "
                               "openvpn; or vpnedu-SUITE@DATAPATH (e.g. vpnedu-wireguard@fast,no-tun-gro), "

@@ -44,7 +44,8 @@ PING_COUNT, PING_INTERVAL = 20, 0.05
 
 @dataclass
 class Settings:
-    seconds: float = 10.0
+    #: Seconds per iperf3 test (whole seconds: iperf3 reads ``-t`` as an integer).
+    seconds: int = 10
     rounds: int = 3
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     tests: list[str] = field(default_factory=lambda: list(TESTS))
@@ -55,7 +56,9 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(seconds=2.0, rounds=1, handshake_clients=100, handshake_seconds=3.0)
+        """A correctness run (every path comes up, every number and ratio is computed) of about a
+        minute and a half: one round, 1 s per test.  Its numbers are not worth comparing."""
+        return cls(seconds=1, rounds=1, handshake_clients=100, handshake_seconds=3.0)
 
 
 @dataclass
@@ -272,6 +275,7 @@ class Bench:
         n = min(self.s.concurrency_clients, self.lab.clients)
         clients = self.lab.client_names()[:n]
         tun = Vpnedu(self.lab, "wireguard")
+        procs: list[subprocess.Popen] = []
         try:
             tun.up(clients)
             for c in clients[1:]:
@@ -279,7 +283,6 @@ class Bench:
                 while self.lab.run(c, "ping", "-c", "1", "-W", "1", "10.0.0.1").returncode != 0:
                     if time.time() > end:
                         raise VpneduError(f"{c} did not connect")
-            procs = []
             for i, c in enumerate(clients):
                 cmd = ["ip", "netns", "exec", self.lab.ns(c), "iperf3", "-c", "10.0.0.1", "-p", str(5201 + i),
                        "-t", str(self.s.seconds), "-J"]
@@ -295,6 +298,10 @@ class Bench:
         except (VpneduError, json.JSONDecodeError, KeyError, subprocess.TimeoutExpired) as e:
             self.r.concurrency = {"skipped": f"failed: {one_line(e)}"}
         finally:
+            for p in procs:   # one that hung must not outlive the run
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
             tun.down()
 
     # ------------------------------------------------------------------ the run
@@ -352,8 +359,8 @@ def table(r: Results) -> str:
                 lines.append(row + f"{'-':>9s}  ({r.skipped.get(p, 'no result')})")
                 continue
             rat = r.ratios(p, t)
-            lines.append(row + f"{m:9.1f}" + "".join(
-                f"{'' if q == p else fmt(rat[q], '.2f'):>7s}" for q in paths))
+            lines.append((row + f"{m:9.1f}" + "".join(
+                f"{'' if q == p else fmt(rat[q], '.2f'):>7s}" for q in paths)).rstrip())
         lines.append("")
     lines.append(f"Idle ping RTT (ms: mean of {PING_COUNT} pings {PING_INTERVAL * 1000:g} ms apart, median of the "
                  f"rounds); the tunnel's two daemons: CPU seconds per GB moved, peak RSS (MiB)")
