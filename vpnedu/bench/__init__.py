@@ -392,7 +392,9 @@ def table(r: Results) -> str:
 
 
 def chart(r: Results, path: str | Path) -> str | None:
-    """A bar chart of the medians, one group per path; returns None or why it could not be drawn."""
+    """The run for people, as a PNG: the throughput medians (one group of bars per path, log
+    scale), and under them the idle RTT and the CPU seconds per GB of each path's two daemons.
+    Returns None, or why it could not be drawn."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -401,18 +403,30 @@ def chart(r: Results, path: str | Path) -> str | None:
         return "matplotlib is not installed (pip install matplotlib)"
     s = r.settings
     paths = [p for p in s.paths if r.mbps.get(p)]
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.4 * len(paths) + 2), 4.8))
+    names = [r.label(p) for p in paths]
+    fig = plt.figure(figsize=(max(8.0, 1.4 * len(paths) + 2), 8.0))
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 2))
+    ax = fig.add_subplot(grid[0, :])
     width = 0.8 / max(1, len(s.tests))
     for i, t in enumerate(s.tests):
         vals = [r.median(p, t) or 0 for p in paths]
         bars = ax.bar([x + i * width for x in range(len(paths))], vals, width, label=TESTS[t][0])
         ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in vals], fontsize=6, rotation=90, padding=2)
     ax.set_xticks([x + width * (len(s.tests) - 1) / 2 for x in range(len(paths))])
-    ax.set_xticklabels([r.label(p) for p in paths], rotation=20, ha="right", fontsize=8)
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("Mbit/s (median)")
     ax.set_yscale("log")
     ax.set_title(f"vpnedu bench, {s.topology} topology: iperf3 TCP, {s.seconds:g} s x {s.rounds} round(s)")
     ax.legend(fontsize=8)
+    for col, (title, spec, values) in enumerate((
+            ("idle ping RTT (ms)", ".2f", [r.rtt(p) or 0 for p in paths]),
+            ("CPU s per GB, both daemons", ".1f", [(r.cpu_s_per_gb(p) or {}).get("both", 0) for p in paths]))):
+        sub = fig.add_subplot(grid[1, col])
+        bars = sub.bar(range(len(paths)), values, color="tab:gray")
+        sub.bar_label(bars, labels=[format(v, spec) if v else "-" for v in values], fontsize=7, padding=2)
+        sub.set_xticks(range(len(paths)))
+        sub.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        sub.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

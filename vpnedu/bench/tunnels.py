@@ -156,6 +156,8 @@ class Vpnedu(Tunnel):
     """vpnedu's server and client from this source tree, with the given suite and daemon options."""
 
     target = "10.0.0.1"
+    #: Extra environment of this path's vpnedu processes (none: this tree, as installed).
+    env: dict | None = None
 
     def __init__(self, lab: Lab, suite: str = "wireguard", extra: tuple[str, ...] = ()):
         super().__init__(lab)
@@ -172,8 +174,6 @@ class Vpnedu(Tunnel):
     def command(self, *args: str) -> list[str]:
         """The command line that runs this path's vpnedu with ``args``."""
         return self.lab.vpnedu(*args)
-
-    env: dict | None = None
 
     def provision(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
