@@ -60,9 +60,9 @@ def test_vpnedu_bench_says_which_round_path_and_test_it_is_on(tmp_path):
                         "--prefix", f"vpg{os.getpid() % 10000}-"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     progress = r.stderr.splitlines()
-    for want in ("bench: round 1/1, path 1/2: bare: tcp1_up (1 stream, client -> server, iperf3 2 s)",
+    for want in ("bench: round 1/1, path 1/2: bare: tcp1_up (1 stream, client -> server, iperf3 1 s)",
                  "bench: round 1/1, path 2/2: vpnedu-wireguard: setting up the tunnel",
-                 "bench: round 1/1, path 2/2: vpnedu-wireguard: tcp1_up (1 stream, client -> server, iperf3 2 s)",
+                 "bench: round 1/1, path 2/2: vpnedu-wireguard: tcp1_up (1 stream, client -> server, iperf3 1 s)",
                  "bench: round 1/1, path 2/2: vpnedu-wireguard: ping RTT",
                  "bench: handshake rate: 100 clients for 3 s against the vpnedu server",
                  "bench: done"):

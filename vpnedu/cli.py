@@ -536,52 +536,74 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
 
 # ---------------------------------------------------------------------------- benchmarks
 @cli.command()
-@click.option("--quick", is_flag=True, help="One round of 2 s per test (under 3 minutes).")
+@click.option("--quick", is_flag=True, help="One round of 1 s per test: a correctness run (about 90 s), not numbers.")
 @click.option("--rounds", type=click.IntRange(1, 20), help="Rounds (paths alternate within each); default 3.")
-@click.option("--seconds", type=click.FloatRange(1, 120), help="Seconds per iperf3 test; default 10.")
-@click.option("--paths", help="Comma-separated subset of: bare, vpnedu-wireguard, vpnedu-wireguard-simple, "
-                              "vpnedu-aes256gcm, vpnedu-null-teaching, wireguard-go, openvpn; or "
-                              "vpnedu-SUITE@DATAPATH, e.g. vpnedu-wireguard@fast,no-tso.")
+@click.option("--seconds", type=click.IntRange(1, 120), help="Seconds per iperf3 test; default 10.")
+@click.option("--paths", help="Comma-separated (';' when a spec has commas) subset of: bare, vpnedu-wireguard, "
+                              "vpnedu-wireguard-simple, vpnedu-aes256gcm, vpnedu-null-teaching, wireguard-go, "
+                              "openvpn; or vpnedu-SUITE@DATAPATH (e.g. vpnedu-wireguard@fast,no-tun-gro), "
+                              "vpnedu@TREE (another vpnedu source tree, e.g. a git worktree of an older commit), "
+                              "wireguard-go@PATH (another wireguard-go build).")
 @click.option("--tests", "tests_", help="Comma-separated subset of: tcp1_up, tcp1_down, tcp4_up, tcp4_down.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json", show_default=True)
-@click.option("--png", "png_path", type=click.Path(dir_okay=False), default="bench.png", show_default=True)
+@click.option("--topology", type=click.Choice(["direct", "router"]), default="direct", show_default=True,
+              help="direct: a veth cable per client straight into the server; router: across the lab's "
+                   "router namespace (a forwarding hop that favours UDP GSO bursts).")
+@click.option("--json", "json_path", is_flag=False, flag_value="-", default="bench.json", show_default=True,
+              metavar="[FILE]", help="Write the results as JSON to FILE; a bare --json writes them to stdout "
+                                     "(and the table to stderr).")
+@click.option("--chart", "--png", "png_path", type=click.Path(dir_okay=False), default="bench.png",
+              show_default=True, help="Bar chart of the medians (PNG).")
 @click.option("--prefix", default="vb-", show_default=True, help="Namespace name prefix of the bench lab.")
-def bench(quick, rounds, seconds, paths, tests_, json_path, png_path, prefix) -> None:
-    """Throughput, RTT, CPU/GB and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
+def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, prefix) -> None:
+    """Throughput, RTT, CPU/GB, RSS and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
     import json as _json
-    from .bench import PATHS, TESTS, Bench, Settings, chart, table, valid_path
+    from .bench import TESTS, Bench, Settings, chart, table
+    from .bench.tunnels import spec_problem
     from .lab.topology import Lab
     from .node.base import has_net_admin
-    if not has_net_admin():
-        raise VpneduError("vpnedu bench needs root: it builds a namespace lab", "run it with sudo")
     s = Settings.quick() if quick else Settings()
+    s.topology = topology
     if rounds:
         s.rounds = rounds
     if seconds:
         s.seconds = seconds
     if paths:
         wanted = [p.strip() for p in paths.split(";" if ";" in paths else ",") if p.strip()]
-        bad = [p for p in wanted if not valid_path(p)]
-        if bad:
-            raise VpneduError(f"unknown path(s): {', '.join(bad)}", "choose from: " + ", ".join(PATHS))
+        if not wanted:
+            raise VpneduError(f"--paths {paths!r} names no path", "give e.g. --paths bare,vpnedu-wireguard")
+        for p in wanted:
+            problem = spec_problem(p)
+            if problem:
+                raise VpneduError(f"--paths: {problem}")
+        if len(set(wanted)) != len(wanted):
+            raise VpneduError(f"--paths {paths!r} names a path twice", "name each path once")
         s.paths = wanted
     if tests_:
         s.tests = [t.strip() for t in tests_.split(",") if t.strip()]
         if not s.tests or any(t not in TESTS for t in s.tests):
             raise VpneduError(f"--tests {tests_!r}", "choose from: " + ", ".join(TESTS))
-    lab = Lab(prefix=prefix, clients=s.concurrency_clients, log=lambda m: None)
+    if not has_net_admin():
+        raise VpneduError("vpnedu bench needs root: it builds a namespace lab", "run it with sudo")
+    to_stdout = json_path == "-"
+    say = (lambda m: click.echo(m, err=True)) if to_stdout else click.echo
+    lab = Lab(prefix=prefix, clients=s.concurrency_clients, topology=topology, log=lambda m: None)
     try:
         lab.up()
-        res = Bench(s, lab, log=click.echo).run()
+        res = Bench(s, lab, log=say).run()
     finally:
         lab.down()
-    click.echo("")
-    click.echo(table(res))
-    with open(json_path, "w") as f:
-        _json.dump(res.to_json(), f, indent=2)
+    say("")
+    say(table(res))
+    data = _json.dumps(res.to_json(), indent=2)
+    if to_stdout:
+        click.echo(data)
+    else:
+        with open(json_path, "w") as f:
+            f.write(data + "\n")
     why = chart(res, png_path)
-    click.echo("")
-    click.echo(f"wrote {json_path}" + (f" and {png_path}" if why is None else f" (no chart: {why})"))
+    say("")
+    say(f"wrote {'the JSON to stdout' if to_stdout else json_path}"
+        + (f" and {png_path}" if why is None else f" (no chart: {why})"))
 
 
 # ---------------------------------------------------------------------------- configs and captures

@@ -1,12 +1,18 @@
 """``vpnedu bench``: vpnedu against wireguard-go, OpenVPN and the bare link, in one run.
 
-Everything runs in one namespace lab on this machine: the same client, router and server
-hosts, the same veth cables, the same iperf3.  Measurements alternate between the paths
-round by round (A B C, A B C, ...) and the median of the rounds is reported, because a
-shared 2-core machine is noisy and whatever disturbs one round then disturbs every path.
+Everything runs in one namespace lab on this machine, on the same cables and with the same
+iperf3.  By default the lab is the ``direct`` topology: each client on a veth cable straight into
+the server, no router between them (:data:`vpnedu.lab.topology.TOPOLOGIES`), so every path pays
+its own per-packet cost and nothing else.  ``--topology router`` measures across the lab's
+router namespace instead, as the course's lab is built; the printed table says which one ran.
 
-Each result is printed with its ratio to OpenVPN, to wireguard-go and to the bare path --
-ratios measured side by side are the only numbers worth comparing across machines.
+Measurements alternate between the paths round by round (A B C, A B C, ...) and the median of
+the rounds is reported, because a shared machine is noisy and whatever disturbs one round then
+disturbs every path.  Each result carries its ratio to every other path measured in the same
+run -- ratios measured side by side are the only numbers worth comparing across machines.  For
+each path the bench also reports the idle ping RTT through the tunnel, the CPU seconds per GB
+moved and the peak resident memory of each of its two daemons (the client's and the server's).
+The paths themselves are in :mod:`vpnedu.bench.tunnels`.
 """
 
 from __future__ import annotations
@@ -24,84 +30,96 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import VpneduError
-from ..lab.topology import SERVER_PUBLIC, Lab
-from .tunnels import Bare, OpenVPN, Tunnel, Vpnedu, WireGuardGoPair, cpu_seconds, ensure_tools
+from ..lab.topology import SERVER_PUBLIC, TOPOLOGIES, Lab
+from .tunnels import PATHS, Tunnel, Vpnedu, cpu_seconds, ensure_tools, make, peak_rss_mib, spec_problem
 
 TESTS = {"tcp1_up": ("1 stream, client -> server", ["-P", "1"]),
          "tcp1_down": ("1 stream, server -> client", ["-P", "1", "-R"]),
          "tcp4_up": ("4 streams, client -> server", ["-P", "4"]),
          "tcp4_down": ("4 streams, server -> client", ["-P", "4", "-R"])}
-PATHS = ["bare", "vpnedu-wireguard", "vpnedu-wireguard-simple", "vpnedu-aes256gcm", "vpnedu-null-teaching",
-         "wireguard-go", "openvpn"]
-REFERENCES = ("openvpn", "wireguard-go", "bare")
+ROLES = ("client", "server")
+#: Pings for the idle RTT: 20 of them, 50 ms apart, on a tunnel that carries nothing else.
+PING_COUNT, PING_INTERVAL = 20, 0.05
 
 
 @dataclass
 class Settings:
-    seconds: float = 10.0
+    #: Seconds per iperf3 test (whole seconds: iperf3 reads ``-t`` as an integer).
+    seconds: int = 10
     rounds: int = 3
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     tests: list[str] = field(default_factory=lambda: list(TESTS))
+    topology: str = "direct"
     handshake_clients: int = 200
     handshake_seconds: float = 10.0
     concurrency_clients: int = 4
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(seconds=2.0, rounds=1, handshake_clients=100, handshake_seconds=3.0)
+        """A correctness run (every path comes up, every number and ratio is computed) of about a
+        minute and a half: one round, 1 s per test.  Its numbers are not worth comparing."""
+        return cls(seconds=1, rounds=1, handshake_clients=100, handshake_seconds=3.0)
 
 
 @dataclass
 class Results:
     settings: Settings
     mbps: dict[str, dict[str, list[float]]] = field(default_factory=dict)   # path -> test -> rounds
-    rtt_ms: dict[str, list[float]] = field(default_factory=dict)
-    cpu: dict[str, list[float]] = field(default_factory=dict)               # path -> [cpu s, GB]
+    rtt_ms: dict[str, list[float]] = field(default_factory=dict)            # path -> rounds
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)          # path -> role -> CPU s
+    gb: dict[str, float] = field(default_factory=dict)                      # path -> GB moved meanwhile
+    rss: dict[str, dict[str, float]] = field(default_factory=dict)          # path -> role -> peak MiB
+    labels: dict[str, str] = field(default_factory=dict)                    # path -> name in the table
+    what: dict[str, str] = field(default_factory=dict)                      # path -> what it is
     skipped: dict[str, str] = field(default_factory=dict)                   # path -> why
     handshakes: dict = field(default_factory=dict)
     concurrency: dict = field(default_factory=dict)
+
+    def label(self, path: str) -> str:
+        return self.labels.get(path, path)
 
     def median(self, path: str, test: str) -> float | None:
         v = self.mbps.get(path, {}).get(test)
         return round(statistics.median(v), 1) if v else None
 
-    def cpu_s_per_gb(self, path: str) -> float | None:
-        c = self.cpu.get(path)
-        return round(c[0] / c[1], 2) if c and c[1] > 0 and path != "bare" else None
+    def ratios(self, path: str, test: str) -> dict[str, float | None]:
+        """This path's median over every other path's, in the same run (None where one is missing)."""
+        m = self.median(path, test)
+        return {q: ratio(m, self.median(q, test)) for q in self.settings.paths if q != path}
+
+    def rtt(self, path: str) -> float | None:
+        v = self.rtt_ms.get(path)
+        return round(statistics.median(v), 3) if v else None
+
+    def cpu_s_per_gb(self, path: str) -> dict[str, float] | None:
+        """CPU seconds per GB moved, of each daemon and of both (None for ``bare``: no daemons)."""
+        c, gb = self.cpu.get(path), self.gb.get(path, 0.0)
+        if not c or gb <= 0:
+            return None
+        per = {role: round(c.get(role, 0.0) / gb, 2) for role in ROLES}
+        per["both"] = round(sum(c.values()) / gb, 2)
+        return per
 
     def to_json(self) -> dict:
         rows = {}
         for path in self.settings.paths:
-            row = {"skipped": self.skipped.get(path)}
+            row = {"label": self.label(path), "what": self.what.get(path), "skipped": self.skipped.get(path)}
             for t in self.settings.tests:
-                m = self.median(path, t)
-                row[t] = {"rounds_mbit_s": self.mbps.get(path, {}).get(t, []), "median_mbit_s": m,
-                          **{f"vs_{r}": ratio(m, self.median(r, t)) for r in REFERENCES}}
-            row["rtt_ms"] = round(statistics.median(self.rtt_ms[path]), 3) if self.rtt_ms.get(path) else None
+                row[t] = {"rounds_mbit_s": self.mbps.get(path, {}).get(t, []), "median_mbit_s": self.median(path, t),
+                          "vs": self.ratios(path, t)}
+            row["rtt_ms"] = self.rtt(path)
+            row["rtt_ms_rounds"] = self.rtt_ms.get(path, [])
             row["cpu_s_per_gb"] = self.cpu_s_per_gb(path)
+            row["peak_rss_mib"] = self.rss.get(path)
             rows[path] = row
-        return {"machine": machine(), "settings": self.settings.__dict__, "paths": rows,
+        topo = self.settings.topology
+        return {"machine": machine(), "topology": {"name": topo, "meaning": TOPOLOGIES[topo]},
+                "settings": self.settings.__dict__, "paths": rows,
                 "handshakes": self.handshakes, "concurrency": self.concurrency}
 
 
-def vpnedu_path(path: str) -> tuple[str, str] | None:
-    """``vpnedu-SUITE`` (fast datapath), ``vpnedu-SUITE-simple`` (readable datapath) or
-    ``vpnedu-SUITE@SPEC`` (any ``--datapath`` SPEC, e.g. ``vpnedu-wireguard@fast,no-tso``)
-    -> (suite, datapath); None if ``path`` is not a vpnedu path."""
-    from ..protocol.suites import SUITES
-    if not path.startswith("vpnedu-"):
-        return None
-    rest = path[len("vpnedu-"):]
-    suite, at, spec = rest.partition("@")
-    if not at:
-        spec = "fast"
-        if suite.endswith("-simple"):
-            suite, spec = suite[:-len("-simple")], "simple"
-    return (suite, spec) if suite in SUITES else None
-
-
 def valid_path(path: str) -> bool:
-    return path in PATHS or vpnedu_path(path) is not None
+    return spec_problem(path) is None
 
 
 def one_line(e: BaseException, limit: int = 160) -> str:
@@ -150,6 +168,7 @@ class Bench:
         self.progress = progress
         self.r = Results(settings)
         self._where = ""
+        self._bytes = 0
 
     # ------------------------------------------------------------------ measuring
     def iperf(self, target: str, args: list[str], port: int = 5201, client: str = "client") -> float:
@@ -166,23 +185,20 @@ class Bench:
         return end["sum_received"]["bits_per_second"] / 1e6
 
     def ping(self, target: str) -> float | None:
-        r = self.lab.run("client", "ping", "-c", "20", "-i", "0.01", "-q", target, timeout=30)
+        """The mean RTT of :data:`PING_COUNT` pings through an otherwise idle tunnel, in ms."""
+        r = self.lab.run("client", "ping", "-c", str(PING_COUNT), "-i", str(PING_INTERVAL), "-q", target, timeout=30)
         m = re.search(r"= [\d.]+/([\d.]+)/", r.stdout)
         return float(m.group(1)) if m else None
 
     def make(self, path: str) -> Tunnel:
-        if path == "bare":
-            return Bare(self.lab)
-        vp = vpnedu_path(path)
-        if vp is not None:
-            tun = Vpnedu(self.lab, vp[0], extra=("--datapath", vp[1]))
-            tun.name = path
-            return tun
-        if path == "wireguard-go":
-            return WireGuardGoPair(self.lab)
-        if path == "openvpn":
-            return OpenVPN(self.lab)
-        raise VpneduError(f"unknown path {path!r}", "choose from: " + ", ".join(PATHS))
+        tun = make(path, self.lab)
+        if path not in self.r.labels:
+            # Two specs may resolve to one name (two worktrees of one commit): then the spec names it.
+            taken = set(self.r.labels.values())
+            self.r.labels[path] = tun.name if tun.name not in taken else path
+        if path not in self.r.what:
+            self.r.what[path] = tun.describe()
+        return tun
 
     def measure(self, path: str, rnd: int) -> None:
         tun = self.make(path)
@@ -190,49 +206,56 @@ class Bench:
         if missing:
             self.r.skipped[path] = f"not installed: {', '.join(missing)} (run as root to install it)"
             return
+        name = self.r.label(path)
         try:
-            self.progress(f"bench: {self._where}: {path}: setting up the tunnel")
+            self.progress(f"bench: {self._where}: {name}: setting up the tunnel")
             tun.up()
-            self._bytes = 0
-            cpu0 = cpu_seconds(tun.pids())
-            pids = tun.pids()
-            for t in self.s.tests:
-                self.progress(f"bench: {self._where}: {path}: {t} ({TESTS[t][0]}, iperf3 {self.s.seconds:g} s)")
-                v = self.iperf(tun.target, TESTS[t][1])
-                self.r.mbps.setdefault(path, {}).setdefault(t, []).append(round(v, 1))
-            cpu = cpu_seconds(pids) - cpu0
-            c = self.r.cpu.setdefault(path, [0.0, 0.0])
-            c[0] += cpu
-            c[1] += self._bytes / 1e9
-            self.progress(f"bench: {self._where}: {path}: ping RTT")
+            # Idle first: the RTT of a tunnel that carries nothing else (no batch to wait for).
+            self.progress(f"bench: {self._where}: {name}: ping RTT")
+            time.sleep(0.2)
             rtt = self.ping(tun.target)
             if rtt is not None:
                 self.r.rtt_ms.setdefault(path, []).append(rtt)
-            self.log(f"  round {rnd + 1}: {path:22s} " + "  ".join(
+            self._bytes = 0
+            ends = tun.daemons()
+            cpu0 = {role: cpu_seconds([pid]) for role, pid in ends.items()}
+            for t in self.s.tests:
+                self.progress(f"bench: {self._where}: {name}: {t} ({TESTS[t][0]}, iperf3 {self.s.seconds:g} s)")
+                v = self.iperf(tun.target, TESTS[t][1])
+                self.r.mbps.setdefault(path, {}).setdefault(t, []).append(round(v, 1))
+            if ends:
+                cpu = self.r.cpu.setdefault(path, {})
+                rss = self.r.rss.setdefault(path, {})
+                for role, pid in ends.items():
+                    cpu[role] = cpu.get(role, 0.0) + cpu_seconds([pid]) - cpu0[role]
+                    peak = peak_rss_mib(pid)
+                    if peak is not None:
+                        rss[role] = max(rss.get(role, 0.0), peak)
+                self.r.gb[path] = self.r.gb.get(path, 0.0) + self._bytes / 1e9
+            self.log(f"  round {rnd + 1}: {name:22s} " + "  ".join(
                 f"{t} {self.r.mbps[path][t][-1]:8.1f}" for t in self.s.tests) + f"  rtt {rtt} ms")
         except VpneduError as e:
             self.r.skipped[path] = f"failed: {one_line(e)}"
-            self.log(f"  round {rnd + 1}: {path}: {one_line(e)}")
+            self.log(f"  round {rnd + 1}: {name}: {one_line(e)}")
         finally:
             tun.down()
             time.sleep(0.3)
 
     def handshake_rate(self) -> None:
         """The vpnedu server's handshakes per second from many clients (all on one load process)."""
-        import sys
         from .. import config as _config
+        from ..node.control import netns_socket_path, wait_ready
         from ..protocol.keys import encode
         from .handshakes import make_configs
         tun = Vpnedu(self.lab, "wireguard")
         tun.dir = self.lab.dir / "handshakes"
-        tun.provision()
-        make_configs(str(tun.dir / "server.conf"), self.s.handshake_clients, str(tun.dir / "keys.json"))
-        pub = encode(_config.load(tun.dir / "server.conf").interface.public_key)
-        tun.procs.append(self.lab.spawn("server", "handshake-server",
-                                        *self.lab.vpnedu("server", "-c", f"{tun.dir}/server.conf",
-                                                         "--forwarding", "none")))
         try:
-            from ..node.control import netns_socket_path, wait_ready
+            tun.provision()
+            make_configs(str(tun.dir / "server.conf"), self.s.handshake_clients, str(tun.dir / "keys.json"))
+            pub = encode(_config.load(tun.dir / "server.conf").interface.public_key)
+            tun.procs.append(self.lab.spawn("server", "handshake-server",
+                                            *self.lab.vpnedu("server", "-c", f"{tun.dir}/server.conf",
+                                                             "--forwarding", "none")))
             wait_ready(netns_socket_path(self.lab.ns("server")), tun.procs[-1],
                        self.lab.dir / "handshake-server.log", what="the vpnedu server")
             cpu0 = cpu_seconds(tun.pids())
@@ -252,6 +275,7 @@ class Bench:
         n = min(self.s.concurrency_clients, self.lab.clients)
         clients = self.lab.client_names()[:n]
         tun = Vpnedu(self.lab, "wireguard")
+        procs: list[subprocess.Popen] = []
         try:
             tun.up(clients)
             for c in clients[1:]:
@@ -259,7 +283,6 @@ class Bench:
                 while self.lab.run(c, "ping", "-c", "1", "-W", "1", "10.0.0.1").returncode != 0:
                     if time.time() > end:
                         raise VpneduError(f"{c} did not connect")
-            procs = []
             for i, c in enumerate(clients):
                 cmd = ["ip", "netns", "exec", self.lab.ns(c), "iperf3", "-c", "10.0.0.1", "-p", str(5201 + i),
                        "-t", str(self.s.seconds), "-J"]
@@ -275,6 +298,10 @@ class Bench:
         except (VpneduError, json.JSONDecodeError, KeyError, subprocess.TimeoutExpired) as e:
             self.r.concurrency = {"skipped": f"failed: {one_line(e)}"}
         finally:
+            for p in procs:   # one that hung must not outlive the run
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
             tun.down()
 
     # ------------------------------------------------------------------ the run
@@ -282,7 +309,8 @@ class Bench:
         missing = ensure_tools(["iperf3"], self.log)
         if missing:
             raise VpneduError("iperf3 is not installed", "install it: apt-get install iperf3")
-        self.log(f"lab: {self.lab.prefix}*  ({self.s.rounds} round(s), {self.s.seconds:g} s per test)")
+        self.log(f"lab: {self.lab.prefix}*, {self.s.topology} topology  ({self.s.rounds} round(s), "
+                 f"{self.s.seconds:g} s per test)")
         for i in range(self.s.concurrency_clients):
             self.lab.spawn("server", f"iperf3-{5201 + i}", "iperf3", "-s", "-p", str(5201 + i))
         for i in range(self.s.concurrency_clients):
@@ -304,29 +332,48 @@ class Bench:
 
 
 # ---------------------------------------------------------------------- reporting
+def fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def table(r: Results) -> str:
-    lines = []
+    """The results for people: which topology, what each path is, then throughput with the ratio
+    of every row to every column's path, RTT, CPU and memory, handshakes and clients at once."""
     s = r.settings
-    w = max([22, *(len(p) for p in s.paths)])   # the path column fits the longest name
+    paths = s.paths
+    names = [r.label(p) for p in paths]
+    w = max([12, *(len(n) for n in names)]) + 5        # "[N] " + the longest name
+    lines = [f"Topology: {s.topology} -- {TOPOLOGIES[s.topology]}.", "", "Paths:"]
+    for i, p in enumerate(paths, 1):
+        lines.append(f"  {f'[{i}] {r.label(p)}':{w}s} {r.what.get(p, '')}")
+    lines.append("")
+    cols = "".join(f"{f'x[{i}]':>7s}" for i in range(1, len(paths) + 1))
     for t in s.tests:
-        lines.append(f"TCP throughput, {TESTS[t][0]} (Mbit/s, median of {s.rounds})")
-        lines.append(f"  {'path':{w}s} {'Mbit/s':>9s} {'x OpenVPN':>10s} {'x wg-go':>8s} {'x bare':>7s}")
-        for p in s.paths:
+        lines.append(f"TCP throughput, {TESTS[t][0]} (Mbit/s, median of {s.rounds} round(s); x[N]: this row "
+                     f"over path [N], same run)")
+        lines.append(f"  {'path':{w}s} {'Mbit/s':>9s}{cols}")
+        for i, p in enumerate(paths, 1):
             m = r.median(p, t)
+            row = f"  {f'[{i}] {r.label(p)}':{w}s} "
             if m is None:
-                lines.append(f"  {p:{w}s} {'-':>9s}  ({r.skipped.get(p, 'no result')})")
+                lines.append(row + f"{'-':>9s}  ({r.skipped.get(p, 'no result')})")
                 continue
-            rat = [ratio(m, r.median(ref, t)) for ref in REFERENCES]
-            lines.append(f"  {p:{w}s} {m:9.1f} " + " ".join(
-                f"{'-' if x is None else f'{x:.2f}':>{w}s}" for x, w in zip(rat, (10, 8, 7))))
+            rat = r.ratios(p, t)
+            lines.append((row + f"{m:9.1f}" + "".join(
+                f"{'' if q == p else fmt(rat[q], '.2f'):>7s}" for q in paths)).rstrip())
         lines.append("")
-    lines.append("Ping RTT (ms, median) and CPU seconds per GB moved (both ends of the tunnel)")
-    for p in s.paths:
-        rtt = statistics.median(r.rtt_ms[p]) if r.rtt_ms.get(p) else None
-        cpu = r.cpu_s_per_gb(p)
-        reason = f"  ({r.skipped[p]})" if p in r.skipped and rtt is None else ""
-        lines.append(f"  {p:{w}s} rtt {'-' if rtt is None else f'{rtt:.3f}':>7s}   cpu "
-                     f"{'-' if cpu is None else f'{cpu:.1f} s/GB':>10s}{reason}")
+    lines.append(f"Idle ping RTT (ms: mean of {PING_COUNT} pings {PING_INTERVAL * 1000:g} ms apart, median of the "
+                 f"rounds); the tunnel's two daemons: CPU seconds per GB moved, peak RSS (MiB)")
+    lines.append(f"  {'path':{w}s} {'RTT ms':>7s}   {'CPU s/GB: client':>16s} {'server':>7s} {'both':>7s}   "
+                 f"{'RSS: client':>11s} {'server':>7s}")
+    for i, p in enumerate(paths, 1):
+        cpu = r.cpu_s_per_gb(p) or {}
+        rss = r.rss.get(p) or {}
+        reason = f"  ({r.skipped[p]})" if p in r.skipped and r.rtt(p) is None else ""
+        lines.append(f"  {f'[{i}] {r.label(p)}':{w}s} {fmt(r.rtt(p), '.3f'):>7s}   "
+                     f"{fmt(cpu.get('client'), '.1f'):>16s} {fmt(cpu.get('server'), '.1f'):>7s} "
+                     f"{fmt(cpu.get('both'), '.1f'):>7s}   {fmt(rss.get('client'), '.1f'):>11s} "
+                     f"{fmt(rss.get('server'), '.1f'):>7s}{reason}")
     lines.append("")
     h = r.handshakes
     if "handshakes_per_second" in h:
@@ -345,7 +392,9 @@ def table(r: Results) -> str:
 
 
 def chart(r: Results, path: str | Path) -> str | None:
-    """A bar chart of the medians; returns None or why it could not be drawn."""
+    """The run for people, as a PNG: the throughput medians (one group of bars per path, log
+    scale), and under them the idle RTT and the CPU seconds per GB of each path's two daemons.
+    Returns None, or why it could not be drawn."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -354,17 +403,30 @@ def chart(r: Results, path: str | Path) -> str | None:
         return "matplotlib is not installed (pip install matplotlib)"
     s = r.settings
     paths = [p for p in s.paths if r.mbps.get(p)]
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    names = [r.label(p) for p in paths]
+    fig = plt.figure(figsize=(max(8.0, 1.4 * len(paths) + 2), 8.0))
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 2))
+    ax = fig.add_subplot(grid[0, :])
     width = 0.8 / max(1, len(s.tests))
     for i, t in enumerate(s.tests):
         vals = [r.median(p, t) or 0 for p in paths]
-        ax.bar([x + i * width for x in range(len(paths))], vals, width, label=TESTS[t][0])
+        bars = ax.bar([x + i * width for x in range(len(paths))], vals, width, label=TESTS[t][0])
+        ax.bar_label(bars, labels=[f"{v:,.0f}" if v else "" for v in vals], fontsize=6, rotation=90, padding=2)
     ax.set_xticks([x + width * (len(s.tests) - 1) / 2 for x in range(len(paths))])
-    ax.set_xticklabels(paths, rotation=15)
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("Mbit/s (median)")
     ax.set_yscale("log")
-    ax.set_title(f"vpnedu bench: iperf3 TCP, {s.seconds:g} s x {s.rounds} round(s)")
+    ax.set_title(f"vpnedu bench, {s.topology} topology: iperf3 TCP, {s.seconds:g} s x {s.rounds} round(s)")
     ax.legend(fontsize=8)
+    for col, (title, spec, values) in enumerate((
+            ("idle ping RTT (ms)", ".2f", [r.rtt(p) or 0 for p in paths]),
+            ("CPU s per GB, both daemons", ".1f", [(r.cpu_s_per_gb(p) or {}).get("both", 0) for p in paths]))):
+        sub = fig.add_subplot(grid[1, col])
+        bars = sub.bar(range(len(paths)), values, color="tab:gray")
+        sub.bar_label(bars, labels=[format(v, spec) if v else "-" for v in values], fontsize=7, padding=2)
+        sub.set_xticks(range(len(paths)))
+        sub.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        sub.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -9,6 +9,23 @@ host; veth pairs are the cables between them::
                                s0 203.0.113.1 ----------------'
                                a0 192.0.2.1 ----- app  eth0 192.0.2.80 (HTTP, logs source addresses)
 
+That is the ``router`` topology, the default: the lab of the demo and the course.  The
+benchmark measures on the ``direct`` one instead (``Lab(topology="direct")``), where nothing
+stands between a client and the server but a cable::
+
+     client  eth0 198.51.100.2/24 ------- c0  server  203.0.113.2/32 (on lo)
+     client2 eth0 198.51.100.3/24 ------- c1
+     ...
+
+Each client has a veth cable of its own straight into the server's namespace and an on-link
+default route over it; the server holds the public address on its loopback and a host route
+back to each client through that client's cable.  ``10.0.0.0/8``, where the tunnels' addresses
+live, is unreachable over the cable (see :meth:`Lab._build_direct`).  No host forwards
+anything, so what a tunnel costs is its own cost: a router hop would add a per-packet cost that
+falls on a peer sending one datagram per packet and hardly on one that sends UDP GSO bursts (a
+burst crosses veth-to-veth forwarding as one large packet), which is not what a benchmark
+should weigh.
+
 All addresses are documentation ranges (RFC 5737), and every command runs
 inside the lab's own namespaces (``ip -n NS ...`` / ``ip netns exec NS ...``),
 so the host's own interfaces and routes are never touched.  Every command the
@@ -38,6 +55,18 @@ APP_NET = "192.0.2"
 SERVER_PUBLIC = f"{SERVER_NET}.2"
 APP_ADDRESS = f"{APP_NET}.80"
 APP_PORT = 80
+#: Where the tunnels' own addresses live (vpnedu's 10.0.0.0/24, OpenVPN's 10.8.0.0/24).
+TUNNEL_NETS = "10.0.0.0/8"
+
+#: The lab's topologies, and what measuring across each means (the benchmark prints it).
+TOPOLOGIES = {
+    "direct": "each client on a veth cable of its own straight into the server's namespace, no "
+              "router: every path pays only its own per-packet cost",
+    "router": "client -> the lab's router namespace -> server: a forwarding hop whose per-packet "
+              "cost falls on peers that send one datagram per packet and hardly on UDP GSO bursts "
+              "(one large packet per burst), so it flatters vpnedu against wireguard-go 0.0.2022 "
+              "and OpenVPN",
+}
 
 
 def require_tool(name: str, package: str) -> str:
@@ -57,6 +86,9 @@ class Lab:
     verbose: bool = False
     log: Callable[[str], None] = print
     base_dir: Path | None = None
+    #: ``router`` (client -- router -- server, with the app server) or ``direct`` (a cable per
+    #: client straight into the server, nothing else): see :data:`TOPOLOGIES`.
+    topology: str = "router"
     _procs: dict[str, int] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- naming
@@ -75,6 +107,8 @@ class Lab:
         return f"{CLIENT_NET}.{1 + i}"
 
     def hosts(self) -> list[str]:
+        if self.topology == "direct":
+            return ["server", *self.client_names()]
         return ["internet", "server", "app", *self.client_names()]
 
     # ---------------------------------------------------------------- running commands
@@ -119,12 +153,12 @@ class Lab:
     def exists(self) -> bool:
         r = subprocess.run([require_tool("ip", "iproute2"), "netns", "list"], capture_output=True, text=True)
         names = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
-        return self.ns("internet") in names
+        return self.ns("server") in names   # every topology has a server
 
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "lab.json").write_text(json.dumps({"prefix": self.prefix, "clients": self.clients,
-                                                       "procs": self._procs}))
+                                                       "topology": self.topology, "procs": self._procs}))
 
     @classmethod
     def load(cls, prefix: str = "vpnedu-", **kw) -> "Lab":
@@ -133,6 +167,7 @@ class Lab:
         if p.exists():
             d = json.loads(p.read_text())
             lab.clients = d.get("clients", 1)
+            lab.topology = d.get("topology", "router")
             lab._procs = d.get("procs", {})
         return lab
 
@@ -142,12 +177,14 @@ class Lab:
         if os.geteuid() != 0:
             raise VpneduError("the lab creates network namespaces and needs root", "run it with sudo")
         require_tool("ip", "iproute2")
+        if self.topology not in TOPOLOGIES:
+            raise VpneduError(f"unknown lab topology {self.topology!r}", "choose from: " + ", ".join(TOPOLOGIES))
         if self.exists():
             raise VpneduError(f"the lab '{self.prefix}' is already up", "run 'vpnedu lab down' first")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save()
         try:
-            self._build()
+            self._build_direct() if self.topology == "direct" else self._build()
         except BaseException:
             self.down()
             raise
@@ -182,10 +219,39 @@ class Lab:
                    "--log", str(self.dir / "app-access.log"))
         self.wait_for_port("app", APP_PORT)
 
+    def _build_direct(self) -> None:
+        """A cable per client straight into the server (see the module docstring): no router, no
+        app server, no forwarding anywhere."""
+        server = self.ns("server")
+        for h in self.hosts():
+            self._ip("netns", "add", self.ns(h))
+            self._ip("-n", self.ns(h), "link", "set", "lo", "up")
+        # The public address on the server's loopback: the same address behind every cable.
+        self._ip("-n", server, "addr", "add", f"{SERVER_PUBLIC}/32", "dev", "lo")
+        for i, c in enumerate(self.client_names()):
+            port, addr = f"c{i}", self.client_address(c)
+            self._ip("-n", server, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns(c))
+            self._ip("-n", server, "link", "set", port, "up")
+            self._ip("-n", server, "route", "add", f"{addr}/32", "dev", port, "src", SERVER_PUBLIC)
+            self._ip("-n", self.ns(c), "addr", "add", f"{addr}/24", "dev", "eth0")
+            self._ip("-n", self.ns(c), "link", "set", "eth0", "up")
+            # On-link: the cable is this client's whole internet (the server answers ARP for
+            # its loopback address on it).
+            self._ip("-n", self.ns(c), "route", "add", "default", "dev", "eth0")
+            # Tunnel addresses only through a tunnel.  Linux answers for any of its addresses on
+            # any interface, so without this a client would reach the server's tunnel address
+            # (10.0.0.1, OpenVPN's 10.8.0.1) over the bare cable before its tunnel is up -- a
+            # ping "through the tunnel" would pass and a connection opened then would bypass it.
+            # A tunnel's own /24 is more specific and wins once the tunnel is up.
+            self._ip("-n", self.ns(c), "route", "add", "unreachable", TUNNEL_NETS, "metric", "4096")
+
     def impair(self, loss: float = 0, dup: float = 0, reorder: float = 0, delay_ms: float = 0,
                seed: int | None = None, port: int = 51820) -> None:
         """Make the internet router lose, duplicate, reorder and delay the VPN's datagrams
         (see :mod:`vpnedu.lab.impair`)."""
+        if self.topology != "router":
+            raise VpneduError(f"the {self.topology} topology has no router to impair the network on",
+                              "use the router topology (the default) for a bad network")
         args = ["--port", str(port), "--loss", str(loss), "--dup", str(dup), "--reorder", str(reorder),
                 "--delay", str(delay_ms), "--stats", str(self.dir / "impair.json")]
         if seed is not None:

@@ -24,13 +24,14 @@ ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "WG_QUICK_USERSPACE_
 class WireGuardGo:
     """A wireguard-go interface on a lab host, configured from a wg-quick style config."""
 
-    def __init__(self, lab: Lab, host: str, conf: str | Path, ifname: str = "wg0"):
-        self.lab, self.host, self.ifname = lab, host, ifname
+    def __init__(self, lab: Lab, host: str, conf: str | Path, ifname: str = "wg0", binary: str | None = None):
+        """``binary``: a wireguard-go build to run instead of the installed one (Debian's)."""
+        self.lab, self.host, self.ifname, self.binary = lab, host, ifname, binary
         self.cfg = _config.load(conf)
         self.proc: subprocess.Popen | None = None
 
     def up(self) -> "WireGuardGo":
-        wggo = require_tool("wireguard-go", "wireguard-go")
+        wggo = self.binary or require_tool("wireguard-go", "wireguard-go")
         wg = require_tool("wg", "wireguard-tools")
         self.proc = self.lab.spawn(self.host, f"wireguard-go-{self.host}", wggo, "-f", self.ifname, env=ENV)
         end = time.time() + 10
