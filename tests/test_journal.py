@@ -3,9 +3,11 @@ undoes at once, what it undoes when set-up is done, and that its file lists, at 
 change still on the host -- so a crash at any step leaves a journal that restores everything.
 
 The changes here are files in a temporary directory, made and undone through the same
-:data:`~vpnedu.net.journal.UNDO` / :data:`~vpnedu.net.journal.REPLACEABLE` registry that the
-host modules (nftables, sysctls, routes) use; the root tests in ``tests/test_crash_restart.py``
-do the same with the real host."""
+table of kinds (:func:`~vpnedu.net.journal.kinds`) that the host modules (nftables, sysctls,
+routes) use; the root tests in ``tests/test_crash_restart.py`` do the same with the real host.
+Then the journal's own rules: the table names every kind the code records, undo runs newest
+first and past a failure, a crash mid-write loses nothing, and a kind this vpnedu does not know
+is reported -- file, kind and parameters, in one line -- and kept, never skipped."""
 
 import json
 import os
@@ -21,9 +23,8 @@ def kinds(tmp_path, monkeypatch):
     """A run directory of our own and two kinds of change: ``test-file`` (a file that a new start
     can take over as it is: replaceable) and ``test-link`` (a symlink that must go at once)."""
     monkeypatch.setattr(journal, "RUN_DIR", tmp_path / "run")
-    monkeypatch.setitem(journal.UNDO, "test-file", lambda path: os.unlink(path))
-    monkeypatch.setitem(journal.UNDO, "test-link", lambda path: os.unlink(path))
-    monkeypatch.setitem(journal.REPLACEABLE, "test-file", ("path",))
+    monkeypatch.setitem(journal.kinds(), "test-file", journal.Kind(os.unlink, identity=("path",)))
+    monkeypatch.setitem(journal.kinds(), "test-link", journal.Kind(os.unlink))
     return tmp_path
 
 
