@@ -161,11 +161,13 @@ def test_batches_equal_single_packets_through_drops_roaming_rekeys_and_keepalive
     wire, _ = both(worlds, lambda w: w.send(w.pair.server, w.pair.client_peer, answers))
     both(worlds, lambda w: w.receive(w.pair.client, [(d, w.pair.server_ep) for d, _ in wire]))
 
-    # Ten seconds later: the passive keepalive the server owes (it received data, sent some,
-    # then received more), through the timers.
+    # Ten seconds later: the passive keepalive the client owes (it received the server's
+    # answers and has sent nothing since), through the timers; the server owes none.
     for w in worlds:
         w.pair.net.clock.advance(11)
-    both(worlds, lambda w: (w.pair.client.tick(w.now), w.pair.server.tick(w.now)))
+    ticks = both(worlds, lambda w: (w.pair.client.tick(w.now), w.pair.server.tick(w.now)))
+    assert [[len(d) for d, _ in t] for t in ticks] == [[32], []]
+    assert snapshot(worlds[1])["events"]["timer.keepalive"] == 1
 
     # Two minutes in: the next batch from the initiator (the client) starts a rekey.
     for w in worlds:
@@ -200,6 +202,49 @@ def test_batches_equal_single_packets_across_rekey_and_reject_after_messages():
     st = snapshot(ws[1])
     assert st["events"]["session.expired"] == 1 and len(st["client"]["peers"][0]["staged"]) == 9
     both(ws, lambda w: w.receive(w.pair.server, [(d, w.pair.client_ep) for d, _ in wire]))
+
+
+def test_batches_equal_single_packets_near_and_past_reject_after_time(worlds):
+    """Time-driven rules on the batch paths: data received 166 s into a session makes the
+    initiator rekey (REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT); past 180 s a
+    received batch sealed in time is dropped, a batch to send is queued with a new initiation,
+    and the new session delivers what waited -- the same in both worlds, deadlines included."""
+    s_ep, c_ep = worlds[0].pair.server_ep, worlds[0].pair.client_ep
+    answers = [down(i, 200) for i in range(4)]
+    for w in worlds:
+        w.pair.net.clock.advance(166)
+    # The responder (the server) sends; the initiator (the client) receives and rekeys.
+    wire, control = both(worlds, lambda w: w.send(w.pair.server, w.pair.client_peer, answers))
+    assert len(wire) == 4 and not control
+    sent, control, delivered = both(worlds, lambda w: w.receive(w.pair.client, [(d, s_ep) for d, _ in wire]))
+    assert not sent and [d[0] for d, _ in control] == [1] and len(delivered) == 4
+    assert snapshot(worlds[1])["events"]["timer.rekey"] == 1
+    # That initiation is lost.  The server seals more at 179 s; they arrive at 181 s: too late.
+    for w in worlds:
+        w.pair.net.clock.advance(13)
+    late, _ = both(worlds, lambda w: w.send(w.pair.server, w.pair.client_peer, answers))
+    for w in worlds:
+        w.pair.net.clock.advance(2)
+    assert both(worlds, lambda w: w.receive(w.pair.client, [(d, s_ep) for d, _ in late])) == ([], [], [])
+    assert snapshot(worlds[1])["drops"] == Counter({"expired-session": 4})
+    # Both sides have data to send: the sessions expire, the packets wait, initiations go out.
+    ups = [up(i, 100) for i in range(3)]
+    wire, control = both(worlds, lambda w: w.send(w.pair.client, w.pair.server_peer, ups))
+    assert not wire and [d[0] for d, _ in control] == [1]
+    assert both(worlds, lambda w: w.send(w.pair.server, w.pair.client_peer, answers))[0] == []
+    st = snapshot(worlds[1])
+    assert st["events"]["session.expired"] == 2
+    assert [len(st[side]["peers"][0]["staged"]) for side in ("client", "server")] == [3, 4]
+    # The client's handshake completes; each side's queue goes out under the new keys.
+    _, resp, _ = both(worlds, lambda w: w.receive(w.pair.server, [(control[0][0], c_ep)]))
+    wire, _, _ = both(worlds, lambda w: w.receive(w.pair.client, [(resp[0][0], s_ep)]))
+    wire, _, delivered = both(worlds, lambda w: w.receive(w.pair.server, [(d, c_ep) for d, _ in wire]))
+    assert [p for _, p in delivered] == ups and len(wire) == 4
+    _, _, delivered = both(worlds, lambda w: w.receive(w.pair.client, [(d, s_ep) for d, _ in wire]))
+    assert [p for _, p in delivered] == answers
+    st = snapshot(worlds[1])
+    assert [len(st[side]["peers"][0]["staged"]) for side in ("client", "server")] == [0, 0]
+    assert st["server"]["counters"]["handshakes_completed"] == 2
 
 
 @pytest.mark.parametrize("suite", ["aes256gcm", "null-teaching"])
