@@ -12,7 +12,7 @@ import pytest
 from vpnedu import files
 from vpnedu.errors import FileRefused
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 TIMEOUT = 20
 

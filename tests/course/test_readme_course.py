@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_notebooks import check_newcomer, outputs_by_tag
+from tests.course.test_notebooks import check_newcomer, outputs_by_tag
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NEWS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from vpnedu import config
 from vpnedu.errors import VpneduError
 from vpnedu.provision import add_client, init_server
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 
 def test_init_and_add_clients(tmp_path):

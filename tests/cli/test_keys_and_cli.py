@@ -7,7 +7,7 @@ import pytest
 from vpnedu.errors import KeyFormatError
 from vpnedu.protocol import keys
 
-from .conftest import require_tool, run_cli
+from ..conftest import require_tool, run_cli
 
 
 def wg(*args, input=None):

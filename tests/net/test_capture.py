@@ -7,7 +7,7 @@ import struct
 from vpnedu import capture as cap
 from vpnedu.packet.ip import build_icmp_echo, checksum
 
-from .conftest import require_tool
+from ..conftest import require_tool
 
 CLIENT, SERVER = "192.0.2.2", "203.0.113.1"   # the in-memory pair's endpoints
 

@@ -128,7 +128,7 @@ def test_a_world_readable_private_key_is_refused_with_the_fix(tmp_path):
 
 
 def test_the_cli_refuses_a_world_readable_key_in_one_line(tmp_path):
-    from .conftest import run_cli
+    from ..conftest import run_cli
     path = tmp_path / "server.conf"
     path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.1/24\n")
     path.chmod(0o644)
@@ -182,7 +182,7 @@ def test_wg_quick_keys_and_headers_that_are_refused_by_name(text, line, words):
 
 
 def test_conf_check_says_what_each_wg_quick_key_will_do(tmp_path):
-    from .conftest import run_cli
+    from ..conftest import run_cli
     path = tmp_path / "wg0.conf"
     path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.2/24\nDNS = 10.0.0.1\nTable = off\n"
                     "FwMark = 0x1234\nPostUp = echo up\n")

@@ -14,8 +14,8 @@ from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
 from vpnedu.lab.wireguard_go import WireGuardGo, wg_quick
 from vpnedu.protocol.keys import encode
 
-from .conftest import require_tool
-from .lablib import iperf, ping_count, provision, start_client, start_server, status, stop, vpnedu, wait_for
+from ..conftest import require_tool
+from ..lablib import iperf, ping_count, provision, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 MB50 = 50 * 1024 * 1024

@@ -10,7 +10,7 @@ import json
 import os
 import re
 
-from tests.test_notebooks import NOTEBOOKS, nbclient, nbformat, outputs_by_tag, widget_states
+from tests.course.test_notebooks import NOTEBOOKS, nbclient, nbformat, outputs_by_tag, widget_states
 
 PROBE_02 = '''
 import json

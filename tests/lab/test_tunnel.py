@@ -17,7 +17,7 @@ from vpnedu.lab.demo import Demo
 from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
 from vpnedu.protocol import keys
 
-from .lablib import ping, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import ping, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from .lablib import provision, snapshot, status, vpnedu, wait_for
+from ..lablib import provision, snapshot, status, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 

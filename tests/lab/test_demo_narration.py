@@ -14,7 +14,7 @@ import pytest
 
 from vpnedu.lab.demo import Demo, capture_summary
 
-from .lablib import vpnedu
+from ..lablib import vpnedu
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ import pytest
 
 from vpnedu.bench import PATHS, TESTS
 
-from .conftest import require_tool
+from ..conftest import require_tool
 
 pytestmark = pytest.mark.root
 

@@ -14,8 +14,8 @@ import pytest
 from vpnedu.lab.app import random_sha256
 from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
 
-from .conftest import require_tool
-from .lablib import ping_count, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
+from ..conftest import require_tool
+from ..lablib import ping_count, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 BIG = 100 * 1024 * 1024

@@ -5,8 +5,8 @@ with the default datapath.)"""
 
 import pytest
 
-from .conftest import require_tool
-from .lablib import iperf, ping_count, provision, start_client, start_server, status
+from ..conftest import require_tool
+from ..lablib import iperf, ping_count, provision, start_client, start_server, status
 
 pytestmark = pytest.mark.root
 MB = 1024 * 1024

@@ -10,7 +10,7 @@ from vpnedu.labs import EXERCISES, LabCheckFailed, check
 from vpnedu.labs.build import STUB, build, make_versions, split_solutions
 from vpnedu.labs.checking import FAIL_MARK, NOT_WRITTEN, PASS_MARK
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "exercises").glob("*.ipynb"))
 
 

@@ -109,7 +109,7 @@ def test_a_daemon_that_refuses_us_is_reported_at_once_as_refused(lab_factory):
                 "    print(e); sys.exit(3)\n")
         r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
                             "-c", code], capture_output=True, text=True, cwd="/", timeout=120,
-                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(__file__)))})
         assert r.returncode == 3, r.stdout + r.stderr
         assert "the vpnedu server refused us" in r.stdout and "permission denied" in r.stdout, r.stdout
         assert "still starting" not in r.stdout

@@ -15,7 +15,7 @@ from vpnedu import config
 from vpnedu.lab.topology import SERVER_PUBLIC
 from vpnedu.protocol.keys import encode
 
-from .lablib import ping_count, provision, start_client, start_server, status, stop, wait_for
+from ..lablib import ping_count, provision, start_client, start_server, status, stop, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -91,7 +91,7 @@ class EventTail:
     arrives: then the subscription is live, and every event before that datagram has been read."""
 
     def __init__(self, lab, host: str, *kinds: str):
-        from .lablib import vpnedu
+        from ..lablib import vpnedu
         self.lab, self.host, self.name = lab, host, f"events-{host}"
         self.port = status(lab, host)["listen_port"]
         args = [a for k in ("packet.dropped", *kinds) for a in ("--kind", k)]
@@ -211,7 +211,7 @@ def test_lab_up_with_a_bad_network_from_the_command_line():
 
     from vpnedu.lab.topology import Lab
 
-    from .lablib import vpnedu
+    from ..lablib import vpnedu
     prefix = f"vt{os.getpid() % 10000}cli-"
 
     def cli(*args: str) -> subprocess.CompletedProcess:
@@ -261,7 +261,7 @@ def test_kill_9_at_random_moments_never_leaves_the_host_half_changed(lab_factory
     import random
     import signal
 
-    from .lablib import snapshot, vpnedu
+    from ..lablib import snapshot, vpnedu
     rng = random.Random(20261125)
     lab = lab_factory()
     provision(lab)
@@ -346,7 +346,7 @@ def test_server_restart_mid_transfer_client_rehandshakes_and_traffic_resumes(lab
 
 
 def test_control_socket_survives_garbage_and_refuses_other_users(lab_factory, tmp_path):
-    from .lablib import vpnedu
+    from ..lablib import vpnedu
     lab = lab_factory()
     provision(lab)
     server = start_server(lab)

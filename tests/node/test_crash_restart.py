@@ -15,7 +15,7 @@ import pytest
 
 from vpnedu.lab.topology import APP_ADDRESS
 
-from .lablib import provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -35,8 +35,8 @@ from vpnedu.protocol.device import Device
 from vpnedu.protocol.keys import encode
 from vpnedu.protocol.timers import REKEY_ATTEMPT_TIME, REKEY_TIMEOUT
 
-from .conftest import require_tool
-from .lablib import provision, start_client, start_server, stop, wait_for
+from ..conftest import require_tool
+from ..lablib import provision, start_client, start_server, stop, wait_for
 
 TUN = "vpnedu0"
 

@@ -16,7 +16,7 @@ import pytest
 
 from vpnedu.protocol import keys
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 SECRET = keys.generate_private_key()
 PSK = keys.generate_psk()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_readme_course import Shell, fresh_copy
+from tests.course.test_readme_course import Shell, fresh_copy
 
 pytestmark = pytest.mark.slow
 
