@@ -1,6 +1,6 @@
 """The datapath in real tunnels: fast against fast, fast against simple (every offload off; its
 kernel verifies every TCP checksum our TSO split computed), each optimisation really in use.
-(vpnedu against wireguard-go with the fast path on: tests/test_wireguard_interop.py, which runs
+(vpnedu against wireguard-go with the fast path on: tests/lab/test_wireguard_interop.py, which runs
 with the default datapath.)"""
 
 import pytest

@@ -1,6 +1,6 @@
 """What `vpnedu lab demo` tells a newcomer, checked against the real lab.
 
-The demo's steps are checked elsewhere (tests/test_tunnel.py); these tests read its narration:
+The demo's steps are checked elsewhere (tests/lab/test_tunnel.py); these tests read its narration:
 that step 5 says why a TUN device is UNKNOWN, that step 7 says which way each ping went, and that
 a capture of the client's link names the link's own IPv6/ARP housekeeping for what it is instead of
 listing it as something "the client's outer link carried".

@@ -4,7 +4,7 @@ change still on the host -- so a crash at any step leaves a journal that restore
 
 The changes here are files in a temporary directory, made and undone through the same
 table of kinds (:func:`~vpnedu.net.journal.kinds`) that the host modules (nftables, sysctls,
-routes) use; the root tests in ``tests/test_crash_restart.py`` do the same with the real host.
+routes) use; the root tests in ``tests/node/test_crash_restart.py`` do the same with the real host.
 Then the journal's own rules: the table names every kind the code records, undo runs newest
 first and past a failure, a crash mid-write loses nothing, and a kind this vpnedu does not know
 is reported -- file, kind and parameters, in one line -- and kept, never skipped."""
