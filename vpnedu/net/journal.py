@@ -30,7 +30,7 @@ with "connection reset by peer".  So a start *adopts* what it will make again:
 1. :meth:`Journal.recover` with ``adopt=True`` undoes at once only the kinds of
    change that cannot be replaced in place (devices, addresses, a client's
    routes: they went with the dead process's TUN device anyway).  The entries of
-   the *replaceable* kinds (:data:`REPLACEABLE`: nftables tables, sysctls, the
+   the *replaceable* kinds (see :func:`kinds`: nftables tables, sysctls, the
    proxy's policy rule and local route) stay on the host and in the journal,
    which is rewritten at once (a new file renamed over the old one) under the
    new process's pid: from then on it is this process's journal, and a crash
@@ -55,14 +55,36 @@ the host with its original values: before step 1's rewrite, the old journal
 new ones; in step 3, entries whose undo may already have run (harmless again).
 If set-up fails with an error instead, the normal tear-down undoes everything,
 adopted entries included.
+
+The kinds of change: one table
+------------------------------
+
+:func:`kinds` is the one list of every kind of host change vpnedu makes, each with
+the function that undoes it (and, for the replaceable kinds, the parameters that
+name the thing).  :meth:`Journal.record` refuses a kind that is not in it, so a
+new kind of change cannot be made without saying how to undo it.
+
+A journal can still list a kind this vpnedu does not know: one written by
+another version of vpnedu (a newer one that makes a change this one never
+heard of).  Skipping it would leave that change on the host for good, with
+nobody knowing; undoing nothing would leave every other change too.  So
+recovery undoes every other entry, keeps the unknown ones in the journal file
+(for the version that wrote them, or for the user to undo by hand), and then
+fails with :class:`UnknownChange`: one line that names the file, the kind and
+its parameters, and what to do.  A start on that interface refuses until then:
+it could not start its own journal without losing those entries.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from ..errors import VpneduError
 
 RUN_DIR = Path(os.environ.get("VPNEDU_RUN_DIR", "/run/vpnedu"))
 
@@ -87,17 +109,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# kind -> function(**params) that undoes one change; filled in by the modules that make them.
-UNDO: dict[str, Callable[..., None]] = {}
-#: kind -> the parameters that say *which* thing a change is about (two entries with the same
-#: kind and values are the same thing), for the kinds a new start can replace in place and so
-#: adopts from a dead process (see above).  Filled in by the modules that make them.
-REPLACEABLE: dict[str, tuple[str, ...]] = {}
+@dataclass(frozen=True)
+class Kind:
+    """One kind of host change: how to undo it, and whether a new start can take it over."""
+
+    #: Called with the entry's parameters; must ignore "already gone" (see above).
+    undo: Callable[..., None]
+    #: For a kind a new start replaces in place and so adopts from a dead process: the
+    #: parameters that say *which* thing a change is about (two entries with the same kind and
+    #: these values are the same thing).  Empty for the kinds that are undone at once.
+    identity: tuple[str, ...] = ()
+
+    @property
+    def replaceable(self) -> bool:
+        return bool(self.identity)
 
 
-def _register() -> None:
-    """Import the modules that fill in :data:`UNDO` and :data:`REPLACEABLE`."""
-    from . import links, nat, routes, sysctl, tproxy  # noqa: F401
+@functools.cache
+def kinds() -> dict[str, Kind]:
+    """Every kind of host change vpnedu makes, and how to undo it: the one table.
+
+    Built on first use, not at import: the modules that make the changes load pyroute2 (a third
+    of a second), which ``vpnedu status`` and the simulated lab, that only read RUN_DIR, need not pay."""
+    from . import links, nat, routes, sysctl, tproxy
+    return {
+        "link": Kind(links.undo_link),                    # our TUN device
+        "addr": Kind(links.undo_addr),                    # an address on it
+        "route": Kind(routes.undo_route),                 # a client's routes (and the host route)
+        "nft-table": Kind(nat.undo_nft_table, identity=("family", "name")),   # NAT / TPROXY table
+        "sysctl": Kind(sysctl.undo_sysctl, identity=("key",)),                # net.ipv4.ip_forward
+        "policy-rule": Kind(tproxy.undo_policy_rule, identity=("fwmark", "table", "priority")),
+        "local-route": Kind(tproxy.undo_local_route, identity=("table",)),    # the proxy's route
+    }
+
+
+class UnknownChange(VpneduError):
+    """A journal lists a kind of change this vpnedu cannot undo (see "The kinds of change")."""
+
+    def __init__(self, path: Path, unknown: list, undone: int):
+        self.path, self.unknown, self.undone = path, unknown, undone
+        what = ", ".join(_describe(e) for e in unknown)
+        super().__init__(
+            f"{path} lists {len(unknown)} change(s) of a kind this vpnedu does not know: {what}; "
+            f"{undone} other change(s) were undone, and these stay in the journal",
+            "undo them with the vpnedu version that made them ('vpnedu cleanup'), "
+            "or by hand, then delete that file")
+
+
+def _kind_of(entry) -> str | None:
+    """An entry's kind if this vpnedu knows it, else None."""
+    kind = entry.get("kind") if isinstance(entry, dict) else None
+    return kind if isinstance(kind, str) and kind in kinds() else None
+
+
+def _describe(entry) -> str:
+    if isinstance(entry, dict) and isinstance(entry.get("kind"), str):
+        params = {k: v for k, v in entry.items() if k != "kind"}
+        return f"{entry['kind']!r} {json.dumps(params)}"
+    return json.dumps(entry)
 
 
 class Journal:
@@ -113,8 +182,10 @@ class Journal:
 
     def recover(self, log: Callable[[str], None] = lambda s: None, *, adopt: bool = False) -> int:
         """Put right what a dead process left behind under this name.  Returns how many changes
-        were undone now.  With ``adopt``, the changes of :data:`REPLACEABLE` kinds are not undone
-        but taken over into this process's journal, for set-up to :meth:`claim` (see above)."""
+        were undone now.  With ``adopt``, the changes of replaceable kinds (see :class:`Kind`) are
+        not undone but taken over into this process's journal, for set-up to :meth:`claim` (see
+        above).  Raises :class:`UnknownChange` if the journal lists a kind this vpnedu does not
+        know, after undoing every other change; those entries stay in the file."""
         if not self.path.exists():
             return 0
         try:
@@ -122,9 +193,10 @@ class Journal:
             head = json.loads(lines[0]) if lines else {}
         except (OSError, ValueError):
             lines, head = [], {}
+        if not isinstance(head, dict):
+            head = {}
         pid = head.get("pid")
         if pid and pid != os.getpid() and _alive(pid) and _cmdline_is_vpnedu(pid):
-            from ..errors import VpneduError
             raise VpneduError(f"another vpnedu (pid {pid}) is running with interface {self.name}",
                               "stop it first, or choose another interface name")
         entries = []
@@ -133,12 +205,17 @@ class Journal:
                 entries.append(json.loads(x))
             except ValueError:
                 pass   # a line cut short by the crash: its change was never made
-        _register()
-        keep = [e for e in entries if adopt and e.get("kind") in REPLACEABLE]
-        now = [e for e in entries if not any(e is k for k in keep)]
+        unknown = [e for e in entries if _kind_of(e) is None]
+        known = [e for e in entries if _kind_of(e) is not None]
+        # With an unknown change left this start fails (see above): nothing to adopt, undo all.
+        keep = [e for e in known if adopt and not unknown and kinds()[e["kind"]].replaceable]
+        now = [e for e in known if not any(e is k for k in keep)]
         log(f"cleaning up after a previous vpnedu that did not exit cleanly (pid {pid}): "
             f"{len(entries)} change(s)" + (f", {len(keep)} of them to be replaced in place" if keep else ""))
         n = _undo(now, log)
+        if unknown:
+            _write(self.path, head, unknown)   # only what is still on the host, for a later version
+            raise UnknownChange(self.path, unknown, n)
         if keep:
             self.entries = list(keep)
             self.pending = list(keep)
@@ -159,18 +236,12 @@ class Journal:
         """Write the whole journal (head and entries) to a new file and rename it over the old
         one: a crash leaves either file complete, never a mixture."""
         run_dir()
-        tmp = self.path.with_name(self.path.name + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"pid": os.getpid(), "name": self.name}) + "\n")
-            for e in self.entries:
-                f.write(json.dumps(e) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        _write(self.path, {"pid": os.getpid(), "name": self.name}, self.entries)
 
     def record(self, kind: str, **params) -> None:
-        """Note a change we are about to make (call *before* making it)."""
+        """Note a change we are about to make (call *before* making it).  The kind must be in
+        :func:`kinds`: a change nobody knows how to undo is never made."""
+        _known(kind)
         entry = {"kind": kind, **params}
         self.entries.append(entry)
         with open(self.path, "a") as f:
@@ -181,7 +252,11 @@ class Journal:
     def claim(self, kind: str, **identity) -> dict | None:
         """Take over the adopted change of ``kind`` about the thing ``identity`` names (see above):
         returns its entry -- which stays in the journal as it is, with the values it recorded --
-        or None if the dead process made no such change (then :meth:`record` one as usual)."""
+        or None if the dead process made no such change (then :meth:`record` one as usual).
+        ``identity`` must be exactly the kind's :attr:`Kind.identity` parameters."""
+        if set(identity) != set(_known(kind).identity):
+            raise ValueError(f"journal: a {kind!r} change is named by {_known(kind).identity}, "
+                             f"not {tuple(identity)}")
         found = [e for e in self.pending
                  if e.get("kind") == kind and all(e.get(k) == v for k, v in identity.items())]
         self.pending = [e for e in self.pending if not any(e is f for f in found)]
@@ -216,17 +291,36 @@ class Journal:
         return n
 
 
+def _known(kind: str) -> Kind:
+    """The table's row for a kind this process is about to record or claim (a bug if missing)."""
+    try:
+        return kinds()[kind]
+    except KeyError:
+        raise ValueError(f"journal: no undo for kind {kind!r}; add it to "
+                         "vpnedu.net.journal.kinds()") from None
+
+
+def _write(path: Path, head: dict, entries: list) -> None:
+    """Write a whole journal to a new file and rename it over ``path`` (atomic)."""
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(head) + "\n")
+        for e in entries:
+            f.write(json.dumps(e) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _undo(entries: list[dict], log: Callable[[str], None]) -> int:
-    _register()
+    """Undo known entries, newest first; one that fails is logged and the rest still run."""
     n = 0
     for entry in reversed(entries):
         params = dict(entry)
         kind = params.pop("kind")
-        fn = UNDO.get(kind)
-        if fn is None:
-            continue
         try:
-            fn(**params)
+            kinds()[kind].undo(**params)
             n += 1
         except Exception as e:  # keep undoing the rest whatever happens
             log(f"could not undo {kind} {params}: {e}")
@@ -241,11 +335,21 @@ def _cmdline_is_vpnedu(pid: int) -> bool:
 
 
 def recover_all(log: Callable[[str], None] = print) -> int:
-    """Undo every stale journal of this network namespace (``vpnedu cleanup``)."""
+    """Undo every stale journal of this network namespace (``vpnedu cleanup``).  A journal that
+    lists a kind this vpnedu does not know does not stop the others: each is undone as far as it
+    can be, and then one :class:`UnknownChange` (or one error naming all such files) is raised."""
     if not RUN_DIR.exists():
         return 0
-    total = 0
+    total, unknown = 0, []
     suffix = f"@{netns_id()}.journal"
     for p in sorted(RUN_DIR.glob(f"*{suffix}")):
-        total += Journal(p.name[: -len(suffix)]).recover(log)
+        try:
+            total += Journal(p.name[: -len(suffix)]).recover(log)
+        except UnknownChange as e:
+            total += e.undone
+            unknown.append(e)
+    if len(unknown) == 1:
+        raise unknown[0]
+    if unknown:
+        raise VpneduError("; ".join(e.problem for e in unknown), unknown[0].fix)
     return total

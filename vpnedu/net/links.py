@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import VpneduError
-from .journal import UNDO, Journal
+
+if TYPE_CHECKING:   # only for annotations: the journal imports this module's undo functions
+    from .journal import Journal
 
 
 def index_of(ipr: IPRoute, ifname: str) -> int | None:
@@ -73,7 +76,7 @@ def configure(journal: Journal, ifname: str, addrs: list, mtu: int) -> None:
         ipr.link("set", index=idx, state="up")
 
 
-def _undo_addr(ifname: str, address: str, prefixlen: int) -> None:
+def undo_addr(ifname: str, address: str, prefixlen: int) -> None:
     with IPRoute() as ipr:
         idx = index_of(ipr, ifname)
         if idx is None:
@@ -84,7 +87,7 @@ def _undo_addr(ifname: str, address: str, prefixlen: int) -> None:
             pass
 
 
-def _undo_link(ifname: str) -> None:
+def undo_link(ifname: str) -> None:
     with IPRoute() as ipr:
         idx = index_of(ipr, ifname)
         if idx is not None:
@@ -92,7 +95,3 @@ def _undo_link(ifname: str) -> None:
                 ipr.link("del", index=idx)
             except NetlinkError:
                 pass
-
-
-UNDO["addr"] = _undo_addr
-UNDO["link"] = _undo_link

@@ -34,9 +34,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 from ..errors import VpneduError
-from .journal import REPLACEABLE, UNDO, Journal
+
+if TYPE_CHECKING:   # only for annotations: the journal imports this module's undo functions
+    from .journal import Journal
 
 
 def nft_path() -> str:
@@ -104,10 +107,6 @@ def install_masquerade(journal: Journal, subnet: str, ifname: str) -> str:
     return text
 
 
-def _undo_table(family: str, name: str) -> None:
+def undo_nft_table(family: str, name: str) -> None:
     nft = shutil.which("nft") or "/usr/sbin/nft"
     subprocess.run([nft, "delete", "table", family, name], capture_output=True, start_new_session=True)
-
-
-UNDO["nft-table"] = _undo_table
-REPLACEABLE["nft-table"] = ("family", "name")

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import VpneduError
-from .journal import UNDO, Journal
 from .links import index_of
+
+if TYPE_CHECKING:   # only for annotations: the journal imports this module's undo functions
+    from .journal import Journal
 
 FULL_TUNNEL_HALVES = ("0.0.0.0/1", "128.0.0.0/1")
 #: The kernel's main routing table (``ip route`` shows it; rt_tables calls it "main").
@@ -90,7 +93,7 @@ def add(journal: Journal, dst: str, gateway: str | None, dev: str, table: int | 
     return Route(str(net), gateway, dev)
 
 
-def _undo_route(dst: str, gateway: str | None, dev: str, table: int | None = None) -> None:
+def undo_route(dst: str, gateway: str | None, dev: str, table: int | None = None) -> None:
     with IPRoute() as ipr:
         idx = index_of(ipr, dev)
         kw = {"dst": dst, **({"table": table} if table else {})}
@@ -102,6 +105,3 @@ def _undo_route(dst: str, gateway: str | None, dev: str, table: int | None = Non
             ipr.route("del", **kw)
         except NetlinkError:
             pass
-
-
-UNDO["route"] = _undo_route

@@ -16,8 +16,10 @@ before the first vpnedu, so that is what the final undo restores.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .journal import REPLACEABLE, UNDO, Journal
+if TYPE_CHECKING:   # only for annotations: the journal imports this module's undo functions
+    from .journal import Journal
 
 
 def _path(key: str) -> Path:
@@ -43,9 +45,5 @@ def set_value(journal: Journal, key: str, value: str) -> str:
     return old
 
 
-def _undo_sysctl(key: str, value: str) -> None:
+def undo_sysctl(key: str, value: str) -> None:
     _path(key).write_text(value + "\n")
-
-
-UNDO["sysctl"] = _undo_sysctl
-REPLACEABLE["sysctl"] = ("key",)

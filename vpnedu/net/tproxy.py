@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import VpneduError
-from .journal import REPLACEABLE, UNDO, Journal
 from .nat import nft_path, replace_table, run_nft, table_name
+
+if TYPE_CHECKING:   # only for annotations: the journal imports this module's undo functions
+    from .journal import Journal
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
@@ -132,7 +135,7 @@ def install(journal: Journal, subnet: str, ifname: str, tcp_port: int, udp_port:
     return text
 
 
-def _undo_rule(fwmark: int, table: int, priority: int) -> None:
+def undo_policy_rule(fwmark: int, table: int, priority: int) -> None:
     with IPRoute() as ipr:
         try:
             ipr.rule("del", fwmark=fwmark, table=table, priority=priority)
@@ -140,16 +143,10 @@ def _undo_rule(fwmark: int, table: int, priority: int) -> None:
             pass
 
 
-def _undo_local_route(table: int) -> None:
+def undo_local_route(table: int) -> None:
     with IPRoute() as ipr:
         lo = ipr.link_lookup(ifname="lo")
         try:
             ipr.route("del", dst="0.0.0.0/0", type="local", scope=254, table=table, oif=lo[0] if lo else None)
         except NetlinkError:
             pass
-
-
-UNDO["policy-rule"] = _undo_rule
-UNDO["local-route"] = _undo_local_route
-REPLACEABLE["policy-rule"] = ("fwmark", "table", "priority")
-REPLACEABLE["local-route"] = ("table",)

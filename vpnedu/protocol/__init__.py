@@ -1,7 +1,7 @@
 """The WireGuard protocol, sans-IO: pure code on bytes, a caller's ``now`` and injected randomness.
 
 Nothing here reads a socket, a TUN device or a clock, or draws its own random numbers
-(``tests/test_imports.py`` reads the imports to make sure): the IO layer
+(``tests/protocol/test_imports.py`` reads the imports to make sure): the IO layer
 (:mod:`vpnedu.datapath`, the simulation) passes datagrams, packets and the time in, and sends
 and writes what comes out.  Modules, in the order a student meets them:
 

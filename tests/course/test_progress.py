@@ -1,0 +1,73 @@
+"""Long steps say what they are doing: the first scripts/demo.sh while pip installs, and vpnedu
+bench round by round (on stderr, so the results on stdout and in --json stay clean)."""
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.course.test_readme_course import Shell, fresh_copy
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_first_demo_sh_says_what_it_does_while_pip_installs():
+    """scripts/demo.sh from a fresh copy, as a normal user: before pip's long silent install
+    (nothing of vpnedu is in .venv yet) it has said what it is doing; then the no-root demo runs."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run the script as a normal user")
+    top = Path(tempfile.mkdtemp(prefix="vpnedu-demo-sh-"))
+    try:
+        work, home = top / "vpnedu", top / "home"
+        work.mkdir()
+        home.mkdir()
+        fresh_copy(work)
+        nobody = pwd.getpwnam("nobody")
+        for p in [top, *top.rglob("*")]:
+            os.lchown(p, nobody.pw_uid, nobody.pw_gid)
+        shell = Shell(work, home, "nobody")
+        proc = subprocess.Popen(shell.argv("bash scripts/demo.sh"), cwd=work, env=shell.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines, said_while_installing = [], None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if said_while_installing is None and "installing vpnedu" in line:
+                # Said before the install, not after: pip has not put vpnedu into .venv yet.
+                said_while_installing = not (work / ".venv" / "bin" / "vpnedu").exists()
+        assert proc.wait(900) == 0, "\n".join(lines[-40:])
+        out = "\n".join(lines)
+        assert said_while_installing, out[:3000]
+        assert out.index("setup: creating the virtualenv .venv") < out.index("installing vpnedu")
+        assert "about a minute the first time" in out and "setup: done" in out
+        assert "needs root" in out and "handshake" in out      # then the no-root demo ran
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_vpnedu_bench_says_which_round_path_and_test_it_is_on(tmp_path):
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is not installed")
+    out_json = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "vpnedu", "bench", "--quick", "--paths", "bare,vpnedu-wireguard",
+                        "--tests", "tcp1_up", "--json", str(out_json), "--png", str(tmp_path / "b.png"),
+                        "--prefix", f"vpg{os.getpid() % 10000}-"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    progress = r.stderr.splitlines()
+    for want in ("bench: round 1/1, path 1/2: bare: tcp1_up (1 stream, client -> server, iperf3 1 s)",
+                 "bench: round 1/1, path 2/2: vpnedu-wireguard: setting up the tunnel",
+                 "bench: round 1/1, path 2/2: vpnedu-wireguard: tcp1_up (1 stream, client -> server, iperf3 1 s)",
+                 "bench: round 1/1, path 2/2: vpnedu-wireguard: ping RTT",
+                 "bench: handshake rate: 100 clients for 3 s against the vpnedu server",
+                 "bench: done"):
+        assert want in progress, (want, r.stderr)
+    # Progress in order, and none of it among the results.
+    assert progress.index("bench: done") == len(progress) - 1
+    assert "bench: " not in r.stdout and "TCP throughput, 1 stream, client -> server" in r.stdout
+    assert set(json.loads(out_json.read_text())["paths"]) == {"bare", "vpnedu-wireguard"}

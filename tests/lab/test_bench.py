@@ -1,0 +1,162 @@
+"""`vpnedu bench` for real, CI-sized: every path gets a number or a stated reason, every ratio is
+computed from the run's own numbers, and the JSON and PNG are written.  No speed thresholds:
+speed is judged from the benchmark's output, on a quiet machine (BENCHMARKS.md)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vpnedu.bench import PATHS, TESTS
+from vpnedu.lab.topology import SERVER_PUBLIC, Lab
+
+from ..conftest import require_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vpnedu", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_ratios(data: dict) -> None:
+    """Each result carries its ratio to every other path of the run, computed from the medians."""
+    paths = data["paths"]
+    for path, row in paths.items():
+        for t in data["settings"]["tests"]:
+            got = row[t]["median_mbit_s"]
+            assert (got is not None and got > 0) or row["skipped"], (path, t, row)
+            assert set(row[t]["vs"]) == set(paths) - {path}, (path, t)
+            for other, r in row[t]["vs"].items():
+                base = paths[other][t]["median_mbit_s"]
+                assert r == (round(got / base, 2) if got and base else None), (path, t, other)
+
+
+def check_daemons(row: dict) -> None:
+    """A tunnel's two daemons each have CPU per GB and a peak RSS; both = client + server."""
+    cpu, rss = row["cpu_s_per_gb"], row["peak_rss_mib"]
+    assert cpu["client"] > 0 and cpu["server"] > 0, row
+    assert abs(cpu["both"] - cpu["client"] - cpu["server"]) <= 0.02, cpu
+    assert rss["client"] > 0 and rss["server"] > 0, row
+    assert row["rtt_ms"] > 0
+
+
+@pytest.mark.root
+def test_quick_bench_reports_every_path(tmp_path):
+    for t in ("iperf3", "wireguard-go", "wg", "openvpn"):
+        require_tool(t)
+    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    t0 = time.monotonic()
+    r = bench("--quick", "--json", str(out_json), "--chart", str(out_png), "--prefix", "vtb-")
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # The promise of --quick (a duration, not a speed): about 90 s; 180 s even on a loaded machine.
+    assert took < 180, f"vpnedu bench --quick took {took:.0f} s"
+    # The printed table: which topology and what that means, what each path is, a section per
+    # test with a row per path (a number or the reason) and a ratio column per path.
+    assert "Topology: direct -- each client on a veth cable of its own" in r.stdout
+    for t in TESTS:
+        assert TESTS[t][0] in r.stdout
+    for i, p in enumerate(PATHS, 1):
+        assert f"  [{i}] {p} " in r.stdout
+    assert "".join(f"{f'x[{i}]':>7s}" for i in range(1, len(PATHS) + 1)) in r.stdout
+    data = json.loads(out_json.read_text())
+    assert data["topology"]["name"] == "direct" and set(data["paths"]) == set(PATHS)
+    check_ratios(data)
+    for path, row in data["paths"].items():
+        if path == "bare":
+            assert row["cpu_s_per_gb"] is None and row["peak_rss_mib"] is None   # no daemons
+        elif not row["skipped"]:
+            check_daemons(row)
+    h = data["handshakes"]
+    assert h.get("handshakes_per_second", 0) > 0 or h.get("skipped")
+    if not h.get("skipped"):
+        # A server under load answers with cookies and the clients come back with mac2: almost every
+        # handshake completes (not a speed figure: a server that drops them all fails here).
+        assert h["handshakes_completed"] > 10 * h["lost"], h
+    c = data["concurrency"]
+    assert c.get("clients") == 4 and len(c["per_client_mbit_s"]) == 4, c   # the direct lab has 4 cables
+    assert abs(c["aggregate_mbit_s"] - sum(c["per_client_mbit_s"])) < 0.5
+    assert 0.25 <= c["jain_fairness"] <= 1.0   # Jain's index lies in [1/n, 1]
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The bench lab is gone.
+    assert "vtb-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.root
+def test_direct_topology_is_one_cable_per_client_and_no_tunnel_address_over_it():
+    require_tool("ping")
+    lab = Lab(prefix=f"vtd{os.getpid() % 10000}-", clients=2, topology="direct", log=lambda m: None)
+    lab.up()
+    try:
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert lab.ns("server") in names and lab.ns("client2") in names
+        assert lab.ns("internet") not in names and lab.ns("app") not in names   # no router, no app
+        for c in lab.client_names():
+            assert lab.run(c, "ping", "-c", "1", "-W", "2", SERVER_PUBLIC).returncode == 0, c
+            # One hop: the server's address is on-link, not behind a gateway.
+            assert "via" not in lab.run(c, "ip", "route", "get", SERVER_PUBLIC).stdout
+        # The server answers for any of its addresses on any cable; a tunnel address must not
+        # answer until a tunnel carries it (else a bench would measure the bare cable).
+        lab.run("server", "ip", "addr", "add", "10.0.0.1/24", "dev", "lo", check=True)
+        assert lab.run("client", "ping", "-c", "1", "-W", "1", "10.0.0.1").returncode != 0
+        assert lab.run("server", "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+    finally:
+        lab.down()
+    assert lab.ns("server") not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.root
+def test_bench_runs_another_tree_and_another_wireguard_go_build(tmp_path):
+    """``vpnedu@TREE`` runs both daemons from TREE's code (a marker its import writes proves it)
+    and is named by TREE's commit; ``wireguard-go@PATH`` runs that binary; ``--json`` alone
+    writes the JSON to stdout and everything else to stderr."""
+    for t in ("iperf3", "wireguard-go", "wg"):
+        require_tool(t)
+    tree = tmp_path / "old-tree"
+    shutil.copytree(ROOT / "vpnedu", tree / "vpnedu", ignore=shutil.ignore_patterns("__pycache__"))
+    marker = tmp_path / "imports.txt"
+    with open(tree / "vpnedu" / "__init__.py", "a") as f:
+        f.write("\nimport os as _os\nif _os.environ.get('VPNEDU_TEST_MARKER'):\n"
+                "    open(_os.environ['VPNEDU_TEST_MARKER'], 'a').write(__file__ + '\\n')\n")
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    wggo = shutil.which("wireguard-go")
+    r = subprocess.run([sys.executable, "-m", "vpnedu", "bench", "--rounds", "1", "--seconds", "1",
+                        "--tests", "tcp1_up", "--paths", f"vpnedu@{tree},wireguard-go@{wggo}", "--json",
+                        "--chart", str(tmp_path / "b.png"), "--prefix", f"vtt{os.getpid() % 10000}-"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "VPNEDU_TEST_MARKER": str(marker)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    data = json.loads(r.stdout)   # stdout is the JSON alone
+    assert "TCP throughput, 1 stream, client -> server" in r.stderr
+    old, wg = data["paths"][f"vpnedu@{tree}"], data["paths"][f"wireguard-go@{wggo}"]
+    assert old["label"] == f"vpnedu@{commit}" and str(tree) in old["what"], old
+    assert f"[1] vpnedu@{commit} " in r.stderr
+    assert old["skipped"] is None and wg["skipped"] is None, (old, wg)
+    assert wg["label"].startswith("wireguard-go@v") and wggo in wg["what"], wg
+    check_ratios(data)
+    check_daemons(old)
+    check_daemons(wg)
+    # The tree's own code ran: the provisioning, the server and the client each imported it.
+    imported = marker.read_text().split()
+    assert len(imported) >= 3 and set(imported) == {str(tree / "vpnedu" / "__init__.py")}, imported
+
+
+def test_bench_names_a_bad_path_in_one_line(tmp_path):
+    for spec, words in ((f"vpnedu@{tmp_path}", "has no vpnedu/ package"),
+                        (f"wireguard-go@{tmp_path}/nothing", "no executable file at"),
+                        ("wireguard", "unknown path 'wireguard'")):
+        r = bench("--paths", f"bare,{spec}", "--json", str(tmp_path / "b.json"), timeout=60)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stderr.count("\n") == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "b.json").exists()
