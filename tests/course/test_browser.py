@@ -76,6 +76,7 @@ def jupyterlab(tmp_path):
         log.close()
 
 
+@pytest.mark.slow
 def test_notebook_02_renders_ladder_and_plot_in_chromium(jupyterlab):
     chromium = require_tool("chromium")
     try:

@@ -345,6 +345,7 @@ def test_the_real_implementations_pass_where_the_exercise_mirrors_one(name, caps
 
 
 # ------------------------------------------------------------------------------------------ nbgrader
+@pytest.mark.slow
 def test_nbgrader_releases_and_autogrades_every_exercise(built, tmp_path, kernel_path):
     """The instructor's real nbgrader round trip on 'vpnedu labs build' output: generate_assignment
     releases each exercise without its solutions, and autograde gives a submission of the solved
