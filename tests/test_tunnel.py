@@ -44,8 +44,8 @@ def test_the_seed_demo_every_step(lab_factory):
     # The same request through NAT and through the proxy: each flow table showed the HTTP flow from
     # the client's tunnel address, with the server's public address as the server's end.
     for mode in ("nat", "proxy"):
-        http = [f for f in res.flows[mode] if f["destination"] == "192.0.2.80:80"]
-        assert http and http[0]["client"].startswith("10.0.0.2:"), (mode, res.flows[mode])
+        http = [f for f in res.flows[mode] if f.destination == "192.0.2.80:80"]
+        assert http and http[0].client.startswith("10.0.0.2:"), (mode, res.flows[mode])
         assert http[0]["proxy"].startswith(SERVER_PUBLIC + ":")
         assert res.app_source_by_mode[mode] == SERVER_PUBLIC
     text = "\n".join(lines)

@@ -20,7 +20,7 @@ import warnings
 
 import click
 
-from . import __version__
+from . import __version__, report
 from .errors import NotPermitted, VpneduError
 from .protocol import keys as _keys
 from .protocol.suites import SUITES, InsecureSuiteWarning
@@ -256,73 +256,6 @@ def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, ke
 
 
 # ---------------------------------------------------------------------------- watching
-def _ago(t: float | None) -> str:
-    import time
-    if not t:
-        return "never"
-    s = int(time.time() - t)
-    return f"{s} second{'s' if s != 1 else ''} ago" if s < 120 else f"{s // 60} minutes ago"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
-
-
-def format_status(st: dict) -> str:
-    lines = [f"interface: {st['interface']} ({st['role']}, pid {st['pid']})",
-             f"  public key: {st['public_key']}",
-             f"  listening port: {st['listen_port']}"]
-    if st.get("fwmark"):
-        lines.append(f"  fwmark: {st['fwmark']:#x}")
-    if st.get("table") not in (None, "auto"):
-        lines.append(f"  routing table: {st['table']}")
-    lines += [
-             f"  address: {', '.join(st['addresses'])}",
-             f"  cipher suite: {st['suite']}"]
-    for p in st["peers"]:
-        lines.append("")
-        lines.append(f"peer: {p['public_key']}" + (f" ({p['name']})" if p.get("name") else ""))
-        if p.get("endpoint"):
-            lines.append(f"  endpoint: {p['endpoint']}")
-        lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
-        lines.append(f"  latest handshake: {_ago(p.get('latest_handshake'))}")
-        lines.append(f"  transfer: {_bytes(p['transfer_rx'])} received, {_bytes(p['transfer_tx'])} sent")
-        if p.get("persistent_keepalive"):
-            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
-    drops = {k[8:]: v for k, v in st.get("counters", {}).items() if k.startswith("dropped.")}
-    if drops:
-        lines.append("")
-        lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
-    return "\n".join(lines)
-
-
-def format_flows(st: dict) -> str:
-    """The flow table as a text table: one line per flow, both legs and the bytes each way."""
-    mode = st.get("forwarding")
-    if mode is None:
-        return "flows: this daemon is a client; flows are kept by the server"
-    if mode == "none":
-        return "flows: forwarding is off (--forwarding none)"
-    if st.get("flows_error"):
-        return f"flows: cannot read the kernel's conntrack table: {st['flows_error']}"
-    rows = st.get("flows", [])
-    kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
-    lines = [f"flows: {len(rows)} via {kind}"]
-    if rows:
-        head = ("proto", "client", "server end", "destination", "state", "up", "down", "age")
-        table = [head] + [(f["proto"], f["client"], f["proxy"], f["destination"], f["state"],
-                           _bytes(f["bytes_up"]), _bytes(f["bytes_down"]),
-                           "" if f.get("age") is None else f"{f['age']:.0f}s") for f in rows]
-        widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
-        for r in table:
-            lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(lines)
-
-
 def _not_permitted(path, folder: bool = False) -> NotPermitted:
     """Why this user cannot open the control socket ``path`` (or any socket in the run
     folder ``path``, with ``folder``): whose it is, and what to run instead."""
@@ -384,10 +317,10 @@ def status(ifname, sock, as_json, flows) -> None:
         st = _ask(path, {"cmd": "status"})
         if i:
             click.echo("")
-        click.echo(json.dumps(st, indent=2, default=str) if as_json else format_status(st))
+        click.echo(json.dumps(st, indent=2, default=str) if as_json else report.format_status(st))
         if flows and not as_json:
             click.echo("")
-            click.echo(format_flows(st))
+            click.echo(report.format_flows(st))
 
 
 @cli.command()

@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import report
 from .errors import VpneduError
 from .events import Event, EventBus, EventLog
+from .flows import FlowRow
 from .packet import ip as _ip
 
 MODES = ("auto", "sim", "real")
@@ -503,17 +505,15 @@ class RealLab:
     def app_log(self) -> list[str]:
         return self.lab.app_log()
 
-    def flows(self) -> list[dict]:
-        """The server's flow table: the daemon's ``flows`` (proxy mode) or else the kernel's NAT
-        connection tracking (``/proc/net/nf_conntrack``) for tunnel clients, in the same schema."""
-        try:
-            st = self.status("server")
-        except VpneduError:
-            st = {}
-        if st.get("flows"):
-            return st["flows"]
-        r = self.lab.run("server", "cat", "/proc/net/nf_conntrack")
-        return conntrack_flows(r.stdout)
+    def flows(self) -> list[FlowRow]:
+        """The server's flow table, as the daemon reports it: its proxy's flows, or with NAT the
+        kernel's connection tracking for tunnel clients (:func:`vpnedu.net.conntrack.flows`)."""
+        if "server" not in self.procs:
+            raise VpneduError("the vpnedu server is not running, so it keeps no flows", "lab.start_server() first")
+        st = self.status("server")
+        if st.get("flows_error"):
+            raise VpneduError(f"the server cannot read the kernel's conntrack table: {st['flows_error']}")
+        return [FlowRow.from_dict(d) for d in st.get("flows", [])]
 
     # ------------------------------------------------------------------ doing
     def ping(self, host: str, destination: str, count: int = 3):
@@ -655,36 +655,6 @@ class RealLab:
             srv.wait(5)
             for w in wg:
                 w.down()
-
-
-def conntrack_flows(text: str, subnet_prefix: str = "10.") -> list[dict]:
-    """Tunnel clients' entries of ``/proc/net/nf_conntrack`` in the flow-table schema."""
-    flows = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 6:
-            continue
-        proto = parts[2]
-        kv: dict[str, list[str]] = {}
-        for p in parts:
-            if "=" in p:
-                k, _, v = p.partition("=")
-                kv.setdefault(k, []).append(v)
-        src, dst = kv.get("src", []), kv.get("dst", [])
-        if len(src) < 2 or not src[0].startswith(subnet_prefix):
-            continue
-        if proto == "icmp":
-            sport = dport = rport = kv.get("id", ["0"])[0]
-        else:
-            sp, dp = kv.get("sport", ["0", "0"]), kv.get("dport", ["0", "0"])
-            sport, dport, rport = sp[0], dp[0], dp[1] if len(dp) > 1 else "0"
-        by = [int(b) for b in kv.get("bytes", [])]
-        state = next((p for p in parts if p.isupper() and p.isalpha()), "")
-        flows.append({"proto": proto, "client": f"{src[0]}:{sport}", "proxy": f"{dst[1]}:{rport}",
-                      "destination": f"{dst[0]}:{dport}", "state": state.lower() or "active",
-                      "bytes_up": by[0] if by else 0, "bytes_down": by[1] if len(by) > 1 else 0,
-                      "age": None})
-    return flows
 
 
 # ---------------------------------------------------------------------------- helpers run inside a namespace
@@ -835,9 +805,8 @@ def course_sim(suite: str, split: bool) -> None:
         click.echo(str(lab.ping("client", dst)))
     click.echo(str(lab.app_request()))
     click.echo("\nflow table (server's NAT):")
-    for f in lab.flows():
-        click.echo(f"  {f['proto']:<5} {f['client']:<21} -> {f['proxy']:<21} -> {f['destination']:<21} "
-                   f"{f['state']} up {f['bytes_up']} down {f['bytes_down']}")
+    for line in report.flow_table(lab.flows()):
+        click.echo(line)
     click.echo(f"\ntampered packet: {lab.tamper_next()}")
     click.echo(f"replayed packet: {lab.replay()}")
     mark = lab.last_hop()

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import report
 from ..errors import VpneduError
+from ..flows import FlowRow
 from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool
 
 
@@ -34,7 +36,7 @@ class DemoResult:
     marker_in_client_capture: bool = True
     marker_in_server_capture: bool = False
     #: The server's flow table during a request, per forwarding mode ("nat", "proxy").
-    flows: dict[str, list[dict]] = field(default_factory=dict)
+    flows: dict[str, list[FlowRow]] = field(default_factory=dict)
     #: The source address the app logged, per forwarding mode.
     app_source_by_mode: dict[str, str] = field(default_factory=dict)
     ok: bool = False
@@ -250,7 +252,7 @@ class Demo:
                       and res.app_sources == [SERVER_PUBLIC] and res.routes_after == res.routes_before
                       and hidden and res.marker_in_server_capture
                       and all(res.app_source_by_mode.get(m) == SERVER_PUBLIC for m in self.modes)
-                      and all(any(f["destination"] == f"{APP_ADDRESS}:{APP_PORT}" for f in res.flows.get(m, []))
+                      and all(any(f.destination == f"{APP_ADDRESS}:{APP_PORT}" for f in res.flows.get(m, []))
                               for m in self.modes))
             self.out("")
             self.out("demo " + ("complete: every step did what it says" if res.ok else "FAILED: see above"))
@@ -283,13 +285,12 @@ class Demo:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             want = f"{APP_ADDRESS}:{APP_PORT}"
-            st = self.wait_status("server", lambda st: any(f["destination"] == want and f["bytes_down"] > 0
-                                                           for f in st.get("flows", [])),
+            st = self.wait_status("server", lambda st: any(f.destination == want and f.bytes_down > 0
+                                                           for f in map(FlowRow.from_dict, st.get("flows", []))),
                                   f"a flow to {want} in the {mode} flow table", timeout=10)
-            self.result.flows[mode] = st.get("flows", [])
-            from ..cli import format_flows
+            self.result.flows[mode] = [FlowRow.from_dict(d) for d in st.get("flows", [])]
             self.show("the server's flow table during a slow request (vpnedu status --flows):")
-            self.show(format_flows(st), "      ")
+            self.show(report.format_flows(st), "      ")
         finally:
             slow.wait(15)
 
@@ -298,15 +299,12 @@ class Demo:
         rows = []
         for mode in self.modes:
             f = next((f for f in self.result.flows.get(mode, [])
-                      if f["destination"] == f"{APP_ADDRESS}:{APP_PORT}"), {})
-            rows.append((mode, f.get("client", "?"), f.get("proxy", "?"), f.get("destination", "?"),
-                         self.result.app_source_by_mode.get(mode, "?")))
-        head = ("", "client end", "server end", "destination", "app saw")
-        table = [head] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+                      if f.destination == f"{APP_ADDRESS}:{APP_PORT}"), None)
+            legs = (f.client, f.proxy, f.destination) if f is not None else ("?", "?", "?")
+            rows.append((mode, *legs, self.result.app_source_by_mode.get(mode, "?")))
         self.show("nat and proxy side by side:")
-        for r in table:
-            self.show("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), "      ")
+        for line in report.text_table(rows, ("", "client end", "server end", "destination", "app saw")):
+            self.show(line, "      ")
         self.show("-> nat: the kernel rewrote the client's packets (conntrack remembers the mapping);\n"
                   "   proxy: the server ended the client's connection and opened its own.\n"
                   "   Either way the app only ever sees the server.")

@@ -39,6 +39,7 @@ from .. import config as _config
 from .. import provision
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
+from ..flows import FlowRow
 from ..packet import ip as _ip
 from ..protocol import messages as msgs
 from . import FakeClock, RealClock
@@ -351,8 +352,10 @@ class SimLab:
     def app_log(self) -> list[str]:
         return list(self.hosts["app"].app_log)
 
-    def flows(self) -> list[dict]:
-        """The server's forwarding flow table (here: its NAT's), in the daemon's ``flows`` schema."""
+    def flows(self) -> list[FlowRow]:
+        """The server's forwarding flow table (here: its NAT's), as rows like the daemon's."""
+        if self.server is None:
+            raise VpneduError("the simulated server is not running, so it keeps no flows", "lab.start_server() first")
         return self.hosts["server"].flows()
 
     # ------------------------------------------------------------------ doing
