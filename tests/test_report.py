@@ -45,7 +45,7 @@ def test_the_proxy_table_gives_rows():
 
 def test_the_simulated_nat_gives_rows_and_every_printer_shows_the_same_cells():
     pytest.importorskip("ipywidgets")
-    from vpnedu.sim.lab import SimLab
+    from vpnedu.course import SimLab
     from vpnedu.widgets import FlowTableView
     lab = SimLab()
     try:

@@ -4,7 +4,7 @@ import pytest
 
 from vpnedu.errors import VpneduError
 from vpnedu.events import EventLog
-from vpnedu.sim.lab import SimLab
+from vpnedu.course import SimLab
 
 
 @pytest.fixture

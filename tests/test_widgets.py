@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 
 from vpnedu.events import EventBus  # noqa: E402
 from vpnedu.flows import FlowRow  # noqa: E402
-from vpnedu.sim.lab import SimLab  # noqa: E402
+from vpnedu.course import SimLab  # noqa: E402
 from vpnedu.widgets import (ControlPanel, CountersView, EventLogView, FlowTableView, HandshakeLadder,  # noqa: E402
                             RouteTableView, ThroughputPlot)
 

@@ -21,6 +21,7 @@ import warnings
 import click
 
 from . import __version__, report
+from .course.commands import course_cli
 from .errors import NotPermitted, VpneduError
 from .protocol import keys as _keys
 from .protocol.suites import SUITES, InsecureSuiteWarning
@@ -621,10 +622,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"vpnedu: {prefix}: {message}", err=True)
 
 
-# ---------------------------------------------------------------------------- the course (vpnedu/course.py)
-from .course import course_cli as _course_cli  # noqa: E402
-
-cli.add_command(_course_cli)
+# ---------------------------------------------------------------------------- the course (vpnedu/course/)
+cli.add_command(course_cli)
 
 
 

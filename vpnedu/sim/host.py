@@ -162,7 +162,7 @@ class SimSocket:
 
 
 class SimHost:
-    """A simulated machine on a :class:`~vpnedu.sim.lab.SimInternet`."""
+    """A simulated machine on a :class:`~vpnedu.sim.internet.SimInternet`."""
 
     def __init__(self, name: str, internet, clock: Callable[[], float] = time.monotonic):
         self.name = name
