@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
 from ..lab.demo import Demo
-from ..lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab
+from ..lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, stop_process
 from ..node import control
 from .feed import DaemonFeed
 from .interface import AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading
@@ -166,13 +165,8 @@ class RealLab:
         if feed is not None:
             feed.close()
         p = self.procs.pop(host, None)
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        if p is not None:
+            stop_process(p, grace=15)
 
     def stop_client(self) -> None:
         self._stop("client")

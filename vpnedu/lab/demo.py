@@ -17,7 +17,7 @@ from typing import Callable
 from .. import report
 from ..errors import VpneduError
 from ..flows import FlowRow
-from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool
+from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
 
 
 @dataclass
@@ -312,12 +312,8 @@ class Demo:
     def stop(self) -> None:
         for host in ("client", "server"):
             p = self.procs.pop(host, None)
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            if p is not None:
+                stop_process(p, grace=10)
 
     # ---------------------------------------------------------------- captures
     def capture(self, host: str) -> subprocess.Popen:

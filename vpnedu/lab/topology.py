@@ -40,6 +40,19 @@ APP_ADDRESS = f"{APP_NET}.80"
 APP_PORT = 80
 
 
+def stop_process(p: subprocess.Popen, grace: float = 10) -> None:
+    """Stop a daemon the way a user would: SIGTERM (it undoes its host changes and exits), and
+    SIGKILL only if it is still there after ``grace`` seconds (the next start then recovers)."""
+    if p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}")
                                        if os.path.exists(p)), None)
