@@ -46,7 +46,7 @@ def test_the_seed_demo_every_step(lab_factory):
     for mode in ("nat", "proxy"):
         http = [f for f in res.flows[mode] if f.destination == "192.0.2.80:80"]
         assert http and http[0].client.startswith("10.0.0.2:"), (mode, res.flows[mode])
-        assert http[0]["proxy"].startswith(SERVER_PUBLIC + ":")
+        assert http[0].proxy.startswith(SERVER_PUBLIC + ":")
         assert res.app_source_by_mode[mode] == SERVER_PUBLIC
     text = "\n".join(lines)
     assert "flows: 1 via nat" in text or "via nat" in text
