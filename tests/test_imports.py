@@ -200,7 +200,7 @@ KNOWN_CIRCLES = [{"vpnedu.net.journal", "vpnedu.net.links", "vpnedu.net.nat", "v
 #: The layers below the course: none of them may import the course, the command line or the widgets,
 #: at any level (a notebook's convenience must never become a daemon's dependency).
 LOWER = ("vpnedu.protocol", "vpnedu.packet", "vpnedu.node", "vpnedu.net", "vpnedu.proxy", "vpnedu.sim",
-         "vpnedu.lab", "vpnedu.datapath", "vpnedu.events", "vpnedu.flows", "vpnedu.report", "vpnedu.config")
+         "vpnedu.netns_lab", "vpnedu.datapath", "vpnedu.events", "vpnedu.flows", "vpnedu.report", "vpnedu.config")
 UPPER = ("vpnedu.course", "vpnedu.cli", "vpnedu.widgets")
 
 
@@ -218,13 +218,13 @@ def test_no_import_circle_even_through_imports_inside_functions():
 
 
 def under(module: str, packages: tuple[str, ...]) -> bool:
-    """Is ``module`` one of ``packages`` or inside one (``vpnedu.lab`` does not hold ``vpnedu.labs``)?"""
+    """Is ``module`` one of ``packages`` or inside one (``vpnedu.netns_lab`` does not hold ``vpnedu.labs``)?"""
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def test_the_layers_below_never_import_the_course_cli_or_widgets():
     graph = import_graph(module_level=False)
-    assert under("vpnedu.lab.demo", LOWER) and not under("vpnedu.labs.nat", LOWER)
+    assert under("vpnedu.netns_lab.demo", LOWER) and not under("vpnedu.labs.nat", LOWER)
     bad = {m: sorted(t for t in ts if under(t, UPPER)) for m, ts in graph.items() if under(m, LOWER)}
     assert {m: b for m, b in bad.items() if b} == {}
 

@@ -407,7 +407,7 @@ def _lab_options(f):
 @click.option("--delay", default="0ms", help="Delay added to each VPN datagram, e.g. 20ms.")
 def lab_up(prefix, clients, verbose, loss, dup, reorder, delay) -> None:
     """Create the lab's namespaces, cables, addresses and app server (optionally a bad network)."""
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     try:
         delay_ms = float(delay[:-2]) if delay.endswith("ms") else float(delay) * 1000
     except ValueError:
@@ -426,7 +426,7 @@ def lab_up(prefix, clients, verbose, loss, dup, reorder, delay) -> None:
 @_lab_options
 def lab_down(prefix) -> None:
     """Stop the lab's processes and delete its namespaces."""
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     lb = Lab.load(prefix)
     existed = lb.exists()
     lb.down()
@@ -437,7 +437,7 @@ def lab_down(prefix) -> None:
 @_lab_options
 def lab_status(prefix) -> None:
     """Show the lab's hosts and their addresses."""
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     lb = Lab.load(prefix)
     if not lb.exists():
         raise VpneduError(f"the lab '{prefix}' is not up", "start it with 'vpnedu lab up'")
@@ -445,7 +445,7 @@ def lab_status(prefix) -> None:
         addrs = lb.run(h, "ip", "-brief", "-4", "addr").stdout.split("\n")
         shown = "; ".join(" ".join(a.split()[::2]) for a in addrs if a.strip() and not a.startswith("lo"))
         click.echo(f"{h:<9} {lb.ns(h):<20} {shown}")
-    from .lab.impair import describe, running
+    from .netns_lab.impair import describe, running
     imp = running(lb._procs.get("impair"))
     click.echo(f"the internet router impairs UDP port {imp.port}: {describe(imp)}" if imp
                else "the internet router forwards everything unimpaired")
@@ -459,8 +459,8 @@ def lab_status(prefix) -> None:
               help="The server's forwarding mode; 'both' runs the request through NAT, then the proxy.")
 def lab_demo(prefix, suite, keep, forwarding) -> None:
     """The seed's demo, narrated step by step: routes, TUN, pings, HTTP via the server, capture."""
-    from .lab.demo import Demo
-    from .lab.topology import Lab
+    from .netns_lab.demo import Demo
+    from .netns_lab.topology import Lab
     res = Demo(Lab(prefix=prefix, log=click.echo), out=click.echo, suite=suite, keep=keep,
                forwarding=forwarding).run()
     if not res.ok:
@@ -484,7 +484,7 @@ def bench(quick, rounds, seconds, paths, tests_, json_path, png_path, prefix) ->
     """Throughput, RTT, CPU/GB and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
     import json as _json
     from .bench import PATHS, TESTS, Bench, Settings, chart, table, valid_path
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     from .node.base import has_net_admin
     if not has_net_admin():
         raise VpneduError("vpnedu bench needs root: it builds a namespace lab", "run it with sudo")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import VpneduError
-from ..lab.topology import SERVER_PUBLIC, Lab
+from ..netns_lab.topology import SERVER_PUBLIC, Lab
 from .tunnels import Bare, OpenVPN, Tunnel, Vpnedu, WireGuardGoPair, cpu_seconds, ensure_tools
 
 TESTS = {"tcp1_up": ("1 stream, client -> server", ["-P", "1"]),

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import VpneduError
-from ..lab.topology import SERVER_PUBLIC, Lab
+from ..netns_lab.topology import SERVER_PUBLIC, Lab
 
 DEB = {"wireguard-go": "wireguard-go", "wg": "wireguard-tools", "openvpn": "openvpn", "iperf3": "iperf3"}
 
@@ -135,7 +135,7 @@ class WireGuardGoPair(Tunnel):
     target = "10.0.0.1"
 
     def up(self) -> None:
-        from ..lab.wireguard_go import WireGuardGo
+        from ..netns_lab.wireguard_go import WireGuardGo
         base = Vpnedu(self.lab, "wireguard")
         base.dir = self.lab.dir / "wireguard-go"
         if not (base.dir / "server.conf").exists():   # the same keys in every round

@@ -20,7 +20,7 @@ The notebooks in ``notebooks/`` only call this package (and :mod:`vpnedu.widgets
 =========================  ====================================================================
 
 The layers below do the work: the simulation engine is :mod:`vpnedu.sim`, the namespace lab
-:mod:`vpnedu.lab`, the daemons :mod:`vpnedu.node`.  Nothing below imports the course.
+:mod:`vpnedu.netns_lab`, the daemons :mod:`vpnedu.node`.  Nothing below imports the course.
 
 The names here are loaded when first used (:func:`__getattr__`): ``vpnedu`` on the command line
 imports this package for ``vpnedu course``, and should not pay for the simulation to print a key.

@@ -1,7 +1,7 @@
 """The course lab for real: network namespaces, TUN devices and the vpnedu daemons (root).
 
 :class:`RealLab` is a :class:`~vpnedu.course.interface.CourseLab` on the namespace lab
-(:class:`vpnedu.lab.topology.Lab`): four network namespaces stand in for the client, an
+(:class:`vpnedu.netns_lab.topology.Lab`): four network namespaces stand in for the client, an
 internet router, the VPN server and an application server; real TUN devices, routes and NAT;
 the real ``vpnedu server`` and ``vpnedu client`` run as processes in them.  The lab talks to
 the daemons as any program may, over their control sockets: their status, and their events
@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
-from ..lab.demo import Demo
-from ..lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, stop_process
+from ..netns_lab.demo import Demo
+from ..netns_lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, stop_process
 from ..node import control
 from .feed import DaemonFeed
 from .interface import AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading
@@ -217,7 +217,7 @@ class RealLab:
         marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
         feed = self._feeds.get("server") if self.forwarding == "proxy" else None
         closed = feed.count("proxy.flow.closed") if feed else 0
-        r = self.lab.run("client", sys.executable, "-m", "vpnedu.lab.app", "fetch",
+        r = self.lab.run("client", sys.executable, "-m", "vpnedu.netns_lab.app", "fetch",
                          f"http://{APP_ADDRESS}:{APP_PORT}/{marker}")
         if feed is not None and r.returncode == 0:
             # The proxy reports the flow's end a moment after the fetch finished, through the feed:
@@ -288,7 +288,7 @@ class RealLab:
         stopped; wireguard-go on both ends) send to the server's tunnel address 10.0.0.1,
         "plain" to its public address.
         """
-        from ..lab.wireguard_go import WireGuardGo
+        from ..netns_lab.wireguard_go import WireGuardGo
         wg = []
         if kind == "vpnedu":
             if "client" not in self.procs:

@@ -1,6 +1,6 @@
 """The simulated lab's four hosts: the namespace lab's topology, in this process.
 
-The same hosts and the same addresses as the real namespace lab (:mod:`vpnedu.lab.topology`,
+The same hosts and the same addresses as the real namespace lab (:mod:`vpnedu.netns_lab.topology`,
 from which the addresses come)::
 
      client 198.51.100.2 --- internet (198.51.100.1 | 203.0.113.1 | 192.0.2.1) --- server 203.0.113.2
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..lab.topology import APP_ADDRESS, APP_NET, CLIENT_NET, SERVER_NET, SERVER_PUBLIC
+from ..netns_lab.topology import APP_ADDRESS, APP_NET, CLIENT_NET, SERVER_NET, SERVER_PUBLIC
 from .host import SimHost
 from .internet import SimInternet
 

@@ -209,7 +209,7 @@ class Demo:
             self.flow_table(self.modes[0])
             res.marker = "vpnedu-marker-" + secrets.token_hex(6)
             caps = {h: self.capture(h) for h in ("client", "server")}
-            r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
+            r = lab.run("client", *lab.python("-m", "vpnedu.netns_lab.app", "fetch",
                                                      f"http://{APP_ADDRESS}:{APP_PORT}/{res.marker}"))
             time.sleep(0.3)
             files = {h: self.stop_capture(h, p) for h, p in caps.items()}
@@ -235,7 +235,7 @@ class Demo:
                 self.show("server restarted with --forwarding proxy; client reconnected")
                 self.flow_table("proxy")
                 marker = res.marker + "-proxy"
-                r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
+                r = lab.run("client", *lab.python("-m", "vpnedu.netns_lab.app", "fetch",
                                                          f"http://{APP_ADDRESS}:{APP_PORT}/{marker}"))
                 src = [line.split()[0] for line in lab.app_log() if marker in line]
                 res.app_source_by_mode["proxy"] = src[0] if src else ""
@@ -281,7 +281,7 @@ class Demo:
         """Show the server's flow table while a slow HTTP request (the app's /drip) is open."""
         lab = self.lab
         slow = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"),
-                                 *lab.python("-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}:{APP_PORT}/drip/2")],
+                                 *lab.python("-m", "vpnedu.netns_lab.app", "fetch", f"http://{APP_ADDRESS}:{APP_PORT}/drip/2")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             want = f"{APP_ADDRESS}:{APP_PORT}"

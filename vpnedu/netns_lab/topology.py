@@ -191,19 +191,19 @@ class Lab:
         self.run("internet", "sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
         # The application server, logging who connects.
         (self.dir / "app-access.log").write_text("")
-        self.spawn("app", "app", sys.executable, "-m", "vpnedu.lab.app", "serve", "--port", str(APP_PORT),
+        self.spawn("app", "app", sys.executable, "-m", "vpnedu.netns_lab.app", "serve", "--port", str(APP_PORT),
                    "--log", str(self.dir / "app-access.log"))
         self.wait_for_port("app", APP_PORT)
 
     def impair(self, loss: float = 0, dup: float = 0, reorder: float = 0, delay_ms: float = 0,
                seed: int | None = None, port: int = 51820) -> None:
         """Make the internet router lose, duplicate, reorder and delay the VPN's datagrams
-        (see :mod:`vpnedu.lab.impair`)."""
+        (see :mod:`vpnedu.netns_lab.impair`)."""
         args = ["--port", str(port), "--loss", str(loss), "--dup", str(dup), "--reorder", str(reorder),
                 "--delay", str(delay_ms), "--stats", str(self.dir / "impair.json")]
         if seed is not None:
             args += ["--seed", str(seed)]
-        self.spawn("internet", "impair", sys.executable, "-m", "vpnedu.lab.impair", *args)
+        self.spawn("internet", "impair", sys.executable, "-m", "vpnedu.netns_lab.impair", *args)
         end = time.time() + 10
         log = self.dir / "impair.log"
         while "impairing" not in (log.read_text() if log.exists() else ""):
