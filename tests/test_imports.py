@@ -218,13 +218,13 @@ def test_no_import_circle_even_through_imports_inside_functions():
 
 
 def under(module: str, packages: tuple[str, ...]) -> bool:
-    """Is ``module`` one of ``packages`` or inside one (``vpnedu.netns_lab`` does not hold ``vpnedu.labs``)?"""
+    """Is ``module`` one of ``packages`` or inside one (``vpnedu.netns_lab`` does not hold ``vpnedu.exercises``)?"""
     return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def test_the_layers_below_never_import_the_course_cli_or_widgets():
     graph = import_graph(module_level=False)
-    assert under("vpnedu.netns_lab.demo", LOWER) and not under("vpnedu.labs.nat", LOWER)
+    assert under("vpnedu.netns_lab.demo", LOWER) and not under("vpnedu.exercises.nat", LOWER)
     bad = {m: sorted(t for t in ts if under(t, UPPER)) for m, ts in graph.items() if under(m, LOWER)}
     assert {m: b for m, b in bad.items() if b} == {}
 

@@ -627,7 +627,7 @@ cli.add_command(course_cli)
 
 
 
-# ---------------------------------------------------------------------------- lab exercises (vpnedu/labs/)
+# ---------------------------------------------------------------------------- lab exercises (vpnedu/exercises/)
 @cli.group("labs")
 def labs_cli() -> None:
     """Classroom lab exercises: students build parts of the VPN; checks say at once if they are right."""
@@ -636,7 +636,7 @@ def labs_cli() -> None:
 @labs_cli.command("list")
 def labs_list() -> None:
     """The exercises, their notebooks and what each teaches."""
-    from .labs import EXERCISES
+    from .exercises import EXERCISES
     for ex in EXERCISES.values():
         click.echo(f"{ex.name:<8} {ex.notebook:<28} ~{ex.minutes} min  {ex.goal}")
 
@@ -648,7 +648,7 @@ def labs_list() -> None:
               help="The source notebooks (default: the exercises/ folder of this checkout).")
 def labs_build(out_dir, source_dir) -> None:
     """Make the student version (solutions stripped) and the instructor version of every exercise."""
-    from .labs.build import build
+    from .exercises.build import build
     written = build(out_dir, source_dir)
     for kind, paths in written.items():
         click.echo(f"{kind:<10} {len(paths)} notebook(s) in {os.path.join(out_dir, kind)}")
@@ -659,7 +659,7 @@ def labs_build(out_dir, source_dir) -> None:
 @click.option("--kernel", "kernel_name", help="Jupyter kernel to run them in (default: the notebook's own).")
 def labs_check(notebooks, kernel_name) -> None:
     """Run students' notebooks headless and print each check's verdict and the points (exit 1 if any failed)."""
-    from .labs.grade import grade_notebook
+    from .exercises.grade import grade_notebook
     failed = 0
     for path in notebooks:
         grades = grade_notebook(path, kernel_name)
