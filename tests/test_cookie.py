@@ -5,7 +5,7 @@ mac2 get a cookie reply, for UNDER_LOAD_HOLD seconds."""
 from vpnedu.events import EventLog
 from vpnedu.protocol import messages as m
 from vpnedu.protocol.cookie import CookieChecker, MacKeys, add_macs, check_mac1, open_cookie
-from vpnedu.protocol.keys import KeyPair
+from vpnedu.protocol.keys import X25519KeyPair
 from vpnedu.protocol.suites import WIREGUARD
 from vpnedu.protocol.timers import UNDER_LOAD_BATCH, UNDER_LOAD_HOLD
 from vpnedu.sim import make_pair
@@ -15,7 +15,7 @@ EP = ("198.51.100.2", 40000)
 
 
 def test_mac1_needs_the_receivers_public_key():
-    us, other = KeyPair(), KeyPair()
+    us, other = X25519KeyPair(), X25519KeyPair()
     msg = bytes(range(100)) + bytes(32)
     packed, mac1, mac2 = add_macs(WIREGUARD, msg, MacKeys(WIREGUARD, us.public), None)
     assert mac2 == bytes(16) and packed[-32:-16] == mac1
@@ -24,7 +24,7 @@ def test_mac1_needs_the_receivers_public_key():
 
 
 def test_a_cookie_is_bound_to_the_address_and_the_secret_rotates():
-    us = KeyPair()
+    us = X25519KeyPair()
     checker = CookieChecker(WIREGUARD, us.public, SeededRandom("cookie"))
     msg = bytes(116) + bytes(32)
     a = checker.cookie_for(EP, 10.0)

@@ -9,7 +9,7 @@ import pytest
 from vpnedu.protocol import handshake as hs
 from vpnedu.protocol import messages as m
 from vpnedu.protocol import tai64n
-from vpnedu.protocol.keys import KeyPair, generate_private_key
+from vpnedu.protocol.keys import X25519KeyPair, generate_private_key
 from vpnedu.protocol.suites import WIREGUARD
 from vpnedu.sim import FakeClock, make_pair
 from vpnedu.testing import SeededRandom
@@ -46,9 +46,9 @@ def test_seeded_random_is_deterministic_and_sized():
 
 
 def run_handshake(psk=bytes(32)):
-    i_static, r_static = KeyPair(generate_private_key()), KeyPair(generate_private_key())
+    i_static, r_static = X25519KeyPair(generate_private_key()), X25519KeyPair(generate_private_key())
     stamp = tai64n.encode(1_800_000_000.0)
-    msg, state = hs.create_initiation(WIREGUARD, i_static, r_static.public, psk, 0x11, stamp, KeyPair())
+    msg, state = hs.create_initiation(WIREGUARD, i_static, r_static.public, psk, 0x11, stamp, X25519KeyPair())
     return i_static, r_static, stamp, msg, state
 
 
@@ -56,7 +56,7 @@ def test_both_sides_derive_the_same_transport_keys():
     i_static, r_static, stamp, msg, state = run_handshake()
     init = hs.consume_initiation(WIREGUARD, r_static, msg)
     assert init.remote_static == i_static.public and init.timestamp == stamp
-    resp, r_keys = hs.create_response(WIREGUARD, r_static, init, bytes(32), 0x22, KeyPair())
+    resp, r_keys = hs.create_response(WIREGUARD, r_static, init, bytes(32), 0x22, X25519KeyPair())
     i_keys = hs.consume_response(WIREGUARD, i_static, state, resp)
     assert (i_keys.send_key, i_keys.recv_key) == (r_keys.recv_key, r_keys.send_key)
     assert (i_keys.local_index, i_keys.remote_index) == (0x11, 0x22) and i_keys.initiator
@@ -77,6 +77,6 @@ def test_an_altered_initiation_fails_with_a_reason(field):
 def test_a_different_psk_fails_the_response():
     i_static, r_static, _, msg, state = run_handshake(psk=bytes(32))
     init = hs.consume_initiation(WIREGUARD, r_static, msg)
-    resp, _ = hs.create_response(WIREGUARD, r_static, init, b"\x01" * 32, 0x22, KeyPair())
+    resp, _ = hs.create_response(WIREGUARD, r_static, init, b"\x01" * 32, 0x22, X25519KeyPair())
     with pytest.raises(hs.HandshakeError):
         hs.consume_response(WIREGUARD, i_static, state, resp)

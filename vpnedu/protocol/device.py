@@ -48,7 +48,7 @@ from . import timers as tm
 from .allowedips import AllowedIPs
 from .cookie import COOKIE_REFRESH_TIME, CookieChecker, Endpoint, MacKeys, add_macs, check_mac1, open_cookie
 from .events import EventBus
-from .keys import KeyPair, clamp
+from .keys import X25519KeyPair, clamp
 from .keys import encode as _encode
 from .peer import Peer
 from .session import Keypair
@@ -94,7 +94,7 @@ class Device:
         elif suite.insecure and not allow_insecure:
             get_suite(suite.name, allow_insecure=False)  # raises the standard SuiteError
         self.suite = suite
-        self.static = KeyPair(private_key)
+        self.static = X25519KeyPair(private_key)
         #: The latest ``now`` a caller gave (events of the default bus are stamped with it).
         self.now = 0.0
         #: Unix time minus monotonic time: ``now + wall_offset`` is the wall clock (TAI64N).
@@ -134,8 +134,8 @@ class Device:
         """Uniform in [0, limit), from the injected random bytes."""
         return int.from_bytes(self.random(4), "little") / 2**32 * limit
 
-    def _ephemeral(self) -> KeyPair:
-        return KeyPair(clamp(self.random(32)))
+    def _ephemeral(self) -> X25519KeyPair:
+        return X25519KeyPair(clamp(self.random(32)))
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
@@ -748,7 +748,7 @@ class Device:
                          to=f"{peer.endpoint[0]}:{peer.endpoint[1]}")
         out.datagrams.append((packed, peer.endpoint))
 
-    def _log_secrets(self, peer: Peer, ephemeral: KeyPair) -> None:
+    def _log_secrets(self, peer: Peer, ephemeral: X25519KeyPair) -> None:
         """Key-log lines in the format of Wireshark's WireGuard dissector (wg.keylog_file):
         with our static and ephemeral private keys it can decrypt the handshake and, from it,
         every transport message of the session."""

@@ -111,7 +111,7 @@ def redact(text: str) -> str:
     return _KEYISH.sub("(key hidden)", text)
 
 
-class KeyPair:
+class X25519KeyPair:
     """A static or ephemeral X25519 key pair, with Diffie-Hellman.
 
     ``dh`` refuses an all-zero shared secret (a low-order public key), as the
@@ -137,7 +137,7 @@ class KeyPair:
         return self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def __repr__(self) -> str:
-        return f"KeyPair(public={encode(self.public)})"
+        return f"X25519KeyPair(public={encode(self.public)})"
 
 
 class DHError(Exception):
