@@ -112,7 +112,8 @@ def redact(text: str) -> str:
 
 
 class X25519KeyPair:
-    """A static or ephemeral X25519 key pair, with Diffie-Hellman.
+    """A static or ephemeral X25519 key pair, with Diffie-Hellman.  (The transport keys a
+    handshake derives are a :class:`~.session.TransportSession`.)
 
     ``dh`` refuses an all-zero shared secret (a low-order public key), as the
     Noise spec allows and WireGuard does: such a result would give an attacker a
