@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def strip(nb: dict) -> dict:
-    from vpnedu.labs.build import strip_outputs   # the same cleaning 'vpnedu labs build' does
+    from vpnedu.exercises.build import strip_outputs   # the same cleaning 'vpnedu labs build' does
     return strip_outputs(nb)
 
 

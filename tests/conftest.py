@@ -74,7 +74,7 @@ _lab_counter = [0]
 @pytest.fixture
 def lab_factory():
     """Labs with names unique to this test run; always torn down, even when the test fails."""
-    from vpnedu.lab.topology import Lab
+    from vpnedu.netns_lab.topology import Lab
     made = []
 
     def make(clients: int = 1, up: bool = True) -> Lab:

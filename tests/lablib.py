@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from vpnedu.lab.topology import SERVER_PUBLIC, Lab
+from vpnedu.netns_lab.topology import SERVER_PUBLIC, Lab
 
 
 def vpnedu(*args: str) -> list[str]:

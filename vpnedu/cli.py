@@ -20,7 +20,8 @@ import warnings
 
 import click
 
-from . import __version__
+from . import __version__, report
+from .course.commands import course_cli
 from .errors import NotPermitted, VpneduError
 from .protocol import keys as _keys
 from .protocol.suites import SUITES, InsecureSuiteWarning
@@ -256,73 +257,6 @@ def client(config_path, handshake_timeout, ifname, show, allow_null_teaching, ke
 
 
 # ---------------------------------------------------------------------------- watching
-def _ago(t: float | None) -> str:
-    import time
-    if not t:
-        return "never"
-    s = int(time.time() - t)
-    return f"{s} second{'s' if s != 1 else ''} ago" if s < 120 else f"{s // 60} minutes ago"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
-
-
-def format_status(st: dict) -> str:
-    lines = [f"interface: {st['interface']} ({st['role']}, pid {st['pid']})",
-             f"  public key: {st['public_key']}",
-             f"  listening port: {st['listen_port']}"]
-    if st.get("fwmark"):
-        lines.append(f"  fwmark: {st['fwmark']:#x}")
-    if st.get("table") not in (None, "auto"):
-        lines.append(f"  routing table: {st['table']}")
-    lines += [
-             f"  address: {', '.join(st['addresses'])}",
-             f"  cipher suite: {st['suite']}"]
-    for p in st["peers"]:
-        lines.append("")
-        lines.append(f"peer: {p['public_key']}" + (f" ({p['name']})" if p.get("name") else ""))
-        if p.get("endpoint"):
-            lines.append(f"  endpoint: {p['endpoint']}")
-        lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
-        lines.append(f"  latest handshake: {_ago(p.get('latest_handshake'))}")
-        lines.append(f"  transfer: {_bytes(p['transfer_rx'])} received, {_bytes(p['transfer_tx'])} sent")
-        if p.get("persistent_keepalive"):
-            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
-    drops = {k[8:]: v for k, v in st.get("counters", {}).items() if k.startswith("dropped.")}
-    if drops:
-        lines.append("")
-        lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
-    return "\n".join(lines)
-
-
-def format_flows(st: dict) -> str:
-    """The flow table as a text table: one line per flow, both legs and the bytes each way."""
-    mode = st.get("forwarding")
-    if mode is None:
-        return "flows: this daemon is a client; flows are kept by the server"
-    if mode == "none":
-        return "flows: forwarding is off (--forwarding none)"
-    if st.get("flows_error"):
-        return f"flows: cannot read the kernel's conntrack table: {st['flows_error']}"
-    rows = st.get("flows", [])
-    kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
-    lines = [f"flows: {len(rows)} via {kind}"]
-    if rows:
-        head = ("proto", "client", "server end", "destination", "state", "up", "down", "age")
-        table = [head] + [(f["proto"], f["client"], f["proxy"], f["destination"], f["state"],
-                           _bytes(f["bytes_up"]), _bytes(f["bytes_down"]),
-                           "" if f.get("age") is None else f"{f['age']:.0f}s") for f in rows]
-        widths = [max(len(str(r[i])) for r in table) for i in range(len(head))]
-        for r in table:
-            lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(lines)
-
-
 def _not_permitted(path, folder: bool = False) -> NotPermitted:
     """Why this user cannot open the control socket ``path`` (or any socket in the run
     folder ``path``, with ``folder``): whose it is, and what to run instead."""
@@ -384,10 +318,10 @@ def status(ifname, sock, as_json, flows) -> None:
         st = _ask(path, {"cmd": "status"})
         if i:
             click.echo("")
-        click.echo(json.dumps(st, indent=2, default=str) if as_json else format_status(st))
+        click.echo(json.dumps(st, indent=2, default=str) if as_json else report.format_status(st))
         if flows and not as_json:
             click.echo("")
-            click.echo(format_flows(st))
+            click.echo(report.format_flows(st))
 
 
 @cli.command()
@@ -473,7 +407,7 @@ def _lab_options(f):
 @click.option("--delay", default="0ms", help="Delay added to each VPN datagram, e.g. 20ms.")
 def lab_up(prefix, clients, verbose, loss, dup, reorder, delay) -> None:
     """Create the lab's namespaces, cables, addresses and app server (optionally a bad network)."""
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     try:
         delay_ms = float(delay[:-2]) if delay.endswith("ms") else float(delay) * 1000
     except ValueError:
@@ -492,7 +426,7 @@ def lab_up(prefix, clients, verbose, loss, dup, reorder, delay) -> None:
 @_lab_options
 def lab_down(prefix) -> None:
     """Stop the lab's processes and delete its namespaces."""
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     lb = Lab.load(prefix)
     existed = lb.exists()
     lb.down()
@@ -503,7 +437,7 @@ def lab_down(prefix) -> None:
 @_lab_options
 def lab_status(prefix) -> None:
     """Show the lab's hosts and their addresses."""
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     lb = Lab.load(prefix)
     if not lb.exists():
         raise VpneduError(f"the lab '{prefix}' is not up", "start it with 'vpnedu lab up'")
@@ -511,7 +445,7 @@ def lab_status(prefix) -> None:
         addrs = lb.run(h, "ip", "-brief", "-4", "addr").stdout.split("\n")
         shown = "; ".join(" ".join(a.split()[::2]) for a in addrs if a.strip() and not a.startswith("lo"))
         click.echo(f"{h:<9} {lb.ns(h):<20} {shown}")
-    from .lab.impair import describe, running
+    from .netns_lab.impair import describe, running
     imp = running(lb._procs.get("impair"))
     click.echo(f"the internet router impairs UDP port {imp.port}: {describe(imp)}" if imp
                else "the internet router forwards everything unimpaired")
@@ -525,8 +459,8 @@ def lab_status(prefix) -> None:
               help="The server's forwarding mode; 'both' runs the request through NAT, then the proxy.")
 def lab_demo(prefix, suite, keep, forwarding) -> None:
     """The seed's demo, narrated step by step: routes, TUN, pings, HTTP via the server, capture."""
-    from .lab.demo import Demo
-    from .lab.topology import Lab
+    from .netns_lab.demo import Demo
+    from .netns_lab.topology import Lab
     res = Demo(Lab(prefix=prefix, log=click.echo), out=click.echo, suite=suite, keep=keep,
                forwarding=forwarding).run()
     if not res.ok:
@@ -559,7 +493,7 @@ def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, 
     import json as _json
     from .bench import TESTS, Bench, Settings, chart, table
     from .bench.tunnels import spec_problem
-    from .lab.topology import Lab
+    from .netns_lab.topology import Lab
     from .node.base import has_net_admin
     s = Settings.quick() if quick else Settings()
     s.topology = topology
@@ -710,14 +644,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"vpnedu: {prefix}: {message}", err=True)
 
 
-# ---------------------------------------------------------------------------- the course (vpnedu/course.py)
-from .course import course_cli as _course_cli  # noqa: E402
-
-cli.add_command(_course_cli)
+# ---------------------------------------------------------------------------- the course (vpnedu/course/)
+cli.add_command(course_cli)
 
 
 
-# ---------------------------------------------------------------------------- lab exercises (vpnedu/labs/)
+# ---------------------------------------------------------------------------- lab exercises (vpnedu/exercises/)
 @cli.group("labs")
 def labs_cli() -> None:
     """Classroom lab exercises: students build parts of the VPN; checks say at once if they are right."""
@@ -726,7 +658,7 @@ def labs_cli() -> None:
 @labs_cli.command("list")
 def labs_list() -> None:
     """The exercises, their notebooks and what each teaches."""
-    from .labs import EXERCISES
+    from .exercises import EXERCISES
     for ex in EXERCISES.values():
         click.echo(f"{ex.name:<8} {ex.notebook:<28} ~{ex.minutes} min  {ex.goal}")
 
@@ -738,7 +670,7 @@ def labs_list() -> None:
               help="The source notebooks (default: the exercises/ folder of this checkout).")
 def labs_build(out_dir, source_dir) -> None:
     """Make the student version (solutions stripped) and the instructor version of every exercise."""
-    from .labs.build import build
+    from .exercises.build import build
     written = build(out_dir, source_dir)
     for kind, paths in written.items():
         click.echo(f"{kind:<10} {len(paths)} notebook(s) in {os.path.join(out_dir, kind)}")
@@ -749,7 +681,7 @@ def labs_build(out_dir, source_dir) -> None:
 @click.option("--kernel", "kernel_name", help="Jupyter kernel to run them in (default: the notebook's own).")
 def labs_check(notebooks, kernel_name) -> None:
     """Run students' notebooks headless and print each check's verdict and the points (exit 1 if any failed)."""
-    from .labs.grade import grade_notebook
+    from .exercises.grade import grade_notebook
     failed = 0
     for path in notebooks:
         grades = grade_notebook(path, kernel_name)

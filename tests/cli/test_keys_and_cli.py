@@ -170,8 +170,8 @@ def test_server_and_client_find_the_files_init_and_add_client_wrote(user_folder)
 def test_labs_check_shows_no_kernel_transport_warning(tmp_path, kernel_path, monkeypatch):
     """The grading kernel talks over private Unix sockets, so Jupyter has nothing to warn about,
     and no socket files are left in the student's folder."""
-    from vpnedu.labs import EXERCISES
-    from vpnedu.labs.build import build
+    from vpnedu.exercises import EXERCISES
+    from vpnedu.exercises.build import build
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_path))
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
     build(tmp_path / "b")

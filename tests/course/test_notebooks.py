@@ -215,7 +215,7 @@ def test_notebook_twice_in_fresh_real_labs_gives_the_same_outputs(name, kernel_p
     early, events relayed too late or not at all) shows as a difference, not as a student's red
     traceback."""
     from tests.lablib import plant_dead_sockets, remove_planted
-    from vpnedu.lab.topology import Lab
+    from vpnedu.netns_lab.topology import Lab
     from vpnedu.node.control import netns_socket_path
     runs = []
     for run in (1, 2):

@@ -187,7 +187,7 @@ def test_the_readme_course_commands_work_for_a_student_from_a_fresh_copy():
 def test_the_readme_course_commands_work_for_root_from_a_fresh_copy():
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from vpnedu.lab.topology import Lab
+    from vpnedu.netns_lab.topology import Lab
     prefix = f"rm{os.getpid() % 10000}-"   # the notebook's lab gets names of this test's own
     try:
         seen, nb = follow_readme("# root: the real namespace lab", None, {"VPNEDU_LAB_PREFIX": prefix})

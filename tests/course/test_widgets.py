@@ -10,7 +10,8 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("matplotlib")
 
 from vpnedu.events import EventBus  # noqa: E402
-from vpnedu.sim.lab import SimLab  # noqa: E402
+from vpnedu.flows import FlowRow  # noqa: E402
+from vpnedu.course import SimLab  # noqa: E402
 from vpnedu.widgets import (ControlPanel, CountersView, EventLogView, FlowTableView, HandshakeLadder,  # noqa: E402
                             RouteTableView, ThroughputPlot)
 
@@ -118,9 +119,10 @@ def test_flow_table_from_status_list_and_from_proxy_events():
     assert len(table.flows) == 1 and "203.0.113.2:51000" in table.value and ">open<" in table.value
     bus.emit("proxy.flow.closed", "alice", **common, bytes_up=120, bytes_down=4567, age=1.5, reason="fin")
     row = next(iter(table.flows.values()))
-    assert row["bytes_down"] == 4567 and row["state"] == "closed (fin)"
-    table.update([{**common, "proto": "udp", "state": "established", "bytes_up": 1, "bytes_down": 2, "age": 0.3}])
-    assert [f["proto"] for f in table.flows.values()] == ["udp"]
+    assert row.bytes_down == 4567 and row.state == "closed (fin)" and row.peer == "alice"
+    assert "4.46 KiB" in table.value   # bytes written as 'vpnedu status --flows' writes them
+    table.update([FlowRow(**{**common, "proto": "udp"}, state="established", bytes_up=1, bytes_down=2, age=0.3)])
+    assert [f.proto for f in table.flows.values()] == ["udp"]
 
 
 def test_throughput_plot_updates_in_place_with_bounded_memory(lab):
@@ -159,9 +161,9 @@ def test_flow_table_heads_the_server_end_as_such_and_says_closed_once():
     common = dict(proto="tcp", client="10.0.0.2:40000", proxy="203.0.113.2:51000", destination="192.0.2.80:80")
     bus.emit("proxy.flow.opened", "alice", **common)
     bus.emit("proxy.flow.closed", "alice", **common, bytes_up=1, bytes_down=2, age=0.1, reason="closed")
-    assert next(iter(table.flows.values()))["state"] == "closed" and "closed (closed)" not in table.as_text()
+    assert next(iter(table.flows.values())).state == "closed" and "closed (closed)" not in table.as_text()
     bus.emit("proxy.flow.closed", "alice", **common, bytes_up=1, bytes_down=2, age=0.1, reason="reset")
-    assert next(iter(table.flows.values()))["state"] == "closed (reset)"
+    assert next(iter(table.flows.values())).state == "closed (reset)"
 
 
 def test_events_name_their_peer_and_write_indices_in_hex(lab):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from vpnedu.labs import EXERCISES, LabCheckFailed, check
-from vpnedu.labs.build import STUB, build, make_versions, split_solutions
-from vpnedu.labs.checking import FAIL_MARK, NOT_WRITTEN, PASS_MARK
+from vpnedu.exercises import EXERCISES, LabCheckFailed, check
+from vpnedu.exercises.build import STUB, build, make_versions, split_solutions
+from vpnedu.exercises.checking import FAIL_MARK, NOT_WRITTEN, PASS_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "exercises").glob("*.ipynb"))
@@ -336,8 +336,8 @@ def test_each_check_catches_a_typical_mistake(name, parts, case, capsys):
 @pytest.mark.parametrize("name", ["ipv4", "replay", "routes"])
 def test_the_real_implementations_pass_where_the_exercise_mirrors_one(name, capsys):
     """The checks accept vpnedu's own code where it has the student's interface (no hidden bias)."""
-    from vpnedu.labs import routes
-    from vpnedu.labs.ipv4 import reference
+    from vpnedu.exercises import routes
+    from vpnedu.exercises.ipv4 import reference
     from vpnedu.protocol.replay import ReplayWindow
     real = {"ipv4": (reference,), "replay": (ReplayWindow,),
             "routes": (routes.real_plan, lambda plan: list(reversed(plan)))}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vpnedu.bench import PATHS, TESTS
-from vpnedu.lab.topology import SERVER_PUBLIC, Lab
+from vpnedu.netns_lab.topology import SERVER_PUBLIC, Lab
 
 from ..conftest import require_tool
 

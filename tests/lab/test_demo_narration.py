@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from vpnedu.lab.demo import Demo, capture_summary
+from vpnedu.netns_lab.demo import Demo, capture_summary
 
 from ..lablib import vpnedu
 

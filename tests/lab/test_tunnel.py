@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from vpnedu.lab.demo import Demo
-from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
+from vpnedu.netns_lab.demo import Demo
+from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC
 from vpnedu.protocol import keys
 
 from ..lablib import ping, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
@@ -44,9 +44,9 @@ def test_the_seed_demo_every_step(lab_factory):
     # The same request through NAT and through the proxy: each flow table showed the HTTP flow from
     # the client's tunnel address, with the server's public address as the server's end.
     for mode in ("nat", "proxy"):
-        http = [f for f in res.flows[mode] if f["destination"] == "192.0.2.80:80"]
-        assert http and http[0]["client"].startswith("10.0.0.2:"), (mode, res.flows[mode])
-        assert http[0]["proxy"].startswith(SERVER_PUBLIC + ":")
+        http = [f for f in res.flows[mode] if f.destination == "192.0.2.80:80"]
+        assert http and http[0].client.startswith("10.0.0.2:"), (mode, res.flows[mode])
+        assert http[0].proxy.startswith(SERVER_PUBLIC + ":")
         assert res.app_source_by_mode[mode] == SERVER_PUBLIC
     text = "\n".join(lines)
     assert "flows: 1 via nat" in text or "via nat" in text
@@ -235,7 +235,7 @@ def test_split_tunnel_routes_only_the_vpn_subnet(lab_factory):
     routes = lab.run("client", "ip", "route").stdout
     assert "default via 198.51.100.1 dev eth0" in routes and "0.0.0.0/1" not in routes
     assert ping(lab, "client", "10.0.0.1")
-    body = lab.run("client", sys_python(), "-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}/").stdout
+    body = lab.run("client", sys_python(), "-m", "vpnedu.netns_lab.app", "fetch", f"http://{APP_ADDRESS}/").stdout
     assert "your address is 198.51.100.2" in body  # not through the VPN: the app sees the client
 
 
@@ -393,7 +393,7 @@ def test_table_n_puts_the_routes_there_and_fwmark_marks_the_tunnels_packets(lab_
 
     # The table is the way into the tunnel once a rule sends traffic there; the mark keeps the
     # tunnel's own packets out of it (wg-quick's 'ip rule not fwmark ... table ...').
-    fetch = (sys_python(), "-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}/")
+    fetch = (sys_python(), "-m", "vpnedu.netns_lab.app", "fetch", f"http://{APP_ADDRESS}/")
     assert "your address is 198.51.100.2" in lab.run("client", *fetch).stdout   # no rule yet: direct
     lab.run("client", "ip", "rule", "add", "not", "fwmark", "0x1234", "table", "1234", "pref", "100", check=True)
     body = lab.run("client", *fetch).stdout

@@ -10,8 +10,8 @@ import pytest
 
 from vpnedu import capture as cap
 from vpnedu import config
-from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
-from vpnedu.lab.wireguard_go import WireGuardGo, wg_quick
+from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC
+from vpnedu.netns_lab.wireguard_go import WireGuardGo, wg_quick
 from vpnedu.protocol.keys import encode
 
 from ..conftest import require_tool
@@ -211,7 +211,7 @@ def test_tshark_decodes_our_packets_and_decrypts_with_our_keylog(lab_factory):
     started = time.monotonic()
     client = start_client(lab, "client", None, "--keylog", str(client_keys))
     assert ping_count(lab, "client", "10.0.0.1", count=3) == (3, 3)
-    r = lab.run("client", sys.executable, "-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}/")
+    r = lab.run("client", sys.executable, "-m", "vpnedu.netns_lab.app", "fetch", f"http://{APP_ADDRESS}/")
     assert f"your address is {SERVER_PUBLIC}" in r.stdout, r.stdout + r.stderr  # through the tunnel
     stop(client)
     assert time.monotonic() - started < seconds - 1, "the session took longer than the capture"

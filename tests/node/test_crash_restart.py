@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from vpnedu.lab.topology import APP_ADDRESS
+from vpnedu.netns_lab.topology import APP_ADDRESS
 
 from ..lablib import provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 

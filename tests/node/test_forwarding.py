@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from vpnedu.lab.app import random_sha256
-from vpnedu.lab.topology import APP_ADDRESS, SERVER_PUBLIC
+from vpnedu.netns_lab.app import random_sha256
+from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC
 
 from ..conftest import require_tool
 from ..lablib import ping_count, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
@@ -26,7 +26,7 @@ class Vpn:
         self.lab, self.mode, self.server, self.client = lab, mode, server, client
 
     def traffic(self, *args: str, timeout: float = 180) -> dict:
-        r = self.lab.run("client", *self.lab.python("-m", "vpnedu.lab.traffic", *args), timeout=timeout)
+        r = self.lab.run("client", *self.lab.python("-m", "vpnedu.netns_lab.traffic", *args), timeout=timeout)
         assert r.stdout.strip(), r.stderr
         return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -74,7 +74,7 @@ class Vpn:
 
 @pytest.fixture(scope="module", params=["proxy", "nat"])
 def vpn(request):
-    from vpnedu.lab.topology import Lab
+    from vpnedu.netns_lab.topology import Lab
     require_tool("nft")
     mode = request.param
     lab = Lab(prefix=f"vf{os.getpid() % 10000}{mode[0]}-", clients=1, log=lambda s: None)
@@ -96,8 +96,8 @@ def vpn(request):
 
 
 def spawn_traffic(lab, name: str, *args: str):
-    """Start ``python -m vpnedu.lab.traffic ARGS`` on the client in the background."""
-    return lab.spawn("client", name, *lab.python("-m", "vpnedu.lab.traffic", *args))
+    """Start ``python -m vpnedu.netns_lab.traffic ARGS`` on the client in the background."""
+    return lab.spawn("client", name, *lab.python("-m", "vpnedu.netns_lab.traffic", *args))
 
 
 def traffic_lines(lab, name: str) -> list[dict]:
@@ -238,7 +238,7 @@ def test_events_show_proxy_flows_opening_and_closing(vpn):
 @pytest.fixture
 def short_idle_proxy():
     """A lab of its own whose proxy closes TCP flows idle for 2 s (the module's server waits 20 s)."""
-    from vpnedu.lab.topology import Lab
+    from vpnedu.netns_lab.topology import Lab
     lab = Lab(prefix=f"vf{os.getpid() % 10000}i-", clients=1, log=lambda s: None)
     try:
         lab.up()
@@ -294,7 +294,7 @@ def test_reset_by_the_application_mid_stream_reaches_the_client(vpn):
     greeting, then a reset -- at once, not at the idle timeout."""
     port = "8007"
     srv = vpn.lab.spawn("app", "reset-server",
-                        *vpn.lab.python("-m", "vpnedu.lab.traffic", "reset-server", port))
+                        *vpn.lab.python("-m", "vpnedu.netns_lab.traffic", "reset-server", port))
     try:
         vpn.lab.wait_for_port("app", int(port))
         got = vpn.traffic("hold", APP_ADDRESS, port, "--seconds", "10")

@@ -28,7 +28,7 @@ import pytest
 
 from vpnedu import config
 from vpnedu.events import EventBus
-from vpnedu.lab.wireguard_go import wg_quick
+from vpnedu.netns_lab.wireguard_go import wg_quick
 from vpnedu.node.peerstate import MAX_SIZE, PeerMemory, PeerRecord, PeerStateFile
 from vpnedu.packet.ip import build_icmp_echo
 from vpnedu.protocol.device import Device

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from vpnedu import config
-from vpnedu.lab.topology import SERVER_PUBLIC
+from vpnedu.netns_lab.topology import SERVER_PUBLIC
 from vpnedu.protocol.keys import encode
 
 from ..lablib import ping_count, provision, start_client, start_server, status, stop, wait_for
@@ -156,8 +156,8 @@ def test_a_download_survives_loss_duplication_and_reordering(lab_factory):
     so every one of those copies reached a daemon.  No rekey happens (default timers), the replay
     window (8,000+ counters) is far wider than the ~44 ms by which a packet can be overtaken, so
     only a second copy can be a replay -- the equality is exact."""
-    from vpnedu.lab.app import random_sha256
-    from vpnedu.lab.topology import APP_ADDRESS
+    from vpnedu.netns_lab.app import random_sha256
+    from vpnedu.netns_lab.topology import APP_ADDRESS
     n = 20 * 1024 * 1024
     lab = lab_factory()
     lab.impair(loss=5, dup=1, reorder=2, delay_ms=20, seed=7)
@@ -168,7 +168,7 @@ def test_a_download_survives_loss_duplication_and_reordering(lab_factory):
     tails["client"] = EventTail(lab, "client")
     try:
         errors0 = {h: udp_receive_errors(lab, h) for h in tails}
-        r = lab.run("client", sys.executable, "-m", "vpnedu.lab.traffic", "download",
+        r = lab.run("client", sys.executable, "-m", "vpnedu.netns_lab.traffic", "download",
                     f"http://{APP_ADDRESS}/random/{n}", timeout=300)
         assert r.returncode == 0, r.stderr[-1000:]
         got = json.loads(r.stdout)
@@ -209,7 +209,7 @@ def test_lab_up_with_a_bad_network_from_the_command_line():
     import os
     from statistics import median
 
-    from vpnedu.lab.topology import Lab
+    from vpnedu.netns_lab.topology import Lab
 
     from ..lablib import vpnedu
     prefix = f"vt{os.getpid() % 10000}cli-"
@@ -495,7 +495,7 @@ def test_soak_memory_and_descriptors_stay_flat(lab_factory):
     i = 0
     while time.time() < end:
         c = names[i % len(names)]
-        lab.run(c, sys.executable, "-m", "vpnedu.lab.traffic", "download", "http://192.0.2.80/random/2000000",
+        lab.run(c, sys.executable, "-m", "vpnedu.netns_lab.traffic", "download", "http://192.0.2.80/random/2000000",
                 timeout=60)
         lab.run(c, "ping", "-c", "20", "-i", "0.01", "-q", "10.0.0.1", timeout=30)
         if i % 5 == 4:   # a client reconnects: a new process, a new handshake

@@ -6,7 +6,7 @@ secret's 120 s life, who can open a cookie reply, and how long an initiator uses
 from vpnedu.events import EventLog
 from vpnedu.protocol import messages as m
 from vpnedu.protocol.cookie import CookieChecker, MacKeys, add_macs, check_mac1, open_cookie
-from vpnedu.protocol.keys import KeyPair
+from vpnedu.protocol.keys import X25519KeyPair
 from vpnedu.protocol.suites import WIREGUARD
 from vpnedu.protocol.timers import UNDER_LOAD_BATCH, UNDER_LOAD_HOLD
 from vpnedu.sim import make_pair
@@ -16,7 +16,7 @@ EP = ("198.51.100.2", 40000)
 
 
 def test_mac1_needs_the_receivers_public_key():
-    us, other = KeyPair(), KeyPair()
+    us, other = X25519KeyPair(), X25519KeyPair()
     msg = bytes(range(100)) + bytes(32)
     packed, mac1, mac2 = add_macs(WIREGUARD, msg, MacKeys(WIREGUARD, us.public), None)
     assert mac2 == bytes(16) and packed[-32:-16] == mac1
@@ -25,7 +25,7 @@ def test_mac1_needs_the_receivers_public_key():
 
 
 def test_a_cookie_is_bound_to_the_address_and_the_secret_rotates():
-    us = KeyPair()
+    us = X25519KeyPair()
     checker = CookieChecker(WIREGUARD, us.public, SeededRandom("cookie"))
     msg = bytes(116) + bytes(32)
     a = checker.cookie_for(EP, 10.0)
@@ -66,7 +66,7 @@ def test_a_batch_of_handshakes_puts_the_device_under_load():
 
 
 def test_mac1_and_mac2_cover_every_byte_before_them():
-    us = KeyPair()
+    us = X25519KeyPair()
     checker = CookieChecker(WIREGUARD, us.public, SeededRandom("cover"))
     cookie = checker.cookie_for(EP, 0.0)
     packed, _, _ = add_macs(WIREGUARD, bytes(range(116)) + bytes(32), checker.keys, cookie)
@@ -81,7 +81,7 @@ def test_mac1_and_mac2_cover_every_byte_before_them():
 def test_the_cookie_secret_lives_exactly_120_seconds_from_its_first_use():
     from vpnedu.protocol.cookie import COOKIE_REFRESH_TIME
     assert COOKIE_REFRESH_TIME == 120.0
-    us = KeyPair()
+    us = X25519KeyPair()
     checker = CookieChecker(WIREGUARD, us.public, SeededRandom("rotate"))
     a = checker.cookie_for(EP, 1000.0)
     assert checker.cookie_for(EP, 1119.999) == a
@@ -96,7 +96,7 @@ def test_the_cookie_secret_lives_exactly_120_seconds_from_its_first_use():
 
 
 def test_a_cookie_reply_opens_only_with_its_responders_key_and_unaltered():
-    us, other = KeyPair(), KeyPair()
+    us, other = X25519KeyPair(), X25519KeyPair()
     checker = CookieChecker(WIREGUARD, us.public, SeededRandom("reply"))
     packed, mac1, _ = add_macs(WIREGUARD, bytes(148), checker.keys, None)
     nonce, sealed = checker.make_reply(packed, 9, EP, 0.0)

@@ -131,7 +131,7 @@ def state(dev: Device):
     for p in dev.peers.values():
         peers.append((p.handshake and p.handshake.local_index, p.last_received_timestamp,
                       p.last_initiation_consumed, p.cookie, p.endpoint, p.rx_bytes, p.rx_packets,
-                      [(k.local_index, k.replay.greatest, k.send_counter) for k in p.keypairs()],
+                      [(k.local_index, k.replay.greatest, k.send_counter) for k in p.sessions()],
                       p.current and p.current.local_index, p.next and p.next.local_index,
                       p.t_keepalive, p.t_new_handshake, p.t_retransmit, len(p.staged)))
     return sorted(dev._index), peers

@@ -11,7 +11,7 @@ import pytest
 from vpnedu.protocol import handshake as hs
 from vpnedu.protocol import messages as m
 from vpnedu.protocol import tai64n
-from vpnedu.protocol.keys import KeyPair, generate_private_key
+from vpnedu.protocol.keys import X25519KeyPair, generate_private_key
 from vpnedu.protocol.suites import WIREGUARD
 from vpnedu.sim import FakeClock, make_pair
 from vpnedu.testing import SeededRandom
@@ -48,9 +48,9 @@ def test_seeded_random_is_deterministic_and_sized():
 
 
 def run_handshake(psk=bytes(32)):
-    i_static, r_static = KeyPair(generate_private_key()), KeyPair(generate_private_key())
+    i_static, r_static = X25519KeyPair(generate_private_key()), X25519KeyPair(generate_private_key())
     stamp = tai64n.encode(1_800_000_000.0)
-    msg, state = hs.create_initiation(WIREGUARD, i_static, r_static.public, psk, 0x11, stamp, KeyPair())
+    msg, state = hs.create_initiation(WIREGUARD, i_static, r_static.public, psk, 0x11, stamp, X25519KeyPair())
     return i_static, r_static, stamp, msg, state
 
 
@@ -58,7 +58,7 @@ def test_both_sides_derive_the_same_transport_keys():
     i_static, r_static, stamp, msg, state = run_handshake()
     init = hs.consume_initiation(WIREGUARD, r_static, msg)
     assert init.remote_static == i_static.public and init.timestamp == stamp
-    resp, r_keys = hs.create_response(WIREGUARD, r_static, init, bytes(32), 0x22, KeyPair())
+    resp, r_keys = hs.create_response(WIREGUARD, r_static, init, bytes(32), 0x22, X25519KeyPair())
     i_keys = hs.consume_response(WIREGUARD, i_static, state, resp)
     assert (i_keys.send_key, i_keys.recv_key) == (r_keys.recv_key, r_keys.send_key)
     assert (i_keys.local_index, i_keys.remote_index) == (0x11, 0x22) and i_keys.initiator
@@ -79,7 +79,7 @@ def test_an_altered_initiation_fails_with_a_reason(field):
 def test_a_different_psk_fails_the_response():
     i_static, r_static, _, msg, state = run_handshake(psk=bytes(32))
     init = hs.consume_initiation(WIREGUARD, r_static, msg)
-    resp, _ = hs.create_response(WIREGUARD, r_static, init, b"\x01" * 32, 0x22, KeyPair())
+    resp, _ = hs.create_response(WIREGUARD, r_static, init, b"\x01" * 32, 0x22, X25519KeyPair())
     with pytest.raises(hs.HandshakeError):
         hs.consume_response(WIREGUARD, i_static, state, resp)
 
@@ -87,7 +87,7 @@ def test_a_different_psk_fails_the_response():
 def test_an_initiation_for_another_responder_does_not_decrypt():
     """The static key is encrypted to the responder's key: anyone else learns nothing."""
     _, _, _, msg, _ = run_handshake()
-    stranger = KeyPair(generate_private_key())
+    stranger = X25519KeyPair(generate_private_key())
     with pytest.raises(hs.HandshakeError) as e:
         hs.consume_initiation(WIREGUARD, stranger, msg)
     assert e.value.reason == "bad-mac" and "static" in e.value.detail
@@ -96,10 +96,10 @@ def test_an_initiation_for_another_responder_does_not_decrypt():
 def test_a_response_completes_only_for_the_initiator_it_answers():
     i_static, r_static, _, msg, state = run_handshake()
     init = hs.consume_initiation(WIREGUARD, r_static, msg)
-    resp, r_keys = hs.create_response(WIREGUARD, r_static, init, bytes(32), 0x22, KeyPair())
+    resp, r_keys = hs.create_response(WIREGUARD, r_static, init, bytes(32), 0x22, X25519KeyPair())
     # Another static key (DH(Spriv_i, Epub_r) differs), or an altered ephemeral: no keys.
     with pytest.raises(hs.HandshakeError) as e:
-        hs.consume_response(WIREGUARD, KeyPair(generate_private_key()), state, resp)
+        hs.consume_response(WIREGUARD, X25519KeyPair(generate_private_key()), state, resp)
     assert e.value.reason == "bad-mac"
     altered = m.HandshakeResponse(resp.sender, resp.receiver, bytes([resp.ephemeral[0] ^ 1]) + resp.ephemeral[1:],
                                   resp.encrypted_nothing)
@@ -112,8 +112,8 @@ def test_a_response_completes_only_for_the_initiator_it_answers():
 def test_a_shared_psk_completes_and_changes_every_key():
     """psk2: the pre-shared key is mixed into the chaining key, so the same static and
     ephemeral keys give other session keys with it, and a psk on one side only fails."""
-    i_static, r_static = KeyPair(generate_private_key()), KeyPair(generate_private_key())
-    e_i, e_r = KeyPair(generate_private_key()), KeyPair(generate_private_key())
+    i_static, r_static = X25519KeyPair(generate_private_key()), X25519KeyPair(generate_private_key())
+    e_i, e_r = X25519KeyPair(generate_private_key()), X25519KeyPair(generate_private_key())
     stamp = tai64n.encode(1_800_000_000.0)
 
     def keys(i_psk: bytes, r_psk: bytes):

@@ -93,7 +93,7 @@ def test_syn_to_an_open_port_goes_on_to_the_kernel_after_connecting():
     delivered, injected, flows, syn = asyncio.run(go())
     assert delivered == [syn]     # the client's own SYN, unchanged, released to the kernel
     assert injected == []
-    assert flows[0]["state"] == "syn-released" and flows[0]["proxy"].startswith("127.0.0.1:")
+    assert flows[0].state == "syn-released" and flows[0].proxy.startswith("127.0.0.1:")
 
 
 def test_icmp_unreachable_quotes_the_original_packet():
@@ -262,7 +262,7 @@ def test_a_syn_retransmitted_after_the_accept_opens_no_second_upstream_connectio
             lambda r, w: p.tcp._accepted(r, _Spoofed(w, ("10.0.0.2", 40002), ("127.0.0.1", port))),
             "127.0.0.1", 0)
         cr, cw = await asyncio.open_connection(*front.sockets[0].getsockname()[:2])
-        await until(lambda: p.flows() and p.flows()[0]["state"] == "established")
+        await until(lambda: p.flows() and p.flows()[0].state == "established")
         # A late copy of the client's SYN: the kernel's (challenge ACK), not a new flow.
         taken = p.intercept("client", syn)
         await asyncio.sleep(0.2)
@@ -274,5 +274,5 @@ def test_a_syn_retransmitted_after_the_accept_opens_no_second_upstream_connectio
         return taken, flows, len(upstream_conns)
     taken, flows, conns = asyncio.run(go())
     assert not taken
-    assert [f["state"] for f in flows] == ["established"]
+    assert [f.state for f in flows] == ["established"]
     assert conns == 1

@@ -4,7 +4,7 @@ import pytest
 
 from vpnedu.errors import VpneduError
 from vpnedu.events import EventLog
-from vpnedu.sim.lab import SimLab
+from vpnedu.course import SimLab
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def test_full_tunnel_routes_pings_and_app_sees_server(lab):
     app = lab.app_request()
     assert app.sources == ["203.0.113.2"] and "203.0.113.2" in app.reply
     flows = lab.flows()
-    assert {f["proto"] for f in flows} == {"icmp", "udp"}
-    udp = next(f for f in flows if f["proto"] == "udp")
-    assert udp["client"].startswith("10.0.0.2:") and udp["proxy"].startswith("203.0.113.2:")
-    assert udp["destination"] == "192.0.2.80:8080" and udp["bytes_down"] > 0
+    assert {f.proto for f in flows} == {"icmp", "udp"}
+    udp = next(f for f in flows if f.proto == "udp")
+    assert udp.client.startswith("10.0.0.2:") and udp.proxy.startswith("203.0.113.2:")
+    assert udp.destination == "192.0.2.80:8080" and udp.bytes_down > 0
     lab.stop_client()
     assert lab.routes("client") == before  # every route the client added is gone
     lab.stop_server()

@@ -2,7 +2,7 @@
 
 Everything runs in one namespace lab on this machine, on the same cables and with the same
 iperf3.  By default the lab is the ``direct`` topology: each client on a veth cable straight into
-the server, no router between them (:data:`vpnedu.lab.topology.TOPOLOGIES`), so every path pays
+the server, no router between them (:data:`vpnedu.netns_lab.topology.TOPOLOGIES`), so every path pays
 its own per-packet cost and nothing else.  ``--topology router`` measures across the lab's
 router namespace instead, as the course's lab is built; the printed table says which one ran.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import VpneduError
-from ..lab.topology import SERVER_PUBLIC, TOPOLOGIES, Lab
+from ..netns_lab.topology import SERVER_PUBLIC, TOPOLOGIES, Lab
 from .tunnels import PATHS, Tunnel, Vpnedu, cpu_seconds, ensure_tools, make, peak_rss_mib, spec_problem
 
 TESTS = {"tcp1_up": ("1 stream, client -> server", ["-P", "1"]),

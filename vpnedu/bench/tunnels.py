@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from ..errors import VpneduError
-from ..lab.topology import SERVER_PUBLIC, Lab
+from ..netns_lab.topology import SERVER_PUBLIC, Lab
 
 DEB = {"wireguard-go": "wireguard-go", "wg": "wireguard-tools", "openvpn": "openvpn", "iperf3": "iperf3"}
 
@@ -286,7 +286,7 @@ class WireGuardGoPair(Tunnel):
         return f"wireguard-go {version} ({exe})"
 
     def up(self) -> None:
-        from ..lab.wireguard_go import WireGuardGo
+        from ..netns_lab.wireguard_go import WireGuardGo
         base = Vpnedu(self.lab, "wireguard")
         base.dir = self.lab.dir / "wireguard-go-keys"
         if not (base.dir / "server.conf").exists():   # the same keys in every round

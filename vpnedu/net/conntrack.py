@@ -4,7 +4,8 @@ With masquerade, the kernel keeps one *conntrack entry* per flow: the original
 direction (client 10.0.0.2:40312 -> 192.0.2.80:80) and the reply direction
 as rewritten by NAT (192.0.2.80:80 -> 203.0.113.2:40312).  The reply tuple's
 destination is the server's own end of the flow -- the same place the proxy's
-own socket has in ``proxy`` mode -- so both modes fill the same flow table.
+own socket has in ``proxy`` mode -- so both modes fill the same flow table, with
+:class:`~vpnedu.flows.FlowRow` rows.
 
 Byte counts need ``net.netfilter.nf_conntrack_acct = 1`` and ages need
 ``nf_conntrack_timestamp = 1``; the server turns both on (journaled) in nat mode.
@@ -20,6 +21,8 @@ import socket
 import time
 
 from pyroute2 import Conntrack
+
+from ..flows import FlowRow
 
 _PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp"}
 #: enum tcp_conntrack in linux/netfilter/nf_conntrack_tcp.h
@@ -47,8 +50,8 @@ def _bytes(msg, name: str) -> int:
     return int(c.get_attr("CTA_COUNTERS_BYTES") or 0) if c is not None else 0
 
 
-def flows(subnet: str) -> list[dict]:
-    """Conntrack entries whose original source lies in ``subnet``, in the flow-table schema."""
+def flows(subnet: str) -> list[FlowRow]:
+    """Conntrack entries whose original source lies in ``subnet``, as flow-table rows."""
     net = ipaddress.ip_network(subnet, strict=False)
     now_ns = time.clock_gettime_ns(time.CLOCK_REALTIME)
     out = []
@@ -72,9 +75,8 @@ def flows(subnet: str) -> list[dict]:
             if ts is not None and ts.get_attr("CTA_TIMESTAMP_START"):
                 age = round((now_ns - ts.get_attr("CTA_TIMESTAMP_START")) / 1e9, 3)
             proxy_port = r[3] if o[4] != socket.IPPROTO_ICMP else r[1]
-            out.append({"id": msg.get_attr("CTA_ID"), "proto": _PROTO[o[4]], "client": f"{o[0]}:{o[1]}",
-                        "proxy": f"{r[2]}:{proxy_port}", "destination": f"{o[2]}:{o[3]}", "state": state,
-                        "bytes_up": _bytes(msg, "CTA_COUNTERS_ORIG"),
-                        "bytes_down": _bytes(msg, "CTA_COUNTERS_REPLY"),
-                        "age": age, "timeout": msg.get_attr("CTA_TIMEOUT")})
+            out.append(FlowRow(_PROTO[o[4]], f"{o[0]}:{o[1]}", f"{r[2]}:{proxy_port}", f"{o[2]}:{o[3]}", state,
+                               bytes_up=_bytes(msg, "CTA_COUNTERS_ORIG"),
+                               bytes_down=_bytes(msg, "CTA_COUNTERS_REPLY"),
+                               age=age, id=msg.get_attr("CTA_ID"), timeout=msg.get_attr("CTA_TIMEOUT")))
     return out

@@ -178,7 +178,8 @@ class Server(Node):
             subnet = next((str(a.network) for a in self.cfg.interface.addresses if a.version == 4), None)
             if subnet:
                 try:
-                    st["flows"] = await asyncio.get_running_loop().run_in_executor(None, conntrack.flows, subnet)
+                    rows = await asyncio.get_running_loop().run_in_executor(None, conntrack.flows, subnet)
+                    st["flows"] = [r.to_dict() for r in rows]
                 except Exception as e:  # conntrack unavailable: say so rather than fail the status
                     st["flows_error"] = f"{type(e).__name__}: {e}"
         return st
@@ -187,6 +188,6 @@ class Server(Node):
         st = super().status()
         st["forwarding"] = self.forwarding
         if self.proxy is not None:
-            st["flows"] = self.proxy.flows()
+            st["flows"] = [r.to_dict() for r in self.proxy.flows()]
             st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}
         return st

@@ -48,10 +48,10 @@ from . import timers as tm
 from .allowedips import AllowedIPs
 from .cookie import COOKIE_REFRESH_TIME, CookieChecker, Endpoint, MacKeys, add_macs, check_mac1, open_cookie
 from .events import EventBus
-from .keys import KeyPair, clamp
+from .keys import X25519KeyPair, clamp
 from .keys import encode as _encode
 from .peer import Peer
-from .session import Keypair
+from .session import TransportSession
 from .suites import SUITES, WIREGUARD, CipherSuite, TagMismatch, get_suite
 from .timers import DEFAULT_TIMERS, UNDER_LOAD_BATCH, UNDER_LOAD_HOLD, Timers
 from .transport import HEADER, MIN_SIZE, TYPE, Output, seal_batch
@@ -94,7 +94,7 @@ class Device:
         elif suite.insecure and not allow_insecure:
             get_suite(suite.name, allow_insecure=False)  # raises the standard SuiteError
         self.suite = suite
-        self.static = KeyPair(private_key)
+        self.static = X25519KeyPair(private_key)
         #: The latest ``now`` a caller gave (events of the default bus are stamped with it).
         self.now = 0.0
         #: Unix time minus monotonic time: ``now + wall_offset`` is the wall clock (TAI64N).
@@ -134,8 +134,8 @@ class Device:
         """Uniform in [0, limit), from the injected random bytes."""
         return int.from_bytes(self.random(4), "little") / 2**32 * limit
 
-    def _ephemeral(self) -> KeyPair:
-        return KeyPair(clamp(self.random(32)))
+    def _ephemeral(self) -> X25519KeyPair:
+        return X25519KeyPair(clamp(self.random(32)))
 
     # ------------------------------------------------------------------ peers
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
@@ -286,7 +286,7 @@ class Device:
                         self._received_run(peer, kp, opened, nbytes, data, source, now, out)
                         opened = nbytes = data = 0
                     entry = index.get(ridx)
-                    if entry is None or not isinstance(entry[1], Keypair):
+                    if entry is None or not isinstance(entry[1], TransportSession):
                         run_idx = -1
                         self._drop("unknown-index", f"no session has index {ridx:#010x}", source=src, size=dl)
                         continue
@@ -356,7 +356,7 @@ class Device:
             self.counters[_TRANSPORT_NAME] += transport
         return out
 
-    def _received_run(self, peer: Peer, kp: Keypair, packets: int, nbytes: int, data: int,
+    def _received_run(self, peer: Peer, kp: TransportSession, packets: int, nbytes: int, data: int,
                       source: Endpoint, now: float, out: Output) -> None:
         """After ``packets`` transport messages of one session authenticated (``data`` of them
         not keepalives): roaming, counters, the timer hooks, a last-minute rekey."""
@@ -371,7 +371,7 @@ class Device:
         if data:
             tm.data_received(peer, now, t, data)
 
-    def _confirm(self, peer: Peer, kp: Keypair, now: float, out: Output) -> None:
+    def _confirm(self, peer: Peer, kp: TransportSession, now: float, out: Output) -> None:
         """The initiator used the new keys: the handshake is confirmed (responder side)."""
         self._forget(peer.previous.local_index if peer.previous else None)
         peer.previous, peer.current, peer.next = peer.current, kp, None
@@ -487,7 +487,7 @@ class Device:
             return
         packed, mac1, mac2 = add_macs(self.suite, resp.to_bytes(), peer.mac_keys, self._cookie(peer, now))
         peer.last_mac1 = mac1
-        kp = Keypair(self.suite, keys, now)
+        kp = TransportSession(self.suite, keys, now)
         self._index[idx] = (peer, kp)
         if peer.next is not None:
             self._forget(peer.next.local_index)
@@ -518,9 +518,9 @@ class Device:
             self._drop(e.reason, e.detail, peer, source, len(data))
             return
         peer.handshake = None
-        kp = Keypair(self.suite, keys, now)
+        kp = TransportSession(self.suite, keys, now)
         self._index[msg.receiver] = (peer, kp)
-        # Rotate: the new keypair becomes current at once (we are the initiator).
+        # Rotate: the new session becomes current at once (we are the initiator).
         if peer.next is not None:
             self._forget(peer.previous.local_index if peer.previous else None)
             peer.previous, peer.next = peer.next, None
@@ -681,7 +681,7 @@ class Device:
                  packet=_ip.describe(bytes(packet)) if n else "keepalive")
         return report
 
-    def _usable(self, peer: Peer, kp: Keypair, now: float) -> bool:
+    def _usable(self, peer: Peer, kp: TransportSession, now: float) -> bool:
         if now - kp.created < self.timers.reject_after_time and kp.send_counter < self.timers.reject_after_messages:
             return True
         if peer.current is kp:
@@ -748,7 +748,7 @@ class Device:
                          to=f"{peer.endpoint[0]}:{peer.endpoint[1]}")
         out.datagrams.append((packed, peer.endpoint))
 
-    def _log_secrets(self, peer: Peer, ephemeral: KeyPair) -> None:
+    def _log_secrets(self, peer: Peer, ephemeral: X25519KeyPair) -> None:
         """Key-log lines in the format of Wireshark's WireGuard dissector (wg.keylog_file):
         with our static and ephemeral private keys it can decrypt the handshake and, from it,
         every transport message of the session."""
@@ -761,7 +761,7 @@ class Device:
 
     # ------------------------------------------------------------ timers
     def _zero_keys(self, peer: Peer) -> None:
-        for kp in peer.keypairs():
+        for kp in peer.sessions():
             self._forget(kp.local_index)
         if peer.handshake is not None:
             self._forget(peer.handshake.local_index)

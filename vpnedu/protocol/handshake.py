@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import tai64n
-from .keys import DHError, KeyPair
+from .keys import DHError, X25519KeyPair
 from .messages import HandshakeInitiation, HandshakeResponse
 from .suites import AEADError, CipherSuite
 
@@ -53,7 +53,7 @@ class InitiatorState:
     local_index: int
     remote_static: bytes
     psk: bytes
-    ephemeral: KeyPair
+    ephemeral: X25519KeyPair
     chaining_key: bytes
     hash: bytes
 
@@ -85,7 +85,7 @@ class SessionKeys:
     initiator: bool
 
 
-def _dh(a: KeyPair, public: bytes) -> bytes:
+def _dh(a: X25519KeyPair, public: bytes) -> bytes:
     try:
         return a.dh(public)
     except DHError as e:
@@ -99,11 +99,11 @@ def _open(suite: CipherSuite, key: bytes, ciphertext: bytes, ad: bytes, what: st
         raise HandshakeError("bad-mac", f"{what} does not decrypt (wrong keys or altered message)") from None
 
 
-def create_initiation(suite: CipherSuite, static: KeyPair, remote_static: bytes, psk: bytes,
+def create_initiation(suite: CipherSuite, static: X25519KeyPair, remote_static: bytes, psk: bytes,
                       local_index: int, timestamp: bytes,
-                      ephemeral: KeyPair | None = None) -> tuple[HandshakeInitiation, InitiatorState]:
+                      ephemeral: X25519KeyPair | None = None) -> tuple[HandshakeInitiation, InitiatorState]:
     """Build message 1 (its mac1/mac2 are filled in later by :mod:`.cookie`)."""
-    e = ephemeral or KeyPair()
+    e = ephemeral or X25519KeyPair()
     # Ci = HASH(CONSTRUCTION); Hi = HASH(Ci || IDENTIFIER)   (precomputed in the suite)
     # Hi = HASH(Hi || Spub_r)
     c = suite.initial_chain_key
@@ -126,7 +126,7 @@ def create_initiation(suite: CipherSuite, static: KeyPair, remote_static: bytes,
     return msg, InitiatorState(local_index, remote_static, psk, e, c, h)
 
 
-def consume_initiation(suite: CipherSuite, static: KeyPair,
+def consume_initiation(suite: CipherSuite, static: X25519KeyPair,
                        msg: HandshakeInitiation) -> ConsumedInitiation:
     """The responder's mirror of :func:`create_initiation`: learn who is calling.
 
@@ -148,11 +148,11 @@ def consume_initiation(suite: CipherSuite, static: KeyPair,
     return ConsumedInitiation(msg.sender, remote_static, msg.ephemeral, timestamp, c, h)
 
 
-def create_response(suite: CipherSuite, static: KeyPair, init: ConsumedInitiation, psk: bytes,
+def create_response(suite: CipherSuite, static: X25519KeyPair, init: ConsumedInitiation, psk: bytes,
                     local_index: int,
-                    ephemeral: KeyPair | None = None) -> tuple[HandshakeResponse, SessionKeys]:
+                    ephemeral: X25519KeyPair | None = None) -> tuple[HandshakeResponse, SessionKeys]:
     """Build message 2 and derive the session keys (responder side)."""
-    e = ephemeral or KeyPair()
+    e = ephemeral or X25519KeyPair()
     c, h = init.chaining_key, init.hash
     # (Epriv_r, Epub_r) = DH-GENERATE(); Cr = KDF1(Cr, Epub_r); msg.ephemeral = Epub_r
     (c,) = suite.kdf(c, e.public, 1)
@@ -171,7 +171,7 @@ def create_response(suite: CipherSuite, static: KeyPair, init: ConsumedInitiatio
     return msg, _split(suite, c, local_index, init.remote_index, initiator=False)
 
 
-def consume_response(suite: CipherSuite, static: KeyPair, state: InitiatorState,
+def consume_response(suite: CipherSuite, static: X25519KeyPair, state: InitiatorState,
                      msg: HandshakeResponse) -> SessionKeys:
     """The initiator's mirror of :func:`create_response`: finish the handshake."""
     c, h = state.chaining_key, state.hash

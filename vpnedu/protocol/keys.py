@@ -111,8 +111,9 @@ def redact(text: str) -> str:
     return _KEYISH.sub("(key hidden)", text)
 
 
-class KeyPair:
-    """A static or ephemeral X25519 key pair, with Diffie-Hellman.
+class X25519KeyPair:
+    """A static or ephemeral X25519 key pair, with Diffie-Hellman.  (The transport keys a
+    handshake derives are a :class:`~.session.TransportSession`.)
 
     ``dh`` refuses an all-zero shared secret (a low-order public key), as the
     Noise spec allows and WireGuard does: such a result would give an attacker a
@@ -137,7 +138,7 @@ class KeyPair:
         return self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def __repr__(self) -> str:
-        return f"KeyPair(public={encode(self.public)})"
+        return f"X25519KeyPair(public={encode(self.public)})"
 
 
 class DHError(Exception):

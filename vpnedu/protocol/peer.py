@@ -2,7 +2,7 @@
 
 A :class:`Peer` is mostly state: its public key and pre-shared key, where it
 was last heard from (its *endpoint*: WireGuard follows a peer that moves),
-the handshake in flight, up to three keypairs, packets waiting for a
+the handshake in flight, up to three transport sessions, packets waiting for a
 handshake, counters, and the deadlines of its five timers.  The
 :class:`~vpnedu.protocol.device.Device` drives it.
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from . import keys as _keys
 from .cookie import Endpoint, MacKeys
 from .handshake import NO_PSK, InitiatorState
-from .session import Keypair
+from .session import TransportSession
 from .timers import MAX_STAGED_PACKETS
 
 if TYPE_CHECKING:
@@ -58,9 +58,9 @@ class Peer:
         self.last_mac1: bytes | None = None
 
         # sessions
-        self.current: Keypair | None = None
-        self.previous: Keypair | None = None
-        self.next: Keypair | None = None
+        self.current: TransportSession | None = None
+        self.previous: TransportSession | None = None
+        self.next: TransportSession | None = None
         self.staged: deque[bytes] = deque()
         self.max_staged = MAX_STAGED_PACKETS
 
@@ -85,7 +85,8 @@ class Peer:
     def public_key_b64(self) -> str:
         return _keys.encode(self.public_key)
 
-    def keypairs(self) -> list[Keypair]:
+    def sessions(self) -> list[TransportSession]:
+        """The peer's transport sessions that exist: current, previous, next."""
         return [k for k in (self.current, self.previous, self.next) if k is not None]
 
     def deadlines(self) -> list[float]:

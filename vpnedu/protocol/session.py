@@ -1,10 +1,12 @@
 """A session: one pair of transport keys and their counters (paper, section 5.4.6).
 
-After a handshake each side holds a :class:`Keypair`: a key to encrypt what it
+After a handshake each side holds a :class:`TransportSession`: a key to encrypt what it
 sends, a key to decrypt what it receives, the next counter to send (the AEAD
 nonce, never reused under one key) and a :class:`~.replay.ReplayWindow` for
-what it receives.  A peer keeps up to three keypairs at once -- previous,
+what it receives.  A peer keeps up to three sessions at once -- previous,
 current and next -- so that packets in flight during a rekey still decrypt.
+(WireGuard's paper and wireguard-go call this state a *keypair*; here that word is kept for
+the X25519 pairs of :class:`~.keys.X25519KeyPair`, the static and ephemeral keys.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from .replay import ReplayWindow
 from .suites import CipherSuite
 
 
-class Keypair:
+class TransportSession:
     """Transport state derived from one handshake."""
 
     __slots__ = ("suite", "sender", "receiver", "local_index", "remote_index", "initiator",
@@ -41,5 +43,5 @@ class Keypair:
 
     def __repr__(self) -> str:
         role = "initiator" if self.initiator else "responder"
-        return (f"Keypair({role}, local_index={self.local_index:#010x}, "
+        return (f"TransportSession({role}, local_index={self.local_index:#010x}, "
                 f"remote_index={self.remote_index:#010x}, sent={self.send_counter})")

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from .peer import Peer
-    from .session import Keypair
+    from .session import TransportSession
 
 #: Start a new handshake after this many messages on one key (far before the nonce could wrap).
 REKEY_AFTER_MESSAGES = 2**60
@@ -175,7 +175,7 @@ def data_received(peer: "Peer", now: float, t: Timers, count: int = 1) -> None:
         peer.need_another_keepalive = True
 
 
-def rekey_due_sending(kp: "Keypair", now: float, t: Timers) -> bool:
+def rekey_due_sending(kp: "TransportSession", now: float, t: Timers) -> bool:
     """After sending on ``kp``: is it time for new keys (initiator only)?"""
     return kp.initiator and (kp.send_counter > t.rekey_after_messages or now - kp.created >= t.rekey_after_time)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from .cookie import Endpoint
-    from .session import Keypair
+    from .session import TransportSession
 
 #: The message type byte of transport data.
 TYPE = 4
@@ -113,7 +113,7 @@ class Output:
 Report = Callable[[int, bytes, int, int], None]
 
 
-def seal_batch(kp: "Keypair", packets, mtu: int, endpoint: "Endpoint", out: Output,
+def seal_batch(kp: "TransportSession", packets, mtu: int, endpoint: "Endpoint", out: Output,
                report: Report | None = None) -> tuple[int, int]:
     """Encrypt ``packets`` (bytes-like IP packets; ``b""`` is a keepalive) with the next counters
     of ``kp`` into ``out``, as runs for ``endpoint``.  Returns ``(wire_bytes, data_packets)``:

@@ -28,6 +28,7 @@ import socket
 from typing import Callable
 
 from ..events import EventBus
+from ..flows import FlowRow
 from .flows import Flow, FlowTable
 from .icmp import EchoRelay
 from .tcp import TcpRelay
@@ -129,5 +130,5 @@ class Proxy:
             return self.icmp.on_echo(peer, packet, ihl)
         return False
 
-    def flows(self) -> list[dict]:
+    def flows(self) -> list[FlowRow]:
         return self.table.snapshot()

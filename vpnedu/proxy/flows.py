@@ -10,7 +10,8 @@ The destination only ever sees the middle address.  Each flow counts the bytes
 relayed each way (``bytes_up``: client to destination), has a state, and
 closes on a clean end, a reset, a refusal, or the idle timeout.  Opening and
 closing are events (``proxy.flow.opened`` / ``proxy.flow.closed``), and the
-live table is part of the server's status (``vpnedu status --flows``).
+live table is part of the server's status (``vpnedu status --flows``), as rows
+(:class:`~vpnedu.flows.FlowRow`) like those NAT's conntrack gives.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..events import EventBus
+from ..flows import FlowRow
 
 Address = tuple[str, int]
 
@@ -46,14 +48,11 @@ class Flow:
     #: Called to tear the flow down (idle timeout, server stopping).
     abort: Callable[[str], None] | None = field(default=None, repr=False)
 
-    def as_dict(self, now: float) -> dict:
-        d = {"id": self.id, "proto": self.proto, "client": fmt(self.client), "proxy": fmt(self.proxy),
-             "destination": fmt(self.destination), "state": self.state, "bytes_up": self.bytes_up,
-             "bytes_down": self.bytes_down, "age": round(now - self.opened, 3),
-             "idle": round(now - self.last, 3), "peer": self.peer}
-        if self.rtt_ms is not None:
-            d["rtt_ms"] = self.rtt_ms
-        return d
+    def row(self, now: float) -> FlowRow:
+        """The flow as a row of the flow table (the same kind of row NAT's conntrack gives)."""
+        return FlowRow(self.proto, fmt(self.client), fmt(self.proxy), fmt(self.destination), self.state,
+                       self.bytes_up, self.bytes_down, age=round(now - self.opened, 3), id=self.id,
+                       idle=round(now - self.last, 3), peer=self.peer, rtt_ms=self.rtt_ms)
 
 
 class FlowTable:
@@ -101,9 +100,10 @@ class FlowTable:
         now = self.clock()
         return [f for f in self.flows.values() if now - f.last > limits.get(f.proto, 60.0)]
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[FlowRow]:
+        """The live flows as rows, oldest first."""
         now = self.clock()
-        return [f.as_dict(now) for f in sorted(self.flows.values(), key=lambda f: f.id)]
+        return [f.row(now) for f in sorted(self.flows.values(), key=lambda f: f.id)]
 
     def __len__(self) -> int:
         return len(self.flows)

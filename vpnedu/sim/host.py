@@ -15,8 +15,8 @@ kernel does with an IP packet:
   someone else is routed on, and *masquerading* (NAT) rewrites the source of
   packets leaving for the internet to the host's own address, remembering the
   flow so that replies can be rewritten back.  The remembered flows are what
-  ``conntrack -L`` shows on Linux; :meth:`SimHost.flows` returns them in the
-  schema of vpnedu's flow table.
+  ``conntrack -L`` shows on Linux; :meth:`SimHost.flows` returns them as rows of
+  vpnedu's flow table (:class:`~vpnedu.flows.FlowRow`).
 
 Only IPv4 with ICMP and UDP is simulated: that is all the course's simulated
 app host needs (it answers pings and UDP requests, and logs who asked).
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import VpneduError
+from ..flows import FlowRow
 from ..net.routes import Route
 from ..packet import ip as _ip
 
@@ -72,13 +73,12 @@ class NatFlow:
     bytes_down: int = 0
     state: str = "new"
 
-    def as_dict(self, now: float) -> dict:
-        """The flow in the schema of the daemon's ``"flows"`` status list."""
+    def row(self, now: float) -> FlowRow:
+        """The flow as a row of vpnedu's flow table (what the real server's conntrack gives)."""
         def ep(a):
             return f"{a[0]}:{a[1]}"
-        return {"proto": self.proto, "client": ep(self.client), "proxy": ep(self.proxy),
-                "destination": ep(self.destination), "state": self.state, "bytes_up": self.bytes_up,
-                "bytes_down": self.bytes_down, "age": round(now - self.opened, 1)}
+        return FlowRow(self.proto, ep(self.client), ep(self.proxy), ep(self.destination), self.state,
+                       self.bytes_up, self.bytes_down, age=round(now - self.opened, 1))
 
 
 def _ports(packet: bytes, proto: int, ihl: int) -> tuple[int, int] | None:
@@ -162,7 +162,7 @@ class SimSocket:
 
 
 class SimHost:
-    """A simulated machine on a :class:`~vpnedu.sim.lab.SimInternet`."""
+    """A simulated machine on a :class:`~vpnedu.sim.internet.SimInternet`."""
 
     def __init__(self, name: str, internet, clock: Callable[[], float] = time.monotonic):
         self.name = name
@@ -413,10 +413,10 @@ class SimHost:
                       sport=cport if p.protocol == _ip.PROTO_ICMP else None)
         return new
 
-    def flows(self) -> list[dict]:
-        """The NAT's flow table (``conntrack -L``), in the schema of vpnedu's flow table."""
+    def flows(self) -> list[FlowRow]:
+        """The NAT's flow table (``conntrack -L``), as rows of vpnedu's flow table."""
         now = self.clock()
-        return [f.as_dict(now) for f in self._flows.values()]
+        return [f.row(now) for f in self._flows.values()]
 
     def clear_flows(self) -> None:
         self._flows.clear()

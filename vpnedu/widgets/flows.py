@@ -6,61 +6,60 @@ forwarding mode the server's own process ends each client connection and opens a
 new one to the destination.  The "server end" column is the address the destination sees:
 with NAT the server's public address with the client's port (as conntrack rewrote it), with
 the proxy a socket of the server's own.  Either way the app server sees the *server's*
-address, never the client's.  (The key in the flow dicts is ``proxy``, as in ``vpnedu status
---json``; the heading says what it is in both modes, as ``vpnedu status --flows`` does.)
+address, never the client's.
 
-The table takes the daemon's status ``flows`` list (dicts with ``proto``,
-``client``, ``proxy``, ``destination``, ``state``, ``bytes_up``, ``bytes_down``,
-``age``) and/or follows ``proxy.flow.opened`` / ``proxy.flow.closed`` events.
+The table takes rows (:class:`~vpnedu.flows.FlowRow`: what ``lab.flows()`` returns) and/or
+follows ``proxy.flow.opened`` / ``proxy.flow.closed`` events.  Its cells, headings and its
+text form are those of :mod:`vpnedu.report`, so it reads as ``vpnedu status --flows`` does.
 """
 
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 import ipywidgets as w
 
 from ..events import Event, EventBus
+from ..flows import FlowRow
+from ..report import FLOW_COLUMNS, FLOW_HEADINGS, flow_cells, flow_line
 from .live import STYLE, feed_notices, feed_notices_html
-
-COLUMNS = ("proto", "client", "proxy", "destination", "state", "bytes_up", "bytes_down", "age")
-#: What each column is headed (the server's end is a proxy socket only in proxy mode).
-HEADINGS = {"proxy": "server end", "bytes_up": "bytes up", "bytes_down": "bytes down", "age": "age (s)"}
 
 
 class FlowTableView(w.HTML):
-    """A flow table, from a list of flow dicts and/or a bus's ``proxy.flow.*`` events."""
+    """A flow table, from a list of rows and/or a bus's ``proxy.flow.*`` events."""
 
-    def __init__(self, flows: list[dict] | None = None, bus: EventBus | None = None, title: str = "flow table"):
+    def __init__(self, flows: list[FlowRow] | None = None, bus: EventBus | None = None,
+                 title: str = "flow table"):
         super().__init__()
         self.add_class("vpnedu-flows")
         self.title = title
-        self.flows: dict[tuple, dict] = {}
+        #: The rows shown, by :meth:`FlowRow.key <vpnedu.flows.FlowRow.key>`.
+        self.flows: dict[tuple, FlowRow] = {}
         self.bus = bus
         # "feed": a relay that cannot reach the daemon says so above the table (never a silent "no flows").
         self._sub = bus.subscribe(self._event, kinds=["proxy.flow", "feed"]) if bus is not None else None
         self.update(flows or [])
 
-    @staticmethod
-    def _key(f: dict) -> tuple:
-        return (f.get("proto"), f.get("client"), f.get("destination"))
-
-    def update(self, flows: list[dict]) -> None:
-        """Replace the table with a fresh status list (flows absent from it are gone)."""
-        self.flows = {self._key(f): dict(f) for f in flows}
+    def update(self, flows: list[FlowRow]) -> None:
+        """Replace the table with fresh rows (flows absent from them are gone)."""
+        self.flows = {f.key(): f for f in flows}
         self.render()
 
     def _event(self, ev: Event) -> None:
-        f = {k: ev.fields.get(k) for k in COLUMNS if k in ev.fields}
-        key = self._key(f)
-        if ev.kind == "proxy.flow.opened":
-            self.flows[key] = {**f, "state": "open", "bytes_up": 0, "bytes_down": 0}
-        elif ev.kind == "proxy.flow.closed":
-            # The reason says how it ended: "closed" (both ends finished: nothing to add),
-            # "reset", "refused", "idle", "server stopping".
-            reason = ev.fields.get("reason")
-            self.flows[key] = {**self.flows.get(key, {}), **f,
-                               "state": f"closed ({reason})" if reason and reason != "closed" else "closed"}
+        if ev.kind.startswith("proxy.flow."):
+            e = ev.fields
+            f = FlowRow(e.get("proto") or "", e.get("client") or "", e.get("proxy") or "", e.get("destination") or "",
+                        id=e.get("id"), peer=ev.peer)
+            if ev.kind == "proxy.flow.opened":
+                self.flows[f.key()] = replace(f, state="open")
+            elif ev.kind == "proxy.flow.closed":
+                # The reason says how it ended: "closed" (both ends finished: nothing to add),
+                # "reset", "refused", "idle", "server stopping".
+                reason = e.get("reason")
+                self.flows[f.key()] = replace(f, state=f"closed ({reason})" if reason and reason != "closed" else "closed",
+                                              bytes_up=e.get("bytes_up", 0), bytes_down=e.get("bytes_down", 0),
+                                              age=e.get("age"))
         elif not ev.kind.startswith("feed."):
             return
         self.render()
@@ -70,16 +69,15 @@ class FlowTableView(w.HTML):
         notices = "".join(f"({line})\n" for line in feed_notices(self.bus)) if self.bus is not None else ""
         if not self.flows:
             return notices + "(no flows)"
-        return notices + "\n".join(f"{f.get('proto') or '':<5} client {f.get('client') or '':<21} as {f.get('proxy') or '':<21} "
-                         f"-> {f.get('destination') or ''}  ({f.get('state') or ''})" for f in self.flows.values())
+        return notices + "\n".join(flow_line(f) for f in self.flows.values())
 
     def render(self) -> None:
         if not self.flows:
-            body = f"<tr><td colspan='{len(COLUMNS)}'><i>no flows</i></td></tr>"
+            body = f"<tr><td colspan='{len(FLOW_COLUMNS)}'><i>no flows</i></td></tr>"
         else:
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(f.get(c, '') if f.get(c) is not None else ''))}</td>"
-                                            for c in COLUMNS) + "</tr>" for f in self.flows.values())
-        head = "".join(f"<th>{HEADINGS.get(c, c)}</th>" for c in COLUMNS)
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in flow_cells(f)) + "</tr>"
+                           for f in self.flows.values())
+        head = "".join(f"<th>{FLOW_HEADINGS.get(c, c)}</th>" for c in FLOW_COLUMNS)
         notices = feed_notices_html(self.bus) if self.bus is not None else ""
         self.value = (STYLE + f"<b>{html.escape(self.title)}</b>{notices}<table class='vpnedu-table'><tr>{head}</tr>"
                       f"{body}</table>")

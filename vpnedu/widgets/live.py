@@ -11,6 +11,7 @@ from typing import Callable
 
 import ipywidgets as w
 
+from ..course.feed import DaemonFeed
 from ..events import CATALOGUE, Event, EventBus, format_value, layer_of
 
 STYLE = """<style>
@@ -28,7 +29,6 @@ def daemon_bus(socket_path: str | Path, name: str | None = None) -> EventBus:
     """An EventBus fed, in a background thread, by a daemon's control socket (its recent history
     first, then live).  Pass it to any widget.  The daemon need not be running yet: the feed
     keeps trying (and reconnects when the daemon restarts), and the widgets say so meanwhile."""
-    from ..course import DaemonFeed
     bus = EventBus()
     bus.feed = DaemonFeed(Path(socket_path), bus, name=name)  # keep it alive with the bus
     return bus

@@ -1,6 +1,6 @@
 """The lab's application server and a tiny HTTP client.
 
-``python -m vpnedu.lab.app serve --port 80 --log access.log`` runs an HTTP
+``python -m vpnedu.netns_lab.app serve --port 80 --log access.log`` runs an HTTP
 server that writes the *source address* of every request to its log -- the
 proof that the application server sees the VPN server, not the client.
 ``GET /`` answers with the address it saw; ``GET /bytes/N`` sends N bytes;
@@ -12,7 +12,7 @@ Beside HTTP it runs two more services, so the proxy can be tried on each protoco
 a TCP echo service (port 7, RFC 862) and a DNS-like UDP name service (port 53):
 a datagram ``<id> <name>`` is answered with ``<id> <name> A <address> seen-from <source>``.
 
-``python -m vpnedu.lab.app fetch URL`` prints the response body (so the lab needs
+``python -m vpnedu.netns_lab.app fetch URL`` prints the response body (so the lab needs
 no curl).
 """
 
@@ -142,7 +142,7 @@ def fetch(url: str, timeout: float = 10.0) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vpnedu.lab.app")
+    ap = argparse.ArgumentParser(prog="python -m vpnedu.netns_lab.app")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, default=80)

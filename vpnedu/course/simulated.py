@@ -1,20 +1,15 @@
-"""The namespace lab, simulated: client, internet, VPN server and app server in one process.
+"""The course lab simulated: client, internet, VPN server and app server in one process.
 
-:class:`SimLab` has the same four hosts and the same addresses as the real
-namespace lab (:mod:`vpnedu.lab.topology`)::
-
-     client 198.51.100.2 --- internet (198.51.100.1 | 203.0.113.1 | 192.0.2.1) --- server 203.0.113.2
-                                                 |
-                                        app 192.0.2.80 (answers ping and UDP, logs who asked)
-
-and runs the real vpnedu server and client on them (:mod:`vpnedu.sim.node`),
-provisioned by the real ``server init`` / ``add-client`` code.  It needs no
-root, so it is what the course uses on Binder and on locked-down PCs.  Packets move
-when :meth:`SimLab.run` pumps them, which every method here does for you.  Time is
-the ``clock`` the lab is given: the real monotonic clock by default
+:class:`SimLab` is a :class:`~vpnedu.course.interface.CourseLab` on the simulation engine
+(:mod:`vpnedu.sim`): the same four hosts and the same addresses as the real namespace lab
+(:mod:`vpnedu.sim.topology`), and on them the real vpnedu server and client
+(:mod:`vpnedu.sim.node`), provisioned by the real ``server init`` / ``add-client`` code.  It
+needs no root, so it is what the course uses on Binder and on locked-down PCs.  Packets move
+when :meth:`SimLab.run` pumps them, which every method here does for you.  Time is the
+``clock`` the lab is given: the real monotonic clock by default
 (:class:`~vpnedu.sim.RealClock`), or a :class:`~vpnedu.sim.FakeClock` on which
-:meth:`SimLab.wait` jumps from one timer to the next -- two minutes of protocol
-time (a rekey after REKEY_AFTER_TIME) pass in a fraction of a second.
+:meth:`SimLab.wait` jumps from one timer to the next -- two minutes of protocol time (a rekey
+after REKEY_AFTER_TIME) pass in a fraction of a second.
 
 Two extra powers a real network does not give a student: :meth:`SimLab.trace`
 lists every hop of every packet (which host, which interface, which way, NAT
@@ -25,137 +20,25 @@ captured datagram replayed (:meth:`SimLab.replay`).
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import secrets
 import tempfile
 import textwrap
 import time
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import config as _config
-from .. import provision
+from .. import config, provision
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
-from ..packet import ip as _ip
+from ..flows import FlowRow
 from ..protocol import messages as msgs
-from . import FakeClock, RealClock
-from .host import SimHost, TraceEntry
-from .node import SimClient, SimServer
-
-CLIENT_NET, SERVER_NET, APP_NET = "198.51.100", "203.0.113", "192.0.2"
-SERVER_PUBLIC = f"{SERVER_NET}.2"
-APP_ADDRESS = f"{APP_NET}.80"
-#: The simulated app host's UDP services: "whoami" answers with the address that asked,
-#: "echo" (RFC 862) sends every datagram back (the throughput test uses it).
-APP_UDP_PORT = 8080
-ECHO_PORT = 7
-
-
-@dataclass
-class WirePacket:
-    """One packet on the simulated internet (what tcpdump on a link would record)."""
-
-    time: float
-    source_host: str
-    destination_host: str
-    packet: bytes
-
-    @property
-    def udp_payload(self) -> bytes:
-        p = _ip.IPv4Packet.parse(self.packet)
-        return p.payload[8:] if p.protocol == _ip.PROTO_UDP else b""
-
-    def __str__(self) -> str:
-        return f"{self.source_host} -> {self.destination_host}: {_ip.describe(self.packet)}"
-
-
-class SimInternet:
-    """Delivers IP packets between simulated hosts by destination address.
-
-    ``on_wire(wire_packet)`` may return new bytes (tamper) or None (drop) for each
-    packet in flight.  :attr:`wire` keeps the latest packets (bounded), like a capture.
-    """
-
-    def __init__(self, keep: int = 5000, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self._owners: dict[ipaddress.IPv4Address, tuple[SimHost, str]] = {}
-        self._queue: deque[tuple[SimHost, bytes]] = deque()
-        self.wire: deque[WirePacket] = deque(maxlen=keep)
-        self.hops: deque[TraceEntry] = deque(maxlen=keep)
-        self._seq = itertools.count(1)
-        self.on_wire: Callable[[WirePacket], bytes | None] | None = None
-
-    def register(self, host: SimHost, address, dev: str) -> None:
-        if dev.startswith("eth") or host.name == "internet":
-            self._owners[ipaddress.ip_address(address)] = (host, dev)
-
-    def unregister(self, address) -> None:
-        self._owners.pop(ipaddress.ip_address(address), None)
-
-    def put(self, source: SimHost, packet: bytes) -> None:
-        self._queue.append((source, packet))
-
-    def inject(self, packet: bytes, source: str = "attacker") -> None:
-        """Put any packet on the wire (an attacker; a replay)."""
-        self._queue.append((_Nobody(source), packet))
-
-    def trace(self, host: SimHost, dev: str, direction: str, packet: bytes, note: str = "") -> None:
-        self.hops.append(TraceEntry(next(self._seq), self.clock(), host.name, dev, direction, packet, note))
-
-    def deliver(self) -> int:
-        """Deliver every queued packet (and what they cause); returns how many."""
-        n = 0
-        while self._queue:
-            source, packet = self._queue.popleft()
-            dst = ipaddress.IPv4Address(packet[16:20])
-            owner = self._owners.get(dst)
-            wp = WirePacket(self.clock(), source.name, owner[0].name if owner else "?", packet)
-            if self.on_wire is not None:
-                changed = self.on_wire(wp)
-                if changed is None:
-                    continue
-                wp.packet = packet = changed
-            self.wire.append(wp)
-            n += 1
-            if owner is not None:
-                owner[0].receive(packet, owner[1])
-        return n
-
-
-class _Nobody:
-    def __init__(self, name: str):
-        self.name = name
-
-
-@dataclass
-class PingResult:
-    sent: int
-    received: int
-    destination: str
-    source: str
-
-    @property
-    def ok(self) -> bool:
-        return self.sent > 0 and self.received == self.sent
-
-    def __str__(self) -> str:
-        loss = 100 * (self.sent - self.received) // max(self.sent, 1)
-        return (f"ping {self.destination} from {self.source}: {self.sent} packets transmitted, "
-                f"{self.received} received, {loss}% packet loss")
-
-
-@dataclass
-class AppResult:
-    """An app request through the VPN: what came back, and who the app server says asked."""
-
-    reply: str
-    sources: list[str]
-
-    def __str__(self) -> str:
-        return f"reply: {self.reply!r}; the app server logged the request from {', '.join(self.sources) or 'nobody'}"
+from ..sim import FakeClock, RealClock
+from ..sim.host import SimHost, SimSocket, TraceEntry
+from ..sim.internet import SimInternet, WirePacket
+from ..sim.node import SimClient, SimServer
+from ..sim.topology import APP_ADDRESS, APP_UDP_PORT, ECHO_PORT, SERVER_PUBLIC, build_hosts
+from ..sim.tun import MemoryTun
+from .interface import AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading
 
 
 class SimLab:
@@ -170,13 +53,12 @@ class SimLab:
         #: Monotonic seconds for everything in the lab: hosts, daemons, their timers.
         self.clock = clock or RealClock()
         self.internet = SimInternet(clock=self.clock)
-        self.hosts: dict[str, SimHost] = {}
         self.dir = Path(tempfile.mkdtemp(prefix="vpnedu-sim-"))
         self.server: SimServer | None = None
         self.client: SimClient | None = None
         self.client_events = EventBus(clock=self.clock.wall)
         self.server_events = EventBus(clock=self.clock.wall)
-        self._build()
+        self.hosts: dict[str, SimHost] = build_hosts(self.internet, self.clock)
 
     @property
     def banner(self) -> str:
@@ -192,27 +74,6 @@ class SimLab:
         "(conntrack). The proxy mode (--forwarding proxy) ends each client connection in a socket "
         "of the server's own, which needs the real kernel. Run as root, this notebook shows the "
         "proxy's flow table, and the demo ('vpnedu lab demo') shows NAT and the proxy side by side.", 78)
-
-    # ------------------------------------------------------------------ topology
-    def _build(self) -> None:
-        net = self.internet
-        inet = self.hosts["internet"] = SimHost("internet", net, self.clock)
-        for dev, addr in (("br0", f"{CLIENT_NET}.1/24"), ("s0", f"{SERVER_NET}.1/24"), ("a0", f"{APP_NET}.1/24")):
-            inet.add_address(dev, addr)
-        inet.forwarding = True
-        for name, addr, gw in (("client", f"{CLIENT_NET}.2/24", f"{CLIENT_NET}.1"),
-                               ("server", f"{SERVER_PUBLIC}/24", f"{SERVER_NET}.1"),
-                               ("app", f"{APP_ADDRESS}/24", f"{APP_NET}.1")):
-            h = self.hosts[name] = SimHost(name, net, self.clock)
-            h.add_address("eth0", addr)
-            h.add_route("default", gw, "eth0")
-        app = self.hosts["app"]
-
-        def answer(payload: bytes, src: tuple[str, int]) -> bytes:
-            app.app_log.append(f"{src[0]} UDP {payload.decode(errors='replace')}")
-            return f"hello from the app server; your address is {src[0]}".encode()
-        app.udp_services[APP_UDP_PORT] = answer
-        app.udp_services[ECHO_PORT] = lambda payload, src: payload
 
     def up(self) -> "SimLab":
         return self
@@ -267,8 +128,8 @@ class SimLab:
                               force=True)
         provision.add_client(self.dir / "server.conf", "client", split=split)
 
-    def _load(self, name: str):
-        cfg = _config.load(self.dir / name)
+    def _load(self, name: str) -> config.Config:
+        cfg = config.load(self.dir / name)
         cfg.interface.allow_null_teaching = self.suite == "null-teaching"
         return cfg
 
@@ -284,8 +145,10 @@ class SimLab:
         self.server.setup()
         return self.server.status()
 
-    def start_client(self, split: bool = False, timeout: float = 5.0) -> dict:
-        """Start the client: TUN, routes, handshake.  Returns its status once the handshake is done."""
+    def start_client(self, split: bool = False, timeout: float | None = None) -> dict:
+        """Start the client: TUN, routes, handshake.  Returns its status once the handshake is done
+        (an error after ``timeout`` seconds of the lab's clock without one; by default 5)."""
+        timeout = 5.0 if timeout is None else timeout
         if self.server is None:
             raise VpneduError("start the server first", "lab.start_server()")
         if self.client is not None:
@@ -351,8 +214,10 @@ class SimLab:
     def app_log(self) -> list[str]:
         return list(self.hosts["app"].app_log)
 
-    def flows(self) -> list[dict]:
-        """The server's forwarding flow table (here: its NAT's), in the daemon's ``flows`` schema."""
+    def flows(self) -> list[FlowRow]:
+        """The server's forwarding flow table (here: its NAT's), as rows like the daemon's."""
+        if self.server is None:
+            raise VpneduError("the simulated server is not running, so it keeps no flows", "lab.start_server() first")
         return self.hosts["server"].flows()
 
     # ------------------------------------------------------------------ doing
@@ -376,7 +241,6 @@ class SimLab:
 
     def udp(self, host: str, destination: str, port: int, payload: bytes, timeout: float = 1.0) -> bytes | None:
         """Send one UDP datagram from an ephemeral port and return the reply (or None)."""
-        from .host import SimSocket
         sock = SimSocket(self.hosts[host])
         try:
             sock.sendto(payload, (destination, port))
@@ -398,13 +262,13 @@ class SimLab:
         sources = [line.split()[0] for line in self.app_log() if marker in line]
         return AppResult((reply or b"").decode(errors="replace"), sources)
 
-    def marker_on_wire(self, marker: str | None = None) -> tuple[str, bool]:
+    def marker_on_wire(self, marker: str | None = None) -> MarkerOnWire:
         """Send a marker to the app through the tunnel; is it readable on the client's link?"""
         marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
         mark = len(self.internet.wire)
         self.app_request(marker)
         client_link = [w for w in list(self.internet.wire)[mark:] if "client" in (w.source_host, w.destination_host)]
-        return marker, any(marker.encode() in w.packet for w in client_link)
+        return MarkerOnWire(marker, any(marker.encode() in w.packet for w in client_link))
 
     # ------------------------------------------------------------------ attacks
     def _is_transport(self, w: WirePacket, src: str = "client", dst: str = "server") -> bool:
@@ -450,10 +314,8 @@ class SimLab:
         return log.events[0] if log.events else None
 
     # ------------------------------------------------------------------ TUN
-    def tun_demo(self, name: str = "tun-demo"):
+    def tun_demo(self, name: str = "tun-demo") -> TunReading:
         """Create a TUN device on the client, ping an address routed into it, read the packet."""
-        from .tun import MemoryTun
-        from ..course import TunReading
         h = self.hosts["client"]
         tun = MemoryTun(h, name)
         try:
@@ -466,7 +328,7 @@ class SimLab:
 
     # ------------------------------------------------------------------ throughput
     def traffic(self, kind: str = "vpnedu", seconds: float = 4.0, interval: float = 0.5,
-                size: int = 1200) -> Iterator[tuple[float, int, int]]:
+                size: int = 1200) -> Iterator[TrafficSample]:
         """Send UDP as fast as the simulation goes for ``seconds``; yield ``(t, up, down)`` every
         ``interval``: cumulative bytes on the client's link, each way.
 
@@ -482,19 +344,18 @@ class SimLab:
         if kind not in ("vpnedu", "plain"):
             raise VpneduError(f"no {kind!r} link in the simulation", "use 'vpnedu' or 'plain' "
                               "(wireguard-go needs the real lab)")
-        from .host import SimSocket
         sock = SimSocket(h)
         payload = bytes(size)
         start = time.monotonic()
         base_tx, base_rx = h.counters["eth0.tx_bytes"], h.counters["eth0.rx_bytes"]
         try:
-            yield 0.0, 0, 0
+            yield TrafficSample(0.0, 0, 0)
             next_sample = start + interval
             while True:
                 now = time.monotonic()
                 if now >= next_sample:
-                    yield (now - start, h.counters["eth0.tx_bytes"] - base_tx,
-                           h.counters["eth0.rx_bytes"] - base_rx)
+                    yield TrafficSample(now - start, h.counters["eth0.tx_bytes"] - base_tx,
+                                        h.counters["eth0.rx_bytes"] - base_rx)
                     next_sample += interval
                     if now - start >= seconds:
                         return

@@ -6,7 +6,7 @@ interface of :class:`vpnedu.protocol.replay.ReplayWindow`.  The check then
 * compares it, operation by operation, with the real window on hidden traces
   (reordering, duplicates, jumps larger than the window, the exact edge), and
 * plugs it into two real :class:`~vpnedu.protocol.device.Device` objects (every
-  session's ``Keypair`` gets the student's window instead of the real one) and
+  session's ``TransportSession`` gets the student's window instead of the real one) and
   replays, reorders and delays real encrypted packets on the simulated wire:
   a replay must end as ``packet.dropped`` with reason ``replay``.
 
@@ -156,7 +156,7 @@ def _compare(seed: int, kind: str):
 # -------------------------------------------------------------------- inside real devices
 @contextlib.contextmanager
 def student_window_in_devices(window):
-    """Every Keypair created inside the block uses ``window`` instead of the real ReplayWindow."""
+    """Every TransportSession created inside the block uses ``window`` instead of the real ReplayWindow."""
     saved = _session.ReplayWindow
     _session.ReplayWindow = window
     try:

@@ -85,7 +85,7 @@ def client_host(ifname: str = "vpnedu0", addresses=("10.0.0.2/24",), gateway: st
                 dev: str = "eth0", address: str = "198.51.100.2/24", extra=()):
     """A simulated host like the lab's client, with its TUN device already up."""
     from ..sim.host import SimHost
-    from ..sim.lab import SimInternet
+    from ..sim.internet import SimInternet
     h = SimHost("client", SimInternet())
     h.add_address(dev, address)
     h.add_route("default", gateway, dev)
@@ -204,22 +204,23 @@ def _table(plan, undo):
 @contextlib.contextmanager
 def student_planner_in_lab(plan):
     """The simulated lab's client uses ``plan`` in place of :meth:`Client.plan_routes`."""
-    from ..sim import lab as _lab
-    real = _lab.SimClient
+    from ..course import simulated
+    real = simulated.SimClient
 
     class StudentClient(real):
         def plan_routes(self, route_to):
             return plan(RouteConfig.of_client(self), route_to)
 
-    _lab.SimClient = StudentClient
+    simulated.SimClient = StudentClient
     try:
         yield
     finally:
-        _lab.SimClient = real
+        simulated.SimClient = real
 
 
 def _running(plan, undo):
-    from ..sim.lab import APP_ADDRESS, CLIENT_NET, SERVER_PUBLIC, SimLab
+    from ..course.simulated import SimLab
+    from ..sim.topology import APP_ADDRESS, CLIENT_NET, SERVER_PUBLIC
     lab = SimLab()
     try:
         before = lab.routes("client")

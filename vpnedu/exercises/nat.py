@@ -234,7 +234,8 @@ def student_nat_on(host, nat):
 
 
 def _running(nat):
-    from ..sim.lab import APP_ADDRESS, APP_UDP_PORT, SERVER_PUBLIC, SimLab
+    from ..course.simulated import SimLab
+    from ..sim.topology import APP_ADDRESS, APP_UDP_PORT, SERVER_PUBLIC
     lab = SimLab()
     try:
         lab.start_server()

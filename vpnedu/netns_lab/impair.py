@@ -14,7 +14,7 @@ available everywhere, so the lab's router impairs the tunnel's packets itself, i
   ``IP_TRANSPARENT`` to an address that is not the router's), so client and server see
   exactly what they would have seen from a plain router.
 
-``python -m vpnedu.lab.impair --port 51820 --loss 5 --dup 1 --reorder 2 --delay 20`` (run in
+``python -m vpnedu.netns_lab.impair --port 51820 --loss 5 --dup 1 --reorder 2 --delay 20`` (run in
 the router's namespace by ``vpnedu lab up --loss ...``).  On SIGTERM it writes its counts
 (JSON) to ``--stats``; datagrams still held back at that moment are never sent.  The loss dice
 are rolled once per datagram, *before* duplication, so both copies of a duplicate are sent;
@@ -165,13 +165,13 @@ def running(pid: int | None) -> argparse.Namespace | None:
             argv = [a.decode() for a in f.read().split(b"\0") if a]
     except (OSError, TypeError, ValueError):
         return None
-    if "vpnedu.lab.impair" not in argv:
+    if "vpnedu.netns_lab.impair" not in argv:
         return None
-    return _parser().parse_args(argv[argv.index("vpnedu.lab.impair") + 1:])
+    return _parser().parse_args(argv[argv.index("vpnedu.netns_lab.impair") + 1:])
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m vpnedu.lab.impair")
+    ap = argparse.ArgumentParser(prog="python -m vpnedu.netns_lab.impair")
     ap.add_argument("--port", type=int, default=51820, help="the VPN's UDP port")
     ap.add_argument("--relay-port", type=int, default=7672)
     ap.add_argument("--loss", type=float, default=0, help="percent of datagrams dropped")

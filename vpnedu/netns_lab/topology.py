@@ -69,6 +69,19 @@ TOPOLOGIES = {
 }
 
 
+def stop_process(p: subprocess.Popen, grace: float = 10) -> None:
+    """Stop a daemon the way a user would: SIGTERM (it undoes its host changes and exits), and
+    SIGKILL only if it is still there after ``grace`` seconds (the next start then recovers)."""
+    if p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}", f"/usr/bin/{name}")
                                        if os.path.exists(p)), None)
@@ -215,7 +228,7 @@ class Lab:
         self.run("internet", "sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
         # The application server, logging who connects.
         (self.dir / "app-access.log").write_text("")
-        self.spawn("app", "app", sys.executable, "-m", "vpnedu.lab.app", "serve", "--port", str(APP_PORT),
+        self.spawn("app", "app", sys.executable, "-m", "vpnedu.netns_lab.app", "serve", "--port", str(APP_PORT),
                    "--log", str(self.dir / "app-access.log"))
         self.wait_for_port("app", APP_PORT)
 
@@ -248,7 +261,7 @@ class Lab:
     def impair(self, loss: float = 0, dup: float = 0, reorder: float = 0, delay_ms: float = 0,
                seed: int | None = None, port: int = 51820) -> None:
         """Make the internet router lose, duplicate, reorder and delay the VPN's datagrams
-        (see :mod:`vpnedu.lab.impair`)."""
+        (see :mod:`vpnedu.netns_lab.impair`)."""
         if self.topology != "router":
             raise VpneduError(f"the {self.topology} topology has no router to impair the network on",
                               "use the router topology (the default) for a bad network")
@@ -256,7 +269,7 @@ class Lab:
                 "--delay", str(delay_ms), "--stats", str(self.dir / "impair.json")]
         if seed is not None:
             args += ["--seed", str(seed)]
-        self.spawn("internet", "impair", sys.executable, "-m", "vpnedu.lab.impair", *args)
+        self.spawn("internet", "impair", sys.executable, "-m", "vpnedu.netns_lab.impair", *args)
         end = time.time() + 10
         log = self.dir / "impair.log"
         while "impairing" not in (log.read_text() if log.exists() else ""):

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import report
 from ..errors import VpneduError
-from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool
+from ..flows import FlowRow
+from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
 
 
 @dataclass
@@ -34,7 +36,7 @@ class DemoResult:
     marker_in_client_capture: bool = True
     marker_in_server_capture: bool = False
     #: The server's flow table during a request, per forwarding mode ("nat", "proxy").
-    flows: dict[str, list[dict]] = field(default_factory=dict)
+    flows: dict[str, list[FlowRow]] = field(default_factory=dict)
     #: The source address the app logged, per forwarding mode.
     app_source_by_mode: dict[str, str] = field(default_factory=dict)
     ok: bool = False
@@ -207,7 +209,7 @@ class Demo:
             self.flow_table(self.modes[0])
             res.marker = "vpnedu-marker-" + secrets.token_hex(6)
             caps = {h: self.capture(h) for h in ("client", "server")}
-            r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
+            r = lab.run("client", *lab.python("-m", "vpnedu.netns_lab.app", "fetch",
                                                      f"http://{APP_ADDRESS}:{APP_PORT}/{res.marker}"))
             time.sleep(0.3)
             files = {h: self.stop_capture(h, p) for h, p in caps.items()}
@@ -233,7 +235,7 @@ class Demo:
                 self.show("server restarted with --forwarding proxy; client reconnected")
                 self.flow_table("proxy")
                 marker = res.marker + "-proxy"
-                r = lab.run("client", *lab.python("-m", "vpnedu.lab.app", "fetch",
+                r = lab.run("client", *lab.python("-m", "vpnedu.netns_lab.app", "fetch",
                                                          f"http://{APP_ADDRESS}:{APP_PORT}/{marker}"))
                 src = [line.split()[0] for line in lab.app_log() if marker in line]
                 res.app_source_by_mode["proxy"] = src[0] if src else ""
@@ -250,7 +252,7 @@ class Demo:
                       and res.app_sources == [SERVER_PUBLIC] and res.routes_after == res.routes_before
                       and hidden and res.marker_in_server_capture
                       and all(res.app_source_by_mode.get(m) == SERVER_PUBLIC for m in self.modes)
-                      and all(any(f["destination"] == f"{APP_ADDRESS}:{APP_PORT}" for f in res.flows.get(m, []))
+                      and all(any(f.destination == f"{APP_ADDRESS}:{APP_PORT}" for f in res.flows.get(m, []))
                               for m in self.modes))
             self.out("")
             self.out("demo " + ("complete: every step did what it says" if res.ok else "FAILED: see above"))
@@ -279,17 +281,16 @@ class Demo:
         """Show the server's flow table while a slow HTTP request (the app's /drip) is open."""
         lab = self.lab
         slow = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"),
-                                 *lab.python("-m", "vpnedu.lab.app", "fetch", f"http://{APP_ADDRESS}:{APP_PORT}/drip/2")],
+                                 *lab.python("-m", "vpnedu.netns_lab.app", "fetch", f"http://{APP_ADDRESS}:{APP_PORT}/drip/2")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             want = f"{APP_ADDRESS}:{APP_PORT}"
-            st = self.wait_status("server", lambda st: any(f["destination"] == want and f["bytes_down"] > 0
-                                                           for f in st.get("flows", [])),
+            st = self.wait_status("server", lambda st: any(f.destination == want and f.bytes_down > 0
+                                                           for f in map(FlowRow.from_dict, st.get("flows", []))),
                                   f"a flow to {want} in the {mode} flow table", timeout=10)
-            self.result.flows[mode] = st.get("flows", [])
-            from ..cli import format_flows
+            self.result.flows[mode] = [FlowRow.from_dict(d) for d in st.get("flows", [])]
             self.show("the server's flow table during a slow request (vpnedu status --flows):")
-            self.show(format_flows(st), "      ")
+            self.show(report.format_flows(st), "      ")
         finally:
             slow.wait(15)
 
@@ -298,15 +299,12 @@ class Demo:
         rows = []
         for mode in self.modes:
             f = next((f for f in self.result.flows.get(mode, [])
-                      if f["destination"] == f"{APP_ADDRESS}:{APP_PORT}"), {})
-            rows.append((mode, f.get("client", "?"), f.get("proxy", "?"), f.get("destination", "?"),
-                         self.result.app_source_by_mode.get(mode, "?")))
-        head = ("", "client end", "server end", "destination", "app saw")
-        table = [head] + rows
-        widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+                      if f.destination == f"{APP_ADDRESS}:{APP_PORT}"), None)
+            legs = (f.client, f.proxy, f.destination) if f is not None else ("?", "?", "?")
+            rows.append((mode, *legs, self.result.app_source_by_mode.get(mode, "?")))
         self.show("nat and proxy side by side:")
-        for r in table:
-            self.show("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), "      ")
+        for line in report.text_table(rows, ("", "client end", "server end", "destination", "app saw")):
+            self.show(line, "      ")
         self.show("-> nat: the kernel rewrote the client's packets (conntrack remembers the mapping);\n"
                   "   proxy: the server ended the client's connection and opened its own.\n"
                   "   Either way the app only ever sees the server.")
@@ -314,12 +312,8 @@ class Demo:
     def stop(self) -> None:
         for host in ("client", "server"):
             p = self.procs.pop(host, None)
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            if p is not None:
+                stop_process(p, grace=10)
 
     # ---------------------------------------------------------------- captures
     def capture(self, host: str) -> subprocess.Popen:

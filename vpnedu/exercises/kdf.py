@@ -101,8 +101,8 @@ def record_handshake(psk: bytes | None = None) -> RecordedHandshake:
     m1 = _msgs.HandshakeInitiation.from_bytes(next(d for d in wire if d[0] == _msgs.INITIATION))
     m2 = _msgs.HandshakeResponse.from_bytes(next(d for d in wire if d[0] == _msgs.RESPONSE))
     data = [d for d in wire if d[0] == _msgs.TRANSPORT_DATA]
-    s_i = _keys.KeyPair(_keylog_value(log, "LOCAL_STATIC_PRIVATE_KEY"))
-    e_i = _keys.KeyPair(_keylog_value(log, "LOCAL_EPHEMERAL_PRIVATE_KEY"))
+    s_i = _keys.X25519KeyPair(_keylog_value(log, "LOCAL_STATIC_PRIVATE_KEY"))
+    e_i = _keys.X25519KeyPair(_keylog_value(log, "LOCAL_EPHEMERAL_PRIVATE_KEY"))
     suite = WIREGUARD
     rec = HandshakeRecord(
         suite.construction, suite.identifier, pair.server.public_key, m1.ephemeral, m1.encrypted_static,

@@ -2,11 +2,11 @@
 
 Each exercise is a notebook in ``exercises/`` (the single source: solutions are
 marked with ``### BEGIN SOLUTION`` / ``### END SOLUTION``; ``vpnedu labs build``
-makes the student and instructor versions, see :mod:`vpnedu.labs.build`).  The
+makes the student and instructor versions, see :mod:`vpnedu.exercises.build`).  The
 student writes one real piece -- a parser, the replay window, the key schedule,
 the route plan, a NAT table -- and a check cell runs::
 
-    from vpnedu.labs import check
+    from vpnedu.exercises import check
     check("replay", ReplayWindow)
 
 :func:`check` runs the student's code against hidden cases that live here, in

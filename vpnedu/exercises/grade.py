@@ -3,7 +3,7 @@
 ``vpnedu labs check NOTEBOOK...`` executes each notebook in a fresh kernel (as
 nbgrader's autograder would), finds the cells marked as grade cells
 (``metadata.nbgrader.grade``), and reads the verdict that
-:func:`vpnedu.labs.check` printed there.  A cell that raised, or printed no
+:func:`vpnedu.exercises.check` printed there.  A cell that raised, or printed no
 verdict, scores nothing.  The student's code runs in the kernel, never in this
 process.
 """

@@ -1,19 +1,19 @@
 """Traffic a lab client makes to try the server's forwarding, one protocol at a time.
 
-``python -m vpnedu.lab.traffic download URL``
+``python -m vpnedu.netns_lab.traffic download URL``
     stream an HTTP download; print its size and SHA-256.
-``python -m vpnedu.lab.traffic echo HOST PORT --connections 500 --size 65536``
+``python -m vpnedu.netns_lab.traffic echo HOST PORT --connections 500 --size 65536``
     open many TCP connections at once to an echo service; each sends SIZE
     pseudo-random bytes, half-closes, and checks that exactly the same bytes come back.
-``python -m vpnedu.lab.traffic query HOST PORT NAME``
+``python -m vpnedu.netns_lab.traffic query HOST PORT NAME``
     one UDP request/response (the lab's DNS-like service); print the answer.
-``python -m vpnedu.lab.traffic connect HOST PORT``
+``python -m vpnedu.netns_lab.traffic connect HOST PORT``
     try a TCP connection; print "connected" or the error and how long it took.
-``python -m vpnedu.lab.traffic hold HOST PORT --seconds 10 [--then-echo]``
+``python -m vpnedu.netns_lab.traffic hold HOST PORT --seconds 10 [--then-echo]``
     open a TCP connection, send nothing and read until the other end closes it
     (end-of-file), resets it, or SECONDS pass; with ``--then-echo`` a connection still
     open afterwards sends a line and expects it back (is it really alive?).
-``python -m vpnedu.lab.traffic reset-server PORT``
+``python -m vpnedu.netns_lab.traffic reset-server PORT``
     (on the app host) a TCP service that greets each connection, then resets it
     (``SO_LINGER`` 0): a server aborting an established connection mid-stream.
 
@@ -156,7 +156,7 @@ def reset_server(port: int, greeting: bytes = b"hello\n", after: float = 0.3) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vpnedu.lab.traffic")
+    ap = argparse.ArgumentParser(prog="python -m vpnedu.netns_lab.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download")
     d.add_argument("url")

@@ -57,7 +57,7 @@ class Case:
 
 @dataclass
 class CheckResult:
-    """What :func:`vpnedu.labs.check` found.  Truthy when every case passed."""
+    """What :func:`vpnedu.exercises.check` found.  Truthy when every case passed."""
 
     exercise: str
     title: str

@@ -104,7 +104,8 @@ def _ping(parse):
 
 
 def _running_vpn(parse):
-    from ..sim.lab import APP_ADDRESS, APP_UDP_PORT, SimLab
+    from ..course.simulated import SimLab
+    from ..sim.topology import APP_ADDRESS, APP_UDP_PORT
     lab = SimLab()
     try:
         lab.start_server()

@@ -1,0 +1,344 @@
+"""The course lab for real: network namespaces, TUN devices and the vpnedu daemons (root).
+
+:class:`RealLab` is a :class:`~vpnedu.course.interface.CourseLab` on the namespace lab
+(:class:`vpnedu.netns_lab.topology.Lab`): four network namespaces stand in for the client, an
+internet router, the VPN server and an application server; real TUN devices, routes and NAT;
+the real ``vpnedu server`` and ``vpnedu client`` run as processes in them.  The lab talks to
+the daemons as any program may, over their control sockets: their status, and their events
+relayed into this process (:class:`~vpnedu.course.feed.DaemonFeed`) for the widgets.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import VpneduError
+from ..events import Event, EventBus, EventLog
+from ..flows import FlowRow
+from ..netns_lab.demo import Demo
+from ..netns_lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, stop_process
+from ..node import control
+from .feed import DaemonFeed
+from .interface import AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading
+
+
+class RealLab:
+    """The course lab in network namespaces with the real daemons (root)."""
+
+    mode = "real"
+
+    def __init__(self, prefix: str = "course-", suite: str = "wireguard",
+                 out: Callable[[str], None] = print):
+        self.lab = Lab(prefix=prefix, log=lambda s: None)
+        self.suite = suite
+        self.out = out
+        self.client_events = EventBus()
+        self.server_events = EventBus()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._feeds: dict[str, DaemonFeed] = {}
+        self.split = False
+        self.forwarding = "nat"
+
+    @property
+    def banner(self) -> str:
+        return (f"REAL MODE: network namespaces {self.lab.ns('client')}, {self.lab.ns('internet')}, "
+                f"{self.lab.ns('server')}, {self.lab.ns('app')} with real TUN devices, routes and NAT; "
+                "the vpnedu daemons run as processes (see them with 'ip netns exec ... vpnedu status').")
+
+    @property
+    def dir(self) -> Path:
+        return self.lab.dir
+
+    def up(self) -> "RealLab":
+        if not self.lab.exists():
+            self.lab.up()
+        return self
+
+    def down(self) -> None:
+        """Stop the daemons and delete the namespaces."""
+        self.stop_client()
+        self.stop_server()
+        self.lab.down()
+
+    def exists(self) -> bool:
+        return self.lab.exists()
+
+    # ------------------------------------------------------------------ daemons
+    def _vpnedu(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "vpnedu", *args]
+
+    def socket_path(self, host: str) -> Path:
+        """The daemon's control socket: /run/vpnedu/vpnedu0@<its network namespace's inode>.sock."""
+        return control.netns_socket_path(self.lab.ns(host))
+
+    def provision(self, suite: str | None = None, split: bool = False) -> None:
+        self.suite = suite or self.suite
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "client.conf").unlink(missing_ok=True)
+        for args in (("server", "init", "-c", f"{d}/server.conf", "--endpoint", SERVER_PUBLIC,
+                      "--suite", self.suite, "--force"),
+                     ("server", "add-client", "client", "-c", f"{d}/server.conf", *(["--split"] if split else []))):
+            r = subprocess.run(self._vpnedu(*args), capture_output=True, text=True)
+            if r.returncode:
+                raise VpneduError(f"vpnedu {' '.join(args[:2])} failed: {r.stderr.strip()}")
+        self.split = split
+
+    def _start(self, host: str, *args: str, timeout: float = 20) -> dict:
+        """Start a daemon; return once it answers on its control socket and its events flow here.
+
+        Ready means a status request was answered (:func:`vpnedu.node.control.wait_ready`), not
+        that a socket file exists: the file can be one a killed daemon left behind.  Only then does
+        the event feed connect, asking for the history so it misses nothing of the start."""
+        running = self.procs.get(host)
+        if running is not None and running.poll() is None:
+            raise VpneduError(f"the vpnedu {host} is already running (pid {running.pid})",
+                              f"stop it first: lab.stop_{host}()")
+        extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
+        path = self.socket_path(host)
+        proc = self.procs[host] = self.lab.spawn(host, f"vpn-{host}", *self._vpnedu(*args, *extra))
+        try:
+            # 'ip netns exec' execs the daemon: its pid is the one that must answer.
+            st = control.wait_ready(path, proc, self.dir / f"vpn-{host}.log", timeout=timeout,
+                                    what=f"the vpnedu {host}", pid=proc.pid)
+            bus = self.server_events if host == "server" else self.client_events
+            feed = self._feeds[host] = DaemonFeed(path, bus, name=host)
+            bus.feed = feed   # the widgets read it to say when the feed cannot reach the daemon
+            if not feed.wait_connected(timeout):
+                raise VpneduError(f"the vpnedu {host} answers, but its event stream does not: {feed.problem}",
+                                  f"start it again: lab.start_{host}()")
+        except BaseException:
+            self._stop(host)   # nothing half-started stays behind
+            raise
+        return st
+
+    def start_server(self, suite: str | None = None, forwarding: str = "nat") -> dict:
+        if suite is not None or not (self.dir / "server.conf").exists():
+            self.provision(suite)
+        st = self._start("server", "server", "-c", f"{self.dir}/server.conf", "--forwarding", forwarding)
+        self.forwarding = forwarding
+        return st
+
+    def start_client(self, split: bool = False, timeout: float | None = None) -> dict:
+        """Start the client (20 s for its handshake unless ``timeout`` says otherwise)."""
+        timeout = 20.0 if timeout is None else timeout
+        if split != self.split:
+            self.stop_server()
+            self.provision(self.suite, split=split)
+            self.start_server()
+        server = self._feeds.get("server")
+        seen = {k: server.count(k) if server else 0 for k in ("session.established", "session.confirmed")}
+        st = self._start("client", "client", "-c", f"{self.dir}/client.conf", timeout=timeout)
+        end = time.time() + timeout
+        while not st["peers"][0].get("latest_handshake"):
+            if time.time() > end or self.procs["client"].poll() is not None:
+                raise VpneduError("the client did not complete a handshake within "
+                                  f"{timeout:g} s; its log ends with:{control.log_tail(self.dir / 'vpn-client.log')}")
+            time.sleep(0.05)
+            try:
+                st = self.status("client")
+            except VpneduError:
+                pass
+        # The handshake happened; wait until both daemons' accounts of it reached this process, so
+        # the ladder and the event log drawn next are complete and the same on every run (events
+        # cross a socket and a thread: they come a little after the status says "done").  The
+        # last of them is the server's session.confirmed: the client's first data (its keepalive)
+        # arrived under the new keys, the responder's proof that the initiator has them too.
+        for host, kind, before in (("client", "session.established", 0),
+                                   ("server", "session.established", seen["session.established"]),
+                                   ("server", "session.confirmed", seen["session.confirmed"])):
+            feed = self._feeds.get(host)
+            if feed is not None and not feed.wait_for(kind, before, timeout=5):
+                self.out(f"note: the {host}'s {kind} event has not arrived"
+                         + (f": {feed.notice()}" if feed.notice() else " (yet)"))
+        return st
+
+    def _stop(self, host: str) -> None:
+        feed = self._feeds.pop(host, None)
+        if feed is not None:
+            feed.close()
+        p = self.procs.pop(host, None)
+        if p is not None:
+            stop_process(p, grace=15)
+
+    def stop_client(self) -> None:
+        self._stop("client")
+
+    def stop_server(self) -> None:
+        self._stop("server")
+
+    def restart(self, suite: str | None = None, split: bool = False) -> dict:
+        self.stop_client()
+        self.stop_server()
+        self.provision(suite, split=split)
+        self.start_server()
+        return self.start_client(split=split)
+
+    # ------------------------------------------------------------------ looking
+    def status(self, host: str) -> dict:
+        return control.request(self.socket_path(host), {"cmd": "status"})
+
+    def routes(self, host: str = "client") -> list[str]:
+        r = self.lab.run(host, "ip", "route")
+        return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+
+    def addresses(self, host: str) -> dict[str, list[str]]:
+        r = self.lab.run(host, "ip", "-j", "addr")
+        return {i["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in i.get("addr_info", []) if a["family"] == "inet"]
+                for i in json.loads(r.stdout or "[]") if i["ifname"] != "lo"}
+
+    def app_log(self) -> list[str]:
+        return self.lab.app_log()
+
+    def flows(self) -> list[FlowRow]:
+        """The server's flow table, as the daemon reports it: its proxy's flows, or with NAT the
+        kernel's connection tracking for tunnel clients (:func:`vpnedu.net.conntrack.flows`)."""
+        if "server" not in self.procs:
+            raise VpneduError("the vpnedu server is not running, so it keeps no flows", "lab.start_server() first")
+        st = self.status("server")
+        if st.get("flows_error"):
+            raise VpneduError(f"the server cannot read the kernel's conntrack table: {st['flows_error']}")
+        return [FlowRow.from_dict(d) for d in st.get("flows", [])]
+
+    # ------------------------------------------------------------------ doing
+    def ping(self, host: str, destination: str, count: int = 3) -> PingResult:
+        r = self.lab.run(host, "ping", "-c", str(count), "-i", "0.2", "-W", "2", destination, timeout=30)
+        src = self.lab.run(host, "ip", "-o", "route", "get", destination).stdout.split(" src ")
+        return PingResult.from_ping_output(destination, r.stdout, src[1].split()[0] if len(src) > 1 else "")
+
+    def app_request(self, marker: str | None = None) -> AppResult:
+        marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
+        feed = self._feeds.get("server") if self.forwarding == "proxy" else None
+        closed = feed.count("proxy.flow.closed") if feed else 0
+        r = self.lab.run("client", sys.executable, "-m", "vpnedu.netns_lab.app", "fetch",
+                         f"http://{APP_ADDRESS}:{APP_PORT}/{marker}")
+        if feed is not None and r.returncode == 0:
+            # The proxy reports the flow's end a moment after the fetch finished, through the feed:
+            # wait for it, so a flow table drawn next shows the flow (closed), not nothing.
+            feed.wait_for("proxy.flow.closed", closed, timeout=5)
+        sources = [line.split()[0] for line in self.app_log() if marker in line]
+        return AppResult(r.stdout.strip() or r.stderr.strip(), sources)
+
+    def marker_on_wire(self, marker: str | None = None) -> MarkerOnWire:
+        """Fetch a marker from the app while tcpdump records the client's link: is it readable there?"""
+        marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
+        demo = Demo(self.lab, out=lambda s: None)
+        cap = demo.capture("client")
+        try:
+            self.app_request(marker)
+            time.sleep(0.3)
+        finally:
+            path = demo.stop_capture("client", cap)
+        return MarkerOnWire(marker, marker.encode() in path.read_bytes())
+
+    def _attack(self, mode: str) -> Event | None:
+        log = EventLog(self.server_events, kinds="packet.dropped")
+        try:
+            p = subprocess.Popen(["ip", "netns", "exec", self.lab.ns("client"),
+                                  *self._vpnedu("course", "attack", mode, "--server", f"{SERVER_PUBLIC}:51820")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            end = time.time() + 15
+            while p.poll() is None and time.time() < end:  # traffic until the attacker caught a packet
+                self.lab.run("client", "ping", "-c", "1", "-W", "1", "10.0.0.1")
+                time.sleep(0.1)
+            out, err = p.communicate(timeout=15)
+            if p.returncode:
+                raise VpneduError(f"the attacker failed: {err.strip()}")
+            end = time.time() + 5
+            while not log.events and time.time() < end:
+                time.sleep(0.05)
+        finally:
+            log.close()
+        return log.events[0] if log.events else None
+
+    def tamper_next(self) -> Event | None:
+        """Alter a captured data packet (counter and one ciphertext byte) and send it to the server."""
+        return self._attack("tamper")
+
+    def replay(self) -> Event | None:
+        """Send a captured data packet to the server a second time."""
+        return self._attack("replay")
+
+    def tun_demo(self, name: str = "tun-demo") -> TunReading:
+        r = self.lab.run("client", *self._vpnedu("course", "tun", "--name", name, "--json"), timeout=30)
+        if r.returncode:
+            raise VpneduError(f"vpnedu course tun failed: {r.stderr.strip()}")
+        d = json.loads(r.stdout)
+        return TunReading.from_packet(d["device"], bytes.fromhex(d["raw"]), "real TUN device")
+
+    def _link_bytes(self, host: str = "client", dev: str = "eth0") -> tuple[int, int]:
+        r = self.lab.run(host, "cat", f"/sys/class/net/{dev}/statistics/tx_bytes",
+                         f"/sys/class/net/{dev}/statistics/rx_bytes")
+        tx, rx = (int(x) for x in r.stdout.split())
+        return tx, rx
+
+    def traffic(self, kind: str = "vpnedu", seconds: float = 4.0, interval: float = 0.5
+                ) -> Iterator[TrafficSample]:
+        """iperf3 both ways (``--bidir``) from the client for ``seconds``; yield ``(t, up, down)``
+        cumulative bytes on the client's outer link every ``interval``.
+
+        ``kind``: "vpnedu" (start the client first) and "wireguard-go" (the daemons must be
+        stopped; wireguard-go on both ends) send to the server's tunnel address 10.0.0.1,
+        "plain" to its public address.
+        """
+        from ..netns_lab.wireguard_go import WireGuardGo
+        wg = []
+        if kind == "vpnedu":
+            if "client" not in self.procs:
+                raise VpneduError("the tunnel is not up", "start the client first: lab.start_client()")
+            target = "10.0.0.1"
+        elif kind == "plain":
+            if "client" in self.procs:
+                raise VpneduError("the tunnel is up, so traffic would go through it", "lab.stop_client() first")
+            target = SERVER_PUBLIC
+        elif kind == "wireguard-go":
+            if self.procs:
+                raise VpneduError("vpnedu daemons are running", "lab.stop_client() and lab.stop_server() first")
+            if not (self.dir / "client.conf").exists():
+                self.provision(self.suite)
+            # Different names: wireguard-go's control sockets (/var/run/wireguard/NAME.sock) are
+            # shared by all namespaces.
+            wg = [WireGuardGo(self.lab, "server", self.dir / "server.conf", ifname="wg-srv").up(),
+                  WireGuardGo(self.lab, "client", self.dir / "client.conf", ifname="wg-cli").up()]
+            target = "10.0.0.1"
+        else:
+            raise VpneduError(f"unknown link {kind!r}", "use 'vpnedu', 'wireguard-go' or 'plain'")
+        iperf = shutil.which("iperf3")
+        if iperf is None:
+            raise VpneduError("'iperf3' is not installed", "install it: apt-get install iperf3")
+        srv = self.lab.spawn("server", "iperf3-server", iperf, "-s", "-1", "-B", target)
+        try:
+            end = time.time() + 10
+            while not self.lab.run("server", "ss", "-Htln", "sport = :5201").stdout.strip():
+                if time.time() > end:
+                    raise VpneduError("iperf3 server did not start")
+                time.sleep(0.05)
+            base = self._link_bytes()
+            start = time.monotonic()
+            cli = subprocess.Popen(["ip", "netns", "exec", self.lab.ns("client"), iperf, "-c", target,
+                                    "-t", str(seconds), "--bidir"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            yield TrafficSample(0.0, 0, 0)
+            nxt = start + interval
+            while True:
+                time.sleep(max(0.0, nxt - time.monotonic()))
+                nxt += interval
+                tx, rx = self._link_bytes()
+                t = time.monotonic() - start
+                yield TrafficSample(t, tx - base[0], rx - base[1])
+                if cli.poll() is not None or t > seconds + 5:
+                    break
+            cli.wait(10)
+        finally:
+            if srv.poll() is None:
+                srv.terminate()
+            srv.wait(5)
+            for w in wg:
+                w.down()

@@ -1,0 +1,117 @@
+"""What vpnedu prints about a running VPN: a daemon's status, the flow table, text tables.
+
+One module, so that ``vpnedu status``, ``vpnedu lab demo``, ``vpnedu course sim`` and the
+notebook's widgets say the same thing the same way: a flow reads alike wherever it is shown,
+a byte count is written alike, and a change of wording is made once.
+
+* :func:`format_status` -- a daemon's status (the ``status`` reply of its control socket),
+  laid out like ``wg show``;
+* :func:`format_flows` -- the server's flow table under a line saying who keeps it (the
+  kernel's conntrack with NAT, the server's own sockets with the proxy);
+* :func:`flow_table` / :func:`flow_line` -- rows of :class:`~vpnedu.flows.FlowRow` as a
+  table, or one sentence each (what a notebook prints under its flow-table widget);
+* :func:`text_table`, :func:`human_bytes`, :func:`ago` -- the pieces.
+
+The widgets draw HTML from the same rows and the same column headings
+(:data:`FLOW_COLUMNS`, :data:`FLOW_HEADINGS`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+from .flows import FlowRow
+
+#: The flow table's columns (FlowRow fields), and what each is headed where the field's own
+#: name would mislead: with NAT the "proxy" is the server's public address, not a proxy.
+FLOW_COLUMNS = ("proto", "client", "proxy", "destination", "state", "bytes_up", "bytes_down", "age")
+FLOW_HEADINGS = {"proxy": "server end", "bytes_up": "up", "bytes_down": "down", "age": "age"}
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``"1.50 KiB"`` (binary units, as ``wg show`` writes transfer)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def ago(t: float | None, now: float | None = None) -> str:
+    """How long ago Unix time ``t`` was, in words ("never" for none)."""
+    if not t:
+        return "never"
+    s = int((time.time() if now is None else now) - t)
+    return f"{s} second{'s' if s != 1 else ''} ago" if s < 120 else f"{s // 60} minutes ago"
+
+
+def text_table(rows: Iterable[Sequence], head: Sequence[str] | None = None) -> list[str]:
+    """Rows as lines of left-aligned columns two spaces apart (a heading row first, if given)."""
+    table = ([list(map(str, head))] if head else []) + [[str(c) for c in r] for r in rows]
+    if not table:
+        return []
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+
+
+# ---------------------------------------------------------------------------- status
+def format_status(st: dict) -> str:
+    """A daemon's status as ``vpnedu status`` prints it: the interface, then each peer."""
+    lines = [f"interface: {st['interface']} ({st['role']}, pid {st['pid']})",
+             f"  public key: {st['public_key']}",
+             f"  listening port: {st['listen_port']}"]
+    if st.get("fwmark"):
+        lines.append(f"  fwmark: {st['fwmark']:#x}")
+    if st.get("table") not in (None, "auto"):
+        lines.append(f"  routing table: {st['table']}")
+    lines += [f"  address: {', '.join(st['addresses'])}",
+              f"  cipher suite: {st['suite']}"]
+    for p in st["peers"]:
+        lines.append("")
+        lines.append(f"peer: {p['public_key']}" + (f" ({p['name']})" if p.get("name") else ""))
+        if p.get("endpoint"):
+            lines.append(f"  endpoint: {p['endpoint']}")
+        lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
+        lines.append(f"  latest handshake: {ago(p.get('latest_handshake'))}")
+        lines.append(f"  transfer: {human_bytes(p['transfer_rx'])} received, {human_bytes(p['transfer_tx'])} sent")
+        if p.get("persistent_keepalive"):
+            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
+    drops = {k[8:]: v for k, v in st.get("counters", {}).items() if k.startswith("dropped.")}
+    if drops:
+        lines.append("")
+        lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- flows
+def flow_cells(f: FlowRow) -> tuple[str, ...]:
+    """One row's cells in :data:`FLOW_COLUMNS` order, as text (bytes in binary units)."""
+    return (f.proto, f.client, f.proxy, f.destination, f.state, human_bytes(f.bytes_up),
+            human_bytes(f.bytes_down), "" if f.age is None else f"{f.age:.0f}s")
+
+
+def flow_table(rows: Iterable[FlowRow], indent: str = "  ") -> list[str]:
+    """Rows as a table with a heading: protocol, both legs, state, bytes each way, age."""
+    head = [FLOW_HEADINGS.get(c, c) for c in FLOW_COLUMNS]
+    return [indent + line for line in text_table((flow_cells(f) for f in rows), head)]
+
+
+def flow_line(f: FlowRow) -> str:
+    """One flow as a sentence: ``tcp   client 10.0.0.2:40312 as 203.0.113.2:51044 -> 192.0.2.80:80 (established)``
+    -- who talks to whom, and as whom the destination sees it."""
+    return f"{f.proto:<5} client {f.client:<21} as {f.proxy:<21} -> {f.destination}  ({f.state})"
+
+
+def format_flows(st: dict) -> str:
+    """The flow table of a daemon's status (``vpnedu status --flows``): who keeps it, then the rows."""
+    mode = st.get("forwarding")
+    if mode is None:
+        return "flows: this daemon is a client; flows are kept by the server"
+    if mode == "none":
+        return "flows: forwarding is off (--forwarding none)"
+    if st.get("flows_error"):
+        return f"flows: cannot read the kernel's conntrack table: {st['flows_error']}"
+    rows = [FlowRow.from_dict(d) for d in st.get("flows", [])]
+    kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
+    return "\n".join([f"flows: {len(rows)} via {kind}", *(flow_table(rows) if rows else [])])
