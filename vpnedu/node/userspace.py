@@ -51,7 +51,9 @@ from ..events import EventBus
 from ..net import tun as _tun
 from ..net import udp as _udp
 from ..protocol.device import DEFAULT_MTU, Device
+from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import uapi_socket
+from .base import parse_timers
 
 LEVELS = {"silent": 0, "error": 1, "verbose": 2, "debug": 2}
 #: The exit status when the interface cannot be created (wireguard-go's ExitSetupFailed).
@@ -60,7 +62,8 @@ USAGE = """usage: vpnedu-wg [-f/--foreground] INTERFACE-NAME
 
 vpnedu's userspace WireGuard: creates the TUN device INTERFACE-NAME and serves the
 configuration socket /var/run/wireguard/INTERFACE-NAME.sock for wg(8) and wg-quick(8).
-Environment: WG_PROCESS_FOREGROUND=1 (do not fork), LOG_LEVEL=verbose|error|silent."""
+Environment: WG_PROCESS_FOREGROUND=1 (do not fork), LOG_LEVEL=verbose|error|silent;
+vpnedu's own: VPNEDU_TIMERS=rekey_after_time=5,... (short timers for labs), VPNEDU_DATAPATH=simple."""
 
 
 def log_level(env: dict | None = None) -> int:
@@ -98,12 +101,13 @@ class UserspaceInterface:
     sticky_source = True
 
     def __init__(self, ifname: str, *, log: Callable[[str, str], None] | None = None,
-                 datapath: str = "fast", clock: Callable[[], float] = time.monotonic):
+                 datapath: str = "fast", clock: Callable[[], float] = time.monotonic,
+                 timers: Timers = DEFAULT_TIMERS):
         self.ifname = ifname
         self.log = log or Logger(ifname, log_level())
         self.clock = clock
         self.events = EventBus()
-        self.device = Device(None, events=self.events, name=ifname, mtu=DEFAULT_MTU,
+        self.device = Device(None, events=self.events, name=ifname, mtu=DEFAULT_MTU, timers=timers,
                              wall_offset=time.time() - clock())
         self.options = Options.parse(datapath)
         self.intercept = None
@@ -346,8 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     foreground = foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
     level = log_level()
-    iface = UserspaceInterface(args[0], log=Logger(args[0], level))
     try:
+        # VPNEDU_TIMERS=rekey_after_time=5,... (shortened timers for labs and tests) and
+        # VPNEDU_DATAPATH=simple|fast,... (vpnedu's own switches; wg knows nothing of them).
+        iface = UserspaceInterface(args[0], log=Logger(args[0], level),
+                                   timers=parse_timers(os.environ.get("VPNEDU_TIMERS")),
+                                   datapath=os.environ.get("VPNEDU_DATAPATH") or "fast")
         iface.create()
     except VpneduError as e:
         print(f"vpnedu-wg: error: {e}", file=sys.stderr)
