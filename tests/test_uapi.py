@@ -201,3 +201,25 @@ def test_prefixes_are_stored_masked_as_wg_shows_them():
                                                                              "0.0.0.0/0"]
     assert uapi.parse_endpoint("[fe80::1%eth0]:51820") == ("fe80::1%eth0", 51820)
     assert uapi.parse_endpoint("[2001:DB8:0::1]:1") == ("2001:db8::1", 1)
+
+
+def test_a_get_cache_follows_every_change_of_allowed_ips():
+    dev = device(K1)
+    cache = uapi.GetCache()
+    setp(dev, f"public_key={P2.hex()}", "allowed_ip=10.0.0.0/8", f"public_key={P3.hex()}", "allowed_ip=10.1.0.0/16")
+    first = uapi.get_pieces(dev, cache=cache)
+    again = uapi.get_pieces(dev, cache=cache)
+    assert [p for p in again if b"allowed_ip=10.0.0.0/8" in p][0] is [p for p in first if b"allowed_ip=10.0.0.0/8" in p][0]
+    for change, shown, gone in [
+        ((f"public_key={P2.hex()}", "allowed_ip=10.2.0.0/16"), "allowed_ip=10.2.0.0/16", None),
+        ((f"public_key={P2.hex()}", "allowed_ip=10.1.0.0/16"), None, None),      # stolen from P3
+        ((f"public_key={P2.hex()}", "allowed_ip=-10.0.0.0/8"), None, "allowed_ip=10.0.0.0/8"),
+        ((f"public_key={P2.hex()}", "replace_allowed_ips=true"), None, "allowed_ip=10.2.0.0/16"),
+        ((f"public_key={P3.hex()}", "remove=true", f"public_key={P3.hex()}", "allowed_ip=10.9.0.0/16"),
+         "allowed_ip=10.9.0.0/16", None),
+    ]:
+        setp(dev, *change)
+        assert uapi.format_get(dev, cache=cache) == uapi.format_get(dev)    # cached == fresh
+        text = uapi.format_get(dev, cache=cache)
+        assert shown is None or shown in text
+        assert gone is None or gone not in text

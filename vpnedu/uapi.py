@@ -396,21 +396,50 @@ def apply_set(device: Device, ops: list[tuple], now: float) -> Applied:
 
 
 # ---------------------------------------------------------------------- get
-def format_get(device: Device, *, listen_port: int = 0, fwmark: int = 0) -> str:
-    """The reply to ``get=1``: the interface, every peer, then ``errno=0`` and an empty line.
+class GetCache:
+    """What :func:`get_pieces` made of each peer's allowed IPs, kept while they do not change
+    (:meth:`~vpnedu.protocol.allowedips.AllowedIPs.revision`): the conformance script's peer
+    with 130,560 prefixes is formatted once, not at every ``wg show``, and every reply shares
+    the same bytes."""
+
+    def __init__(self) -> None:
+        self._blocks: dict = {}
+
+    def block(self, device: Device, peer: Peer) -> bytes:
+        routes = device.routes
+        rev = routes.revision(peer)
+        hit = self._blocks.get(peer)
+        if hit is not None and hit[0] == rev:
+            return hit[1]
+        text = "".join([f"allowed_ip={format_prefix(p)}\n" for p in routes.prefixes(peer)]).encode()
+        self._blocks[peer] = (rev, text)
+        return text
+
+    def keep_only(self, peers) -> None:
+        live = set(peers)
+        for p in [p for p in self._blocks if p not in live]:
+            del self._blocks[p]
+
+
+def get_pieces(device: Device, *, listen_port: int = 0, fwmark: int = 0,
+               cache: GetCache | None = None) -> list[bytes]:
+    """The reply to ``get=1`` as a list of byte strings to send one after the other: the
+    interface, every peer, then ``errno=0`` and an empty line.  A snapshot: later changes do not
+    show in it.
 
     As wireguard-go: ``private_key`` only if there is one, ``listen_port`` only if bound,
     ``fwmark`` only if not 0; per peer ``preshared_key`` is 64 zeros when there is none and
     ``last_handshake_time_*`` are 0 before the first handshake."""
-    out: list[str] = []
-    w = out.append
+    cache = cache if cache is not None else GetCache()
+    out: list[bytes] = []
+    head: list[str] = []
+    w = head.append
     if device.static is not None:
         w(f"private_key={device.static.private.hex()}\n")
     if listen_port:
         w(f"listen_port={listen_port}\n")
     if fwmark:
         w(f"fwmark={fwmark}\n")
-    routes = device.routes
     for peer in device.peers.values():
         w(f"public_key={peer.public_key.hex()}\npreshared_key={peer.psk.hex()}\nprotocol_version=1\n")
         if peer.endpoint is not None:
@@ -423,10 +452,20 @@ def format_get(device: Device, *, listen_port: int = 0, fwmark: int = 0) -> str:
         w(f"last_handshake_time_sec={sec}\nlast_handshake_time_nsec={nsec}\n"
           f"tx_bytes={peer.tx_bytes}\nrx_bytes={peer.rx_bytes}\n"
           f"persistent_keepalive_interval={peer.persistent_keepalive}\n")
-        for p in routes.prefixes(peer):
-            w(f"allowed_ip={format_prefix(p)}\n")
+        block = cache.block(device, peer)
+        if block:
+            out.append("".join(head).encode())
+            head.clear()
+            out.append(block)
     w(OK_REPLY)
-    return "".join(out)
+    out.append("".join(head).encode())
+    cache.keep_only(device.peers.values())
+    return out
+
+
+def format_get(device: Device, *, listen_port: int = 0, fwmark: int = 0, cache: GetCache | None = None) -> str:
+    """The whole reply to ``get=1`` as text (see :func:`get_pieces`)."""
+    return b"".join(get_pieces(device, listen_port=listen_port, fwmark=fwmark, cache=cache)).decode()
 
 
 def parse_get(text: str) -> dict:

@@ -161,6 +161,7 @@ class UapiServer:
         self._ino = path.lstat().st_ino if path is not None and path.exists() else None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._cache = uapi.GetCache()
         #: Operations served, for tests and status: gets, sets, errors.
         self.counts = {"get": 0, "set": 0, "error": 0, "connections": 0}
 
@@ -205,8 +206,10 @@ class UapiServer:
                     nxt = await lines.next()
                     if nxt is None:
                         return
-                    reply = self._get() if nxt == b"" else uapi.UapiError(
-                        uapi.EINVAL, "get=1 must be followed by an empty line").reply()
+                    if nxt == b"":
+                        await self._send(writer, self._get())
+                        continue
+                    reply = uapi.UapiError(uapi.EINVAL, "get=1 must be followed by an empty line").reply()
                 elif op == b"set=1":
                     reply = await self._set(lines)
                     if reply is None:
@@ -228,10 +231,21 @@ class UapiServer:
             except Exception:
                 pass
 
-    def _get(self) -> str:
+    def _get(self) -> list[bytes]:
         self.counts["get"] += 1
         port, mark = self.host.uapi_socket_state()
-        return uapi.format_get(self.host.device, listen_port=port, fwmark=mark)
+        return uapi.get_pieces(self.host.device, listen_port=port, fwmark=mark, cache=self._cache)
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, pieces: list[bytes]) -> None:
+        """Write a reply in chunks, waiting for the client between them: a slow (or never
+        reading) client holds at most a chunk or two in our buffers, and the pieces themselves
+        are shared with every other reply (:class:`vpnedu.uapi.GetCache`)."""
+        for piece in pieces:
+            mv = memoryview(piece)
+            for off in range(0, len(mv), CHUNK):
+                writer.write(mv[off:off + CHUNK])
+                await writer.drain()
 
     async def _set(self, lines: _Lines) -> str | None:
         parser = uapi.SetParser()

@@ -70,6 +70,18 @@ class AllowedIPs(Generic[T]):
         self._bits = BITS
         # value -> its prefixes, in insertion order (a dict used as an ordered set)
         self._owned: dict[T, dict[Prefix, None]] = {}
+        # value -> a number that changes whenever its prefixes do (see revision())
+        self._rev: dict[T, int] = {}
+        self._counter = 0
+
+    def _touch(self, value: T) -> None:
+        self._counter += 1
+        self._rev[value] = self._counter
+
+    def revision(self, value: T) -> int:
+        """A number that is the same as long as ``value``'s prefixes are: a formatter may cache
+        what it made of them (``wg show allowed-ips`` of 130,000 prefixes, asked 200 times)."""
+        return self._rev.get(value, 0)
 
     def insert(self, network: str | Network, value: T) -> None:
         self.insert_prefix(prefix_of(network), value)
@@ -86,11 +98,14 @@ class AllowedIPs(Generic[T]):
             owned = self._owned.get(old)
             if owned is not None:
                 owned.pop(prefix, None)
+            self._touch(old)
         table[key] = value
         owned = self._owned.get(value)
         if owned is None:
             owned = self._owned[value] = {}
         owned[prefix] = None
+        self._counter += 1
+        self._rev[value] = self._counter
 
     def remove(self, network: str | Network, value: T) -> bool:
         """Take ``network`` from ``value`` (only if ``value`` holds it); True if it did."""
@@ -106,12 +121,14 @@ class AllowedIPs(Generic[T]):
             del self._tables[v][length]
             self._lengths[v] = sorted(self._tables[v], reverse=True)
         self._owned[value].pop(prefix, None)
+        self._touch(value)
         return True
 
     def remove_value(self, value: T) -> None:
         """Remove every prefix that maps to ``value`` (a peer being removed, or its AllowedIPs
         replaced)."""
         owned = self._owned.pop(value, None)
+        self._rev.pop(value, None)
         if not owned:
             return
         changed = set()
