@@ -198,4 +198,4 @@ def set_mark(sock: socket.socket, mark: int) -> None:
     """``SO_MARK``: the firewall mark of everything this socket sends (``wg set fwmark``; policy
     routing can tell the tunnel's own packets from the traffic inside them).  Needs
     CAP_NET_ADMIN."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, struct.pack("I", mark))
