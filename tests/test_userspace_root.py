@@ -271,3 +271,43 @@ def test_the_socket_protocol_under_abuse_while_the_tunnel_runs(lab, tmp_path):
     assert len(lost) <= 1, lost
     assert pa_proc.poll() is None
     wait_for(lambda: _fds(pid) <= base_fds, 10, f"the daemon's fds back to {base_fds} (now {_fds(pid)})")
+
+
+def test_wg_quick_brings_a_vpnedu_wg_tunnel_up_and_down(lab, tmp_path):
+    """An unchanged wg-quick file; wg-quick uses vpnedu-wg because the kernel module is missing."""
+    require_tool("wg-quick")
+    if os.path.exists("/sys/module/wireguard"):
+        pytest.skip("the wireguard kernel module is loaded: wg-quick would use it, not vpnedu-wg")
+    program = vpnedu_wg()
+    if len(program) != 1:
+        pytest.skip("the vpnedu-wg console script is not installed (pip install -e .)")
+    ka, pa = genkey()
+    kb, pb = genkey()
+    # b (no endpoint: it waits to be contacted) first, so that a's first initiation finds it.
+    names = {lab.b: f"{lab.tag}r", lab.a: f"{lab.tag}q"}
+    confs = {
+        lab.a: f"[Interface]\nPrivateKey = {ka}\nAddress = 10.0.16.1/24, fd00:16::1/64\nListenPort = 51041\n\n"
+               f"[Peer]\nPublicKey = {pb}\nAllowedIPs = 10.0.16.2/32, fd00:16::2/128, 10.99.0.0/16\n"
+               f"Endpoint = 192.0.2.2:51042\nPersistentKeepalive = 25\n",
+        lab.b: f"[Interface]\nPrivateKey = {kb}\nAddress = 10.0.16.2/24, fd00:16::2/64\nListenPort = 51042\n\n"
+               f"[Peer]\nPublicKey = {pa}\nAllowedIPs = 10.0.16.1/32, fd00:16::1/128\n",
+    }
+    env = ["env", f"WG_QUICK_USERSPACE_IMPLEMENTATION={program[0]}"]
+    for ns, name in names.items():
+        lab.names.append(name)
+        conf = tmp_path / f"{name}.conf"
+        conf.write_text(confs[ns])
+        conf.chmod(0o600)
+        r = lab.run(ns, *env, "wg-quick", "up", str(conf), check=False)
+        assert r.returncode == 0, r.stderr
+        assert "Falling back to slow userspace implementation" in r.stderr
+    assert ping(lab, lab.a, "10.0.16.2") and ping(lab, lab.b, "fd00:16::1")
+    # wg-quick's routes for the AllowedIPs are in place, through the vpnedu-wg interface.
+    assert f"10.99.0.0/16 dev {names[lab.a]}" in lab.run(lab.a, "ip", "route").stdout
+    assert wg("show", names[lab.a], "persistent-keepalive").stdout.split()[1] == "25"
+    for ns, name in names.items():
+        r = lab.run(ns, *env, "wg-quick", "down", str(tmp_path / f"{name}.conf"), check=False)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: not socket_path(name).exists(), 5, f"{name}'s daemon to exit")
+        assert lab.run(ns, "ip", "link", "show", name, check=False).returncode != 0
+    assert "10.99.0.0/16" not in lab.run(lab.a, "ip", "route").stdout
