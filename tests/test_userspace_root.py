@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import require_tool
-from tests.wglib import Netns, dump, genkey, vpnedu_wg, wait_for, wg
+from tests.wglib import Netns, dump, genkey, sh, vpnedu_wg, wait_for, wg
 from vpnedu.node.uapi_socket import socket_path
 
 pytestmark = pytest.mark.root
@@ -311,3 +311,24 @@ def test_wg_quick_brings_a_vpnedu_wg_tunnel_up_and_down(lab, tmp_path):
         wait_for(lambda: not socket_path(name).exists(), 5, f"{name}'s daemon to exit")
         assert lab.run(ns, "ip", "link", "show", name, check=False).returncode != 0
     assert "10.99.0.0/16" not in lab.run(lab.a, "ip", "route").stdout
+
+
+def test_the_device_moved_to_another_namespace_right_after_creation(lab, tmp_path):
+    """The netns trick, raced: the device is moved back and forth while the daemon watches it
+    (each of its looks may find the device in neither namespace, mid-move); it must never take
+    that for a deletion.  Then it follows the device's MTU where the device ends up."""
+    name = f"{lab.tag}m"
+    lab.names.append(name)
+    lab.start(lab.a, name, foreground=False, log=tmp_path / "m.log")
+    moves = ("end=$((SECONDS+5)); while ((SECONDS < end)); do "
+             f"ip -n {lab.a} link set {name} netns {lab.b}; ip -n {lab.b} link set {name} netns {lab.a}; done; "
+             f"ip -n {lab.a} link set {name} netns {lab.b}")
+    sh("bash", "-c", moves, timeout=60)
+    lab.run(lab.b, "ip", "link", "set", name, "up", "mtu", "34736")
+    time.sleep(1.5)
+    log = (tmp_path / "m.log").read_text()
+    assert socket_path(name).exists(), log[-2000:]
+    assert lab.run(lab.b, "ip", "link", "show", name, check=False).returncode == 0
+    assert "-> 34736" in log
+    lab.run(lab.b, "ip", "link", "del", name)
+    wait_for(lambda: not socket_path(name).exists(), 5, "the daemon to exit")

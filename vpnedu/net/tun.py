@@ -170,8 +170,10 @@ class LinkProbe:
             self._sock, self._ns = sock, key
         return self._sock
 
-    def read(self) -> tuple[int, bool] | None:
-        """``(mtu, up)`` now, or None if the device no longer exists."""
+    def read(self) -> tuple[int | None, bool | None] | None:
+        """``(mtu, up)`` now, or None if the device no longer exists.  While the device is being
+        moved between namespaces its name may be in neither for a moment: then ``(None, None)``
+        (unknown, ask again) -- only the TUN descriptor itself says "deleted" (EBADFD)."""
         fd = self.tun.fd
         if fd < 0:
             return None
@@ -189,7 +191,8 @@ class LinkProbe:
             mtu = _IFREQ_INT.unpack(fcntl.ioctl(sock, SIOCGIFMTU, req))[1]
             flags = _IFREQ_INT.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, req))[1]
         except OSError:
-            return None
+            self._ns = None            # look the namespace up again next time
+            return None, None
         finally:
             if nsfd is not None:
                 os.close(nsfd)

@@ -256,6 +256,8 @@ class UserspaceInterface:
             self.stop(f"the device {self.ifname} was deleted")
             return
         mtu, up = state
+        if mtu is None:
+            return                     # in the middle of a move: ask again in a second
         if mtu != self.device.mtu and mtu >= 68:
             self.log("verbose", f"MTU of {self.ifname}: {self.device.mtu} -> {mtu}")
             self.device.mtu = mtu
