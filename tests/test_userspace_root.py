@@ -101,6 +101,13 @@ def test_wg_configures_two_vpnedu_wg_interfaces_that_tunnel(lab, tmp_path):
     assert r.returncode != 0
     assert wg("showconf", ia).stdout == before
 
+    # fwmark: set, shown, cleared; the tunnel goes on.
+    wg("set", ia, "fwmark", "0x1234")
+    assert wg("show", ia, "fwmark").stdout.strip() == "0x1234"
+    assert ping(lab, lab.a, "10.0.16.2")
+    wg("set", ia, "fwmark", "off")
+    assert wg("show", ia, "fwmark").stdout.strip() == "off"
+
     # The device deleted (where it is): the daemon exits and removes its socket.
     lab.run(lab.a, "ip", "link", "del", ia)
     wait_for(lambda: not socket_path(ia).exists(), 5, f"{ia}'s socket to go")
