@@ -5,7 +5,8 @@ set -euo pipefail
 
 # System tools the tests and the lab drive for real.
 VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3
-  openvpn chromium)  # openvpn: vpnedu bench; chromium: the course's browser test (JupyterLab via Playwright)
+  openvpn chromium ncat iptables)  # openvpn: vpnedu bench; chromium: the course's browser test (JupyterLab via
+  # Playwright); ncat, iptables: WireGuard's conformance script (tests/node/test_conformance_root.py)
 
 vpnedu_setup() {
   local extras="${1:-test}" missing=() p

@@ -69,6 +69,7 @@ CATALOGUE: dict[str, str] = {
     "proxy.flow.closed": "a proxied flow ended (closed, reset, refused, idle ...) with its byte counts",
     "device.up": "a TUN device was created and configured",
     "device.down": "a TUN device was removed",
+    "config.set": "the configuration changed through the wg(8) configuration socket (wg set, setconf, syncconf)",
     "counters": "periodic snapshot of all counters",
     "feed.lost": "(in a notebook) the relay of a daemon's events cannot reach its control socket; it retries",
     "feed.connected": "(in a notebook) the relay of a daemon's events reached its control socket again",

@@ -19,6 +19,9 @@ Each target takes bytes and checks those promises itself:
 ``config``     :func:`vpnedu.config.loads` (wg-quick INI text)
 ``ip``         :class:`vpnedu.packet.ip.IPv4Packet` and :func:`~vpnedu.packet.ip.describe`
 ``control``    :func:`vpnedu.node.control.parse_request`, the daemon's decoding of a request line
+``uapi``       a ``set=1`` message of the wg(8) configuration socket (:mod:`vpnedu.uapi`), each line's
+               first byte steered to a real key, then applied to a Device whose ``get`` must still
+               parse: the whole path a local client's bytes take, never an exception but UapiError
 
 ``python -m vpnedu.fuzzing TARGET [libFuzzer options]`` runs one under atheris (coverage-guided;
 ``pip install atheris``), e.g. ``python -m vpnedu.fuzzing receive -runs=1000000``; ``all`` runs
@@ -134,10 +137,56 @@ def target_control(data: bytes) -> None:
         raise AssertionError(f"an unknown command passed: {data[:60]!r}")
 
 
+def target_uapi(data: bytes) -> None:
+    """A set=1 message: parsed line by line, applied if valid, and the get reply still well-formed."""
+    from . import uapi
+    from .protocol.device import Device
+    keys = (*uapi.DEVICE_KEYS, "public_key", *uapi.PEER_KEYS)
+    lines = []
+    for raw in data.split(b"\n"):
+        if not raw:
+            lines.append("")
+            continue
+        if raw[0] >= 200:          # a key of the input's own
+            lines.append(raw[1:].decode("utf-8", "replace"))
+            continue
+        key = keys[raw[0] % len(keys)]
+        b = raw[1:].ljust(34, b"\0")
+        if raw[0] & 1 or len(raw) < 3:   # the value as the input has it
+            value = raw[1:].decode("utf-8", "replace")
+        elif key.endswith("_key"):       # else a plausible one, so that the set goes through
+            value = b[1:33].hex()
+        elif key == "allowed_ip":
+            value = (f"{b[1]}.{b[2]}.{b[3]}.{b[4]}/{b[5] % 33}" if b[0] & 2 else
+                     f"{b[1]:x}:{b[2]:x}::{b[3]:x}/{b[5] % 129}")
+        elif key == "endpoint":
+            value = f"{b[1]}.{b[2]}.{b[3]}.{b[4]}:{b[5] << 8 | b[6]}" if b[0] & 2 else f"[fd00::{b[1]:x}]:{b[2]}"
+        elif key in ("replace_peers", "replace_allowed_ips", "remove", "update_only"):
+            value = "true"
+        elif key == "protocol_version":
+            value = "1"
+        else:
+            value = str(int.from_bytes(b[1:4], "big") % 70000)
+        lines.append(f"{key}={value}")
+    p = uapi.SetParser()
+    for line in lines + [""]:
+        if p.feed(line):
+            break
+    if p.error is not None:
+        if p.ops:
+            raise AssertionError("a failed set kept operations to apply")
+        return
+    dev = Device(None, random=lambda n: bytes(n))
+    uapi.apply_set(dev, p.ops, 0.0)
+    got = uapi.parse_get(uapi.format_get(dev, listen_port=1))
+    if got["errno"] != 0 or len(got["peers"]) != len(dev.peers):
+        raise AssertionError("the get reply does not describe the device")
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "receive": target_receive, "fastpath": target_fastpath, "messages": target_messages, "config": target_config,
     "ip": target_ip,
-    "control": target_control,
+    "control": target_control, "uapi": target_uapi,
 }
 
 

@@ -40,6 +40,7 @@ TUN devices and sockets) and the test harness (:class:`vpnedu.testing.LoopbackNo
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, fields
 from typing import Callable, Protocol
 
@@ -166,11 +167,16 @@ class Datapath:
         self.dev = host.device
         self.events = host.events
         self.tun = host.tun
-        self.sock = host.sock
         self.mtu = host.device.mtu
-        self.gso = opts.udp_gso and _udp.gso_supported(self.sock)
-        self.gro = opts.udp_gro and _udp.enable_gro(self.sock)
+        #: The UDP sockets by address family (4, 6); a host with one socket uses it for both.
+        self.socks: dict = {}
+        self.sock = None
+        #: Replies leave from the address the peer wrote to (see :func:`vpnedu.net.udp.parse_ancillary`).
+        self.sticky = False
+        self.gso = self.gro = False
+        self.set_sockets(getattr(host, "sockets", None) or {4: host.sock})
         self.vnet = self.tun.vnet_hdr
+        self._tun_failed = False
         batch = opts.batch
         # Preallocated buffers: one TUN read, ``batch`` socket reads, the datagrams of one send.
         self._tbuf = bytearray(READ_SIZE)
@@ -181,9 +187,32 @@ class Datapath:
         # Room for a whole batch of MTU-sized packets, sealed (the engine adds areas if more come).
         self._out = Output(max(_udp.MAX_GSO_BYTES, batch * (self.mtu + 64)),
                            max_run=_udp.MAX_SEGMENTS if self.gso else 1, max_run_bytes=_udp.MAX_GSO_BYTES)
+        self._locals: dict = {}
         #: What each optimisation did, for `vpnedu status` and the tests.
         self.stats = {"tun_reads": 0, "tso_packets": 0, "segments_sent": 0, "gso_sends": 0,
                       "udp_reads": 0, "datagrams_received": 0, "tun_writes": 0, "coalesced": 0}
+
+    def set_sockets(self, socks: dict) -> None:
+        """Use these UDP sockets (``{4: sock, 6: sock6}``) from now on: at start, and again when
+        the listen port changes (``wg set listen-port``).  Offloads are probed on each one;
+        with sticky sources on (the host's ``sticky_source``), reads ask for the local address."""
+        opts = self.opts
+        self.socks = dict(socks)
+        self.sock = next(iter(self.socks.values()), None)
+        live = [s for s in self.socks.values() if s is not None]
+        self.gso = bool(live) and opts.udp_gso and all(_udp.gso_supported(s) for s in live)
+        gro = [opts.udp_gro and _udp.enable_gro(s) for s in live]
+        self.gro = bool(live) and all(gro)
+        self.sticky = bool(getattr(self.host, "sticky_source", False))
+        out = getattr(self, "_out", None)
+        if out is not None:
+            out.max_run = _udp.MAX_SEGMENTS if self.gso else 1
+
+    def _sock_for(self, ep):
+        socks = self.socks
+        if len(socks) == 1:
+            return self.sock
+        return socks.get(6 if ":" in ep[0] else 4)
 
     # ------------------------------------------------------------------ TUN -> UDP
     def on_tun_readable(self) -> None:
@@ -201,7 +230,10 @@ class Datapath:
         for _ in range(self.opts.batch):
             try:
                 n = readv(bufs)
-            except OSError:   # BlockingIOError: drained
+            except BlockingIOError:   # drained
+                break
+            except OSError as e:
+                self._tun_error(e)
                 break
             reads += 1
             if not vnet:
@@ -225,6 +257,17 @@ class Datapath:
         if packets:
             self._send_packets(packets, out, want)
         host.schedule_tick()
+
+    def _tun_error(self, err: OSError) -> None:
+        """A read from TUN failed.  EBADFD means the device is gone (``ip link del``): the host's
+        ``tun_gone`` is told once (vpnedu-wg then exits, as wireguard-go does); anything else is
+        counted."""
+        self.dev.counters["dropped.tun-read"] += 1
+        if err.errno == errno.EBADFD and not self._tun_failed:
+            self._tun_failed = True
+            gone = getattr(self.host, "tun_gone", None)
+            if gone is not None:
+                gone(err)
 
     def _send_packets(self, packets: list, out: Output, want: bool) -> None:
         # The clock is read here, after the reads, not before them: a process stopped (SIGSTOP,
@@ -257,10 +300,10 @@ class Datapath:
 
     def send(self, datagrams) -> None:
         """Send datagrams one by one (handshake messages and the like)."""
-        sock, dev, ev = self.sock, self.dev, self.events
+        dev, ev = self.dev, self.events
         for data, ep in datagrams:
             try:
-                sock.sendto(data, ep)
+                self._sendto(data, len(data), ep)
             except BlockingIOError:
                 dev.counters["dropped.socket-full"] += 1
                 continue
@@ -273,14 +316,37 @@ class Datapath:
             if ev.wants("udp.sent"):
                 ev.emit("udp.sent", None, to=f"{ep[0]}:{ep[1]}", size=len(data), type=data[0])
 
-    def _flush(self, buf, size: int, ep) -> None:
-        sock = self.sock
-        count = -(-len(buf) // size)
-        try:
-            if count == 1:
+    def _sendto(self, buf, size: int, ep) -> None:
+        """One ``sendto``, or one ``sendmsg`` with the GSO segment size and/or the sticky source
+        address (``ep[2]``, see :func:`vpnedu.net.udp.parse_ancillary`).  If that address is gone
+        (removed from its interface), the Device forgets it and the datagram leaves from whatever
+        address the kernel picks -- WireGuard's sources are sticky, "but not too sticky"."""
+        sock = self._sock_for(ep)
+        if sock is None:
+            raise OSError(errno.EAFNOSUPPORT, f"no IPv{_udp.family_of(ep)} socket")
+        if len(ep) < 3:
+            if len(buf) <= size:
                 sock.sendto(buf, ep)
             else:
                 _udp.send_segments(sock, buf, size, ep)
+            return
+        cmsg = [ep[2]]
+        if len(buf) > size:
+            cmsg.append(_udp.segment_cmsg(size))
+        try:
+            sock.sendmsg((buf,), cmsg, 0, ep[:2])
+        except OSError as e:
+            if not _udp.stale_source(e):
+                raise
+            self.dev.forget_local_address(ep)
+            self.stats["stale_sources"] = self.stats.get("stale_sources", 0) + 1
+            self._sendto(buf, size, ep[:2])
+
+    def _flush(self, buf, size: int, ep) -> None:
+        count = -(-len(buf) // size)
+        try:
+            self._sendto(buf, size, ep)
+            if count > 1:
                 self.stats["gso_sends"] += 1
         except BlockingIOError:
             self.dev.counters["dropped.socket-full"] += count
@@ -294,20 +360,37 @@ class Datapath:
             self.dev.counters["dropped.send-error"] += count
 
     # ------------------------------------------------------------------ UDP -> TUN
-    def on_udp_readable(self) -> None:
-        """Drain the socket (up to ``batch`` reads, each many datagrams with UDP GRO), decrypt,
-        write to TUN and send what the Device answers."""
+    def on_udp_readable(self, sock=None) -> None:
+        """Drain a socket (``sock``, the first one by default; up to ``batch`` reads, each many
+        datagrams with UDP GRO), decrypt, write to TUN and send what the Device answers."""
         host, ev = self.host, self.events
-        recv = self.sock.recvmsg_into
-        cmsg = _udp.GRO_CMSG_SPACE if self.gro else 0
-        gro_size = _udp.gro_segment_size
+        recv = (sock or self.sock).recvmsg_into
         reads = []
-        for bufs in self._slots:
-            try:
-                n, anc, _flags, addr = recv(bufs, cmsg)
-            except OSError:
-                break
-            reads.append((bufs[0][:n], gro_size(anc, n) if anc else n, addr[:2]))
+        if self.sticky:
+            # Every source becomes (host, port, local): replies leave from the address it wrote to.
+            parse, cache = _udp.parse_ancillary, self._locals
+            for bufs in self._slots:
+                try:
+                    n, anc, _flags, addr = recv(bufs, _udp.READ_CMSG_SPACE)
+                except OSError:
+                    break
+                size, local = parse(anc, n)
+                if local is not None:
+                    local = cache.setdefault(local, local)   # one object per address
+                    reads.append((bufs[0][:n], size, (addr[0], addr[1], local)))
+                else:
+                    reads.append((bufs[0][:n], size, addr[:2]))
+            if len(cache) > 1024:
+                cache.clear()
+        else:
+            cmsg = _udp.GRO_CMSG_SPACE if self.gro else 0
+            gro_size = _udp.gro_segment_size
+            for bufs in self._slots:
+                try:
+                    n, anc, _flags, addr = recv(bufs, cmsg)
+                except OSError:
+                    break
+                reads.append((bufs[0][:n], gro_size(anc, n) if anc else n, addr[:2]))
         if not reads:
             host.schedule_tick()
             return

@@ -104,3 +104,107 @@ class Tun:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# ---------------------------------------------------------------------- the device, wherever it is
+TUNGETIFF = 0x800454D2
+TUNGETDEVNETNS = 0x54E3        # _IO('T', 227), Linux 5.2+: an fd of the device's network namespace
+SIOCGIFFLAGS = 0x8913
+SIOCGIFMTU = 0x8921
+SIOCSIFMTU = 0x8922
+IFF_UP = 0x1
+CLONE_NEWNET = 0x40000000
+_IFREQ_INT = struct.Struct("16si")
+
+
+def _setns(fd: int) -> None:
+    setns = getattr(os, "setns", None)          # Python 3.12+
+    if setns is not None:
+        setns(fd, CLONE_NEWNET)
+        return
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    """Set the MTU of an interface of this network namespace (``ip link set NAME mtu N``)."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, SIOCSIFMTU, _IFREQ_INT.pack(name.encode(), mtu))
+
+
+class LinkProbe:
+    """The MTU and up/down state of a TUN device, read through its file descriptor -- also after
+    the device was moved to another network namespace (``ip link set wg1 netns ns1``, the trick
+    of <https://www.wireguard.com/netns/>), where its name means nothing in ours.
+
+    ``TUNGETDEVNETNS`` gives a descriptor of the namespace the device is in now; a socket made
+    there (``setns`` there and back, for one system call) answers ``SIOCGIFMTU`` and
+    ``SIOCGIFFLAGS`` for the name ``TUNGETIFF`` reports.  The socket is kept until the device
+    moves again.  :meth:`read` returns None once the device is gone."""
+
+    def __init__(self, tun: "Tun"):
+        self.tun = tun
+        self._ns: tuple[int, int] | None = None
+        self._sock = None
+
+    def _socket_in(self, nsfd: int):
+        import socket
+        st = os.fstat(nsfd)
+        key = (st.st_dev, st.st_ino)
+        if key != self._ns or self._sock is None:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _setns(nsfd)
+                try:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                finally:
+                    _setns(own)
+            finally:
+                os.close(own)
+            if self._sock is not None:
+                self._sock.close()
+            self._sock, self._ns = sock, key
+        return self._sock
+
+    def read(self) -> tuple[int | None, bool | None] | None:
+        """``(mtu, up)`` now, or None if the device no longer exists.  While the device is being
+        moved between namespaces its name may be in neither for a moment: then ``(None, None)``
+        (unknown, ask again) -- only the TUN descriptor itself says "deleted" (EBADFD)."""
+        fd = self.tun.fd
+        if fd < 0:
+            return None
+        try:
+            name = fcntl.ioctl(fd, TUNGETIFF, bytes(18))[:16].rstrip(b"\0")
+        except OSError:
+            return None                            # EBADFD: deleted
+        try:
+            nsfd = fcntl.ioctl(fd, TUNGETDEVNETNS)
+        except OSError:
+            nsfd = None                            # an old kernel: only our own namespace
+        try:
+            sock = self._socket_in(nsfd) if nsfd is not None else self._own_socket()
+            req = _IFREQ_INT.pack(name, 0)
+            mtu = _IFREQ_INT.unpack(fcntl.ioctl(sock, SIOCGIFMTU, req))[1]
+            flags = _IFREQ_INT.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, req))[1]
+        except OSError:
+            self._ns = None            # look the namespace up again next time
+            return None, None
+        finally:
+            if nsfd is not None:
+                os.close(nsfd)
+        return mtu, bool(flags & IFF_UP)
+
+    def _own_socket(self):
+        import socket
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

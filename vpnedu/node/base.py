@@ -40,16 +40,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .. import uapi
 from ..config import Config
 from ..datapath import Datapath, Options
 from ..errors import ConfigError, VpneduError
 from ..events import EventBus
 from ..net import journal as _journal
 from ..net import links
+from ..net import udp as _udp
 from ..net.tun import Tun
 from ..protocol.device import Device
 from ..protocol.timers import DEFAULT_TIMERS, Timers
-from . import wgquick
+from . import uapi_socket, wgquick
 
 CAP_NET_ADMIN = 12
 
@@ -364,6 +366,7 @@ class Node:
                 from .control import ControlServer
                 self._control = ControlServer(self, self.control_path)
                 await self._control.start()
+                await self._start_uapi()
             await self.start_services()
             datapath = self.open_datapath()
             loop.add_reader(self.tun.fileno(), datapath.on_tun_readable)
@@ -384,6 +387,8 @@ class Node:
                 if obj is not None and obj.fileno() >= 0:
                     loop.remove_reader(obj.fileno())
             await self.stop_services()
+            if self._uapi is not None:
+                await self._uapi.close()
             if self._control is not None:
                 await self._control.close()
         if self._exit_error is not None:
@@ -419,6 +424,81 @@ class Node:
                     signal.signal(sig, handler)
         if self._interrupted:
             raise KeyboardInterrupt
+
+    def tun_gone(self, err: OSError) -> None:
+        """The datapath found our TUN device deleted (``ip link del``): stop, restoring the host."""
+        if self._loop is not None and self.tun is not None and self.tun.fileno() >= 0:
+            self._loop.remove_reader(self.tun.fileno())
+        self.fail(VpneduError(f"the TUN device {self.ifname} disappeared (deleted with 'ip link del'?)",
+                              f"start the vpnedu {self.role} again"))
+
+    # ------------------------------------------------------------------ wg(8) on a running daemon
+    _uapi = None
+
+    async def _start_uapi(self) -> None:
+        """Serve ``/var/run/wireguard/IFNAME.sock`` too, so that ``wg show`` and ``wg set`` work on
+        this daemon as on any userspace WireGuard (:mod:`vpnedu.node.uapi_socket`).  Best effort:
+        the directory is shared by every network namespace, so a second daemon with the same
+        interface name elsewhere (the lab's client and server are both vpnedu0) goes without,
+        and says so."""
+        try:
+            sock, path = uapi_socket.listen(self.ifname)
+        except VpneduError as e:
+            self.log(f"note: no wg(8) socket for this daemon: {e.problem}")
+            return
+
+        def log(level: str, line: str) -> None:
+            if level == "error":
+                self.log(f"wg socket: {line}")
+        self._uapi = uapi_socket.UapiServer(self, sock, path, log=log)
+        await self._uapi.start()
+
+    def uapi_socket_state(self) -> tuple[int, int]:
+        return self.listen_port, self.cfg.interface.fwmark or 0
+
+    def uapi_rebind(self, port: int | None, fwmark: int | None) -> None:
+        """``wg set listen-port`` / ``fwmark`` on a running daemon: a new socket, swapped in."""
+        mark = (self.cfg.interface.fwmark or 0) if fwmark is None else fwmark
+        if port is not None and port != self.listen_port:
+            try:
+                new = _udp.open_port(port, fwmark=mark, families=(4,))[4]
+            except OSError as e:
+                raise uapi_socket.rebind_error(e, port) from None
+            loop, old = self._loop, self.sock
+            if loop is not None and old is not None:
+                loop.remove_reader(old.fileno())
+            self.sock = new
+            self.open_datapath().set_sockets({4: new})
+            if loop is not None:
+                loop.add_reader(new.fileno(), self.datapath.on_udp_readable, new)
+            if old is not None:
+                old.close()
+            self.cfg.interface.listen_port = port or new.getsockname()[1]
+        elif fwmark is not None and self.sock is not None:
+            try:
+                _udp.set_mark(self.sock, fwmark)
+            except OSError as e:
+                raise uapi.UapiError(e.errno or uapi.EINVAL, f"cannot set fwmark {fwmark}: {e.strerror}") from None
+        if fwmark is not None:
+            self.cfg.interface.fwmark = fwmark or None
+
+    def uapi_applied(self, applied) -> None:
+        """After ``wg set``: as :meth:`reload` would have done it -- the Device changed in place,
+        live sessions kept -- plus the keepalives wg's semantics ask for, and an event."""
+        now = self.clock()
+        out = []
+        for peer in applied.keepalive:
+            out += self.device.keepalive(peer, now)
+        for peer in applied.touched:
+            if peer.staged and peer.endpoint is not None and peer.current is None:
+                out += self.device.initiate(peer, now)
+        if out:
+            self._send(out)
+        self.events.emit("config.set", None, source="wg", **applied.summary())
+        self.log("configuration changed through the wg socket: "
+                 + (", ".join(f"{k}={v}" for k, v in applied.summary().items() if v) or "no change"))
+        if self._loop is not None:
+            self.schedule_tick()
 
     def reload(self) -> dict:
         """Re-read the config file: add new peers and remove deleted ones, keeping live sessions."""

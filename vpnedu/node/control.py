@@ -38,7 +38,8 @@ MAX_REQUEST = 4096
 #: How many recent events (of the kinds below) a daemon keeps for late subscribers.
 HISTORY_SIZE = 256
 #: Kinds kept in the history: everything but the per-packet ones (those would flush it at once).
-HISTORY_KINDS = ("handshake", "session", "timer", "peer", "route", "nat", "device", "proxy", "packet.dropped")
+HISTORY_KINDS = ("handshake", "session", "timer", "peer", "route", "nat", "device", "proxy", "packet.dropped",
+                 "config")
 
 
 def socket_path(ifname: str) -> Path:

@@ -31,7 +31,17 @@ from .suites import LABEL_COOKIE, LABEL_MAC1, MAC_LEN, AEADError, CipherSuite
 #: A cookie secret (and a cookie received) is good for two minutes (paper, 6.1: COOKIE_REFRESH_TIME).
 COOKIE_REFRESH_TIME = 120.0
 
-Endpoint = tuple[str, int]
+#: Where a peer is: ``(host, port)``, host an IPv4 or IPv6 address as text.  The IO layer may
+#: add a third element, opaque to the protocol: the local address the peer's packet arrived at,
+#: so that replies leave from it ("sticky" source addresses, see :mod:`vpnedu.net.udp`).  The
+#: protocol only compares endpoints and hands them back; cookies and roaming look at the first two.
+Endpoint = tuple
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    """``192.0.2.1:51820`` or ``[2001:db8::1]:51820``, as ``wg`` writes endpoints."""
+    host, port = endpoint[0], endpoint[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def endpoint_bytes(endpoint: Endpoint) -> bytes:

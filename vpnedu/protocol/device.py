@@ -46,11 +46,12 @@ from . import messages as msgs
 from . import tai64n
 from . import timers as tm
 from .allowedips import AllowedIPs
-from .cookie import COOKIE_REFRESH_TIME, CookieChecker, Endpoint, MacKeys, add_macs, check_mac1, open_cookie
+from .cookie import (COOKIE_REFRESH_TIME, CookieChecker, Endpoint, MacKeys, add_macs, check_mac1, format_endpoint,
+                     open_cookie)
 from .events import EventBus
 from .keys import X25519KeyPair, clamp
 from .keys import encode as _encode
-from .peer import Peer
+from .peer import NEVER, Peer
 from .session import TransportSession
 from .suites import SUITES, WIREGUARD, CipherSuite, TagMismatch, get_suite
 from .timers import DEFAULT_TIMERS, UNDER_LOAD_BATCH, UNDER_LOAD_HOLD, Timers
@@ -83,7 +84,7 @@ def _b64(key: bytes) -> str:
 class Device:
     """One side of WireGuard: a static key, peers, indices and the timer state machine."""
 
-    def __init__(self, private_key: bytes, *, suite: str | CipherSuite = WIREGUARD,
+    def __init__(self, private_key: bytes | None, *, suite: str | CipherSuite = WIREGUARD,
                  allow_insecure: bool = False, events: EventBus | None = None,
                  random: Callable[[int], bytes] = secrets.token_bytes, wall_offset: float = 0.0,
                  jitter: Callable[[float], float] | None = None,
@@ -94,7 +95,9 @@ class Device:
         elif suite.insecure and not allow_insecure:
             get_suite(suite.name, allow_insecure=False)  # raises the standard SuiteError
         self.suite = suite
-        self.static = X25519KeyPair(private_key)
+        #: Our static key pair; None until a private key is set (a ``vpnedu-wg`` interface
+        #: starts without one): then no handshake can be made or answered.
+        self.static: X25519KeyPair | None = None
         #: The latest ``now`` a caller gave (events of the default bus are stamped with it).
         self.now = 0.0
         #: Unix time minus monotonic time: ``now + wall_offset`` is the wall clock (TAI64N).
@@ -113,18 +116,51 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.routes: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, tuple[Peer, object]] = {}
-        self.cookie_checker = CookieChecker(suite, self.static.public, random)
-        self.mac_keys = self.cookie_checker.keys
-        # mac1 keys of the *other* suites, only to explain a suite mismatch in a drop event.
-        self._other_suites = [(s, MacKeys(s, self.static.public)) for s in SUITES.values() if s is not suite]
+        self.cookie_checker: CookieChecker | None = None
+        self.mac_keys: MacKeys | None = None
+        self._other_suites: list = []
+        self._set_static(private_key)
         #: Always-on counters: drops by reason, handshakes, messages by type.
         self.counters: Counter[str] = Counter()
         #: If set, called with Wireshark key-log lines for every handshake (``--keylog``).
         self.keylog: Callable[[str], None] | None = None
 
     @property
-    def public_key(self) -> bytes:
-        return self.static.public
+    def public_key(self) -> bytes | None:
+        return self.static.public if self.static is not None else None
+
+    def _set_static(self, private_key: bytes | None) -> None:
+        self.static = X25519KeyPair(private_key) if private_key is not None else None
+        if self.static is None:
+            self.cookie_checker = self.mac_keys = None
+            self._other_suites = []
+            return
+        self.cookie_checker = CookieChecker(self.suite, self.static.public, self.random)
+        self.mac_keys = self.cookie_checker.keys
+        # mac1 keys of the *other* suites, only to explain a suite mismatch in a drop event.
+        self._other_suites = [(s, MacKeys(s, self.static.public)) for s in SUITES.values()
+                              if s is not self.suite]
+
+    def set_private_key(self, private_key: bytes | None) -> bool:
+        """Change (or, with None, remove) the interface's static private key, as ``wg set
+        private-key`` does.  Returns False if it is the key already in use (nothing happens).
+
+        Every session and handshake in flight was made with the old key and ends here: the next
+        packet to a peer starts a new handshake.  A peer whose public key *is* the new one is
+        removed (a device is never its own peer), as wireguard-go does."""
+        if private_key == (self.static.private if self.static is not None else None):
+            return False
+        self._set_static(private_key)
+        own = self.public_key
+        if own is not None and own in self.peers:
+            self.remove_peer(own)
+        for peer in self.peers.values():
+            self._zero_keys(peer)
+            peer.staged.clear()
+            peer.last_initiation_sent = NEVER
+            peer.t_retransmit = peer.t_keepalive = peer.t_new_handshake = peer.t_persistent = None
+        self.under_load_until = float("-inf")
+        return True
 
     def wall(self, now: float) -> float:
         """Unix time at monotonic ``now``."""
@@ -141,15 +177,15 @@ class Device:
     def add_peer(self, public_key: bytes, *, preshared_key: bytes | None = None,
                  endpoint: Endpoint | None = None, persistent_keepalive: int = 0,
                  allowed_ips: tuple | list = (), name: str | None = None) -> Peer:
-        if public_key == self.static.public:
+        if public_key == self.public_key:
             raise SuiteError("a peer cannot have this device's own public key",
                              "use the other side's public key in [Peer]")
         if public_key in self.peers:
             self.remove_peer(public_key)
         peer = Peer(self, public_key, preshared_key=preshared_key, endpoint=endpoint,
-                    persistent_keepalive=persistent_keepalive, allowed_ips=allowed_ips, name=name)
+                    persistent_keepalive=persistent_keepalive, name=name)
         self.peers[public_key] = peer
-        for net in peer.allowed_ips:
+        for net in allowed_ips:
             self.routes.insert(net, peer)
         return peer
 
@@ -160,15 +196,31 @@ class Device:
         (or stops) the keepalive timer."""
         peer = self.peers[public_key]
         self.routes.remove_value(peer)
-        peer.allowed_ips = [ipaddress.ip_network(n, strict=False) for n in allowed_ips]
-        for net in peer.allowed_ips:
+        for net in allowed_ips:
             self.routes.insert(net, peer)
-        peer.persistent_keepalive = int(persistent_keepalive or 0)
-        peer.t_persistent = (now + peer.persistent_keepalive
-                             if peer.persistent_keepalive and peer.current is not None else None)
+        self.set_persistent_keepalive(peer, persistent_keepalive, now)
         if name:
             peer.name = name
         return peer
+
+    def set_persistent_keepalive(self, peer: Peer, seconds: int, now: float) -> bool:
+        """Set a peer's PersistentKeepalive (0: off).  Returns True if it was off and is now on:
+        the caller then sends a keepalive at once (:meth:`keepalive`), as wireguard-go does, so
+        that a peer behind NAT opens its mapping without waiting for traffic."""
+        was = peer.persistent_keepalive
+        peer.persistent_keepalive = int(seconds or 0)
+        peer.t_persistent = (now + peer.persistent_keepalive
+                             if peer.persistent_keepalive and peer.current is not None else None)
+        return not was and bool(peer.persistent_keepalive)
+
+    def forget_local_address(self, endpoint: Endpoint) -> None:
+        """The IO layer could not send from the local address remembered in ``endpoint`` (its
+        third element, see :data:`~vpnedu.protocol.cookie.Endpoint`): the address is gone.
+        Peers at that endpoint send from whatever address the kernel picks until their next
+        packet arrives ("sticky, but not too sticky")."""
+        for peer in self.peers.values():
+            if peer.endpoint == endpoint:
+                peer.endpoint = endpoint[:2]
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
@@ -390,6 +442,10 @@ class Device:
             self._drop("malformed", str(e), source=source, size=len(data))
             return
         self.counters["received." + msgs.TYPE_NAMES[mtype]] += 1
+        if self.static is None and mtype in (msgs.INITIATION, msgs.RESPONSE):
+            self._drop("no-private-key", "this interface has no private key yet, so it can neither answer "
+                       "nor complete a handshake (wg set IFACE private-key FILE)", source=source, size=len(data))
+            return
         try:
             if mtype == msgs.INITIATION:
                 self._receive_initiation(data, source, now, out)
@@ -565,12 +621,14 @@ class Device:
                          nonce=msg.nonce.hex())
 
     def _set_endpoint(self, peer: Peer, source: Endpoint) -> None:
-        if peer.endpoint != source:
-            old = peer.endpoint
+        old = peer.endpoint
+        if old != source:
             peer.endpoint = source
-            if old is not None:
-                self.events.emit("peer.roamed", peer.label, old=f"{old[0]}:{old[1]}",
-                                 new=f"{source[0]}:{source[1]}")
+            # Only the remote address and port make a roam; the local address we received on
+            # (a third element) is remembered silently, to reply from it.
+            if old is not None and old[:2] != source[:2]:
+                self.events.emit("peer.roamed", peer.label, old=format_endpoint(old),
+                                 new=format_endpoint(source))
 
     # ------------------------------------------------------------ sending
     def send_packet(self, packet: bytes, now: float) -> list[Datagram]:
@@ -720,6 +778,9 @@ class Device:
         if peer.endpoint is None:
             self._drop("no-endpoint", "cannot start a handshake: the peer's endpoint is unknown", peer)
             return
+        if self.static is None:
+            self._drop("no-private-key", "cannot start a handshake: this interface has no private key", peer)
+            return
         peer.last_initiation_sent = now
         if peer.handshake is not None:
             self._forget(peer.handshake.local_index)
@@ -819,7 +880,7 @@ class Device:
     def status(self) -> dict:
         return {
             "name": self.name,
-            "public_key": _b64(self.static.public),
+            "public_key": _b64(self.static.public) if self.static is not None else None,
             "suite": self.suite.name,
             "peers": [p.status() for p in self.peers.values()],
             "counters": dict(self.counters),

@@ -13,12 +13,11 @@ Its five timer deadlines (``t_retransmit``, ``t_keepalive``, ``t_new_handshake``
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from typing import TYPE_CHECKING
 
 from . import keys as _keys
-from .cookie import Endpoint, MacKeys
+from .cookie import Endpoint, MacKeys, format_endpoint
 from .handshake import NO_PSK, InitiatorState
 from .session import TransportSession
 from .timers import MAX_STAGED_PACKETS
@@ -34,13 +33,12 @@ class Peer:
 
     def __init__(self, device: "Device", public_key: bytes, *, preshared_key: bytes | None = None,
                  endpoint: Endpoint | None = None, persistent_keepalive: int = 0,
-                 allowed_ips: tuple | list = (), name: str | None = None):
+                 name: str | None = None):
         self.device = device
         self.public_key = public_key
         self.psk = preshared_key or NO_PSK
         self.endpoint = endpoint
         self.persistent_keepalive = int(persistent_keepalive or 0)
-        self.allowed_ips = [ipaddress.ip_network(n, strict=False) for n in allowed_ips]
         self.name = name
         #: Short label used in events and status: the name, else the key's first characters.
         self.label = name or _keys.encode(public_key)[:10]
@@ -82,6 +80,12 @@ class Peer:
         self.last_handshake: float | None = None
 
     @property
+    def allowed_ips(self) -> list:
+        """The prefixes cryptokey routing gives this peer (the Device's table is the one truth:
+        a prefix another peer took over is no longer listed here)."""
+        return self.device.routes.networks(self)
+
+    @property
     def public_key_b64(self) -> str:
         return _keys.encode(self.public_key)
 
@@ -99,7 +103,7 @@ class Peer:
         return {
             "name": self.name,
             "public_key": self.public_key_b64,
-            "endpoint": f"{self.endpoint[0]}:{self.endpoint[1]}" if self.endpoint else None,
+            "endpoint": format_endpoint(self.endpoint) if self.endpoint else None,
             "allowed_ips": [str(n) for n in self.allowed_ips],
             "latest_handshake": self.last_handshake,
             "transfer_rx": self.rx_bytes,
