@@ -2,6 +2,7 @@
 tunnel to each other, and it interoperates with wireguard-go -- all in namespaces the tests
 create and delete."""
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,11 @@ def test_wg_configures_two_vpnedu_wg_interfaces_that_tunnel(lab, tmp_path):
     alldump = wg("show", "all", "dump").stdout
     assert any(line.startswith(f"{ia}\t{ka}") for line in alldump.splitlines())
     assert any(line.startswith(f"{ib}\t{pa}") for line in alldump.splitlines())
+
+    # vpnedu's own status and events work on it too (its control socket, in its namespace).
+    st = json.loads(lab.run(lab.b, sys.executable, "-m", "vpnedu", "status", "--interface", ib, "--json").stdout)
+    assert st["role"] == "userspace" and st["peers"][0]["public_key"] == pa and st["listen_port"] == 51002
+    assert st["peers"][0]["transfer_rx"] > 0
 
     # addconf adds a peer, syncconf goes back to the file without touching the live session.
     _, extra = genkey()

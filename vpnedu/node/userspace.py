@@ -54,6 +54,7 @@ from ..protocol.device import DEFAULT_MTU, Device
 from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import uapi_socket
 from .base import parse_timers
+from .control import ControlServer
 
 LEVELS = {"silent": 0, "error": 1, "verbose": 2, "debug": 2}
 #: The exit status when the interface cannot be created (wireguard-go's ExitSetupFailed).
@@ -267,6 +268,27 @@ class UserspaceInterface:
             self._bind_any()
         self.link_up = up
 
+    # ------------------------------------------------------------------ vpnedu's own control socket
+    role = "userspace"
+
+    async def status_async(self) -> dict:
+        return self.status()
+
+    def status(self) -> dict:
+        """What ``vpnedu status`` shows (the control socket serves it, as for the vpnedu daemons;
+        ``vpnedu events`` works on a vpnedu-wg interface too)."""
+        st = self.device.status()
+        st.update({"role": self.role, "interface": self.ifname, "pid": os.getpid(),
+                   "public_key": st["public_key"] or "(none)", "listen_port": self.port,
+                   "addresses": ["(set with ip addr, in the device's namespace)"], "mtu": self.device.mtu,
+                   "fwmark": self.fwmark, "datapath": self.options.describe(),
+                   "datapath_stats": dict(self.datapath.stats) if self.datapath else {}})
+        return st
+
+    def reload(self) -> dict:
+        raise VpneduError("vpnedu-wg has no config file to re-read",
+                          f"configure it with wg, e.g. 'wg syncconf {self.ifname} FILE'")
+
     # ------------------------------------------------------------------ running
     def stop(self, reason: str = "") -> None:
         if reason and not self.exit_reason:
@@ -285,6 +307,12 @@ class UserspaceInterface:
             loop.add_reader(s.fileno(), self.datapath.on_udp_readable, s)
         self.server = uapi_socket.UapiServer(self, self._usock, self._upath, log=self.log)
         await self.server.start()
+        control = ControlServer(self)
+        try:
+            await control.start()
+        except OSError as e:     # the tunnel does not need it
+            self.log("error", f"no vpnedu control socket: {e}")
+            control = None
         loop.add_reader(self.tun.fileno(), self._on_tun_readable)
         self._check_link()
         self.schedule_tick()
@@ -298,6 +326,8 @@ class UserspaceInterface:
             for s in self.sockets.values():
                 loop.remove_reader(s.fileno())
             await self.server.close()
+            if control is not None:
+                await control.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
