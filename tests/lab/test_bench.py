@@ -17,7 +17,7 @@ from vpnedu.netns_lab.topology import SERVER_PUBLIC, Lab
 
 from ..conftest import require_tool
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
