@@ -108,6 +108,39 @@ def has_net_admin() -> bool:
     return False
 
 
+class TickTimer:
+    """One event-loop timer for a Device's next deadline, shared by every daemon.
+
+    The Device says when it next needs :meth:`~vpnedu.protocol.device.Device.tick`
+    (``next_deadline``). Its callers ask after every wakeup, so the timer is only moved when
+    the new deadline is earlier. It is never more than 1 s away, so that checks made once a
+    second (a device probe, say) have a chance to run.
+    """
+
+    def __init__(self, callback: Callable[[], None], longest: float = 1.0):
+        self.callback = callback
+        self.longest = longest
+        self.handle: asyncio.TimerHandle | None = None
+        self.at: float | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop, deadline: float | None, now: float) -> None:
+        at = now + self.longest if deadline is None else min(deadline, now + self.longest)
+        if self.handle is not None and self.at is not None and self.at <= at:
+            return                      # already armed for as soon or sooner
+        self.cancel()
+        self.at = at
+        self.handle = loop.call_later(max(0.0, at - now), self._fire)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = self.at = None
+
+    def _fire(self) -> None:
+        self.handle = self.at = None
+        self.callback()
+
+
 class Node:
     """A running vpnedu endpoint (see :class:`~vpnedu.node.server.Server` and
     :class:`~vpnedu.node.client.Client`)."""
@@ -271,26 +304,16 @@ class Node:
         self.open_datapath().send(datagrams)
 
     # Timers: sleep until the core's next deadline (at most 1 s), then tick.
-    _tick_handle: asyncio.TimerHandle | None = None
-    _tick_at: float | None = None
+    _ticker: "TickTimer | None" = None
 
     def schedule_tick(self) -> None:
         """Arm the event loop's timer for the Device's next deadline (the datapath calls this
         after every wakeup)."""
-        loop = self._loop
-        deadline = self.device.next_deadline()
-        now = self.clock()
-        at = min(deadline, now + 1.0) if deadline is not None else now + 1.0
-        if self._tick_handle is not None and self._tick_at is not None and self._tick_at <= at:
-            return
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-        self._tick_at = at
-        self._tick_handle = loop.call_later(max(0.0, at - now), self._tick)
+        if self._ticker is None:
+            self._ticker = TickTimer(self._tick)
+        self._ticker.arm(self._loop, self.device.next_deadline(), self.clock())
 
     def _tick(self) -> None:
-        self._tick_handle = None
-        self._tick_at = None
         self._send(self.device.tick(self.clock()))
         self.schedule_tick()
 
@@ -381,8 +404,8 @@ class Node:
             start.cancel()
         finally:
             self._stopping = True
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
+            if self._ticker is not None:
+                self._ticker.cancel()
             for obj in (self.tun, self.sock):
                 if obj is not None and obj.fileno() >= 0:
                     loop.remove_reader(obj.fileno())

@@ -53,7 +53,7 @@ from ..net import udp as _udp
 from ..protocol.device import DEFAULT_MTU, Device
 from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import uapi_socket
-from .base import parse_timers
+from .base import TickTimer, parse_timers
 from .control import ControlServer
 
 LEVELS = {"silent": 0, "error": 1, "verbose": 2, "debug": 2}
@@ -124,8 +124,7 @@ class UserspaceInterface:
         self.server: uapi_socket.UapiServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._tick_handle = None
-        self._tick_at: float | None = None
+        self._ticker = TickTimer(self._tick)
         self._next_probe = 0.0
         self.link_up = False
         self.exit_reason = ""
@@ -225,22 +224,10 @@ class UserspaceInterface:
     def schedule_tick(self) -> None:
         """Arm the event loop's timer for the Device's next deadline, at most 1 s away (the
         link probe runs once a second)."""
-        loop = self._loop
-        if loop is None:
-            return
-        deadline = self.device.next_deadline()
-        now = self.clock()
-        at = min(deadline, now + 1.0) if deadline is not None else now + 1.0
-        if self._tick_handle is not None and self._tick_at is not None and self._tick_at <= at:
-            return
-        if self._tick_handle is not None:
-            self._tick_handle.cancel()
-        self._tick_at = at
-        self._tick_handle = loop.call_later(max(0.0, at - now), self._tick)
+        if self._loop is not None:
+            self._ticker.arm(self._loop, self.device.next_deadline(), self.clock())
 
     def _tick(self) -> None:
-        self._tick_handle = None
-        self._tick_at = None
         now = self.clock()
         if now >= self._next_probe:
             self._next_probe = now + 1.0
@@ -320,8 +307,7 @@ class UserspaceInterface:
         try:
             await self._stop.wait()
         finally:
-            if self._tick_handle is not None:
-                self._tick_handle.cancel()
+            self._ticker.cancel()
             loop.remove_reader(self.tun.fileno())
             for s in self.sockets.values():
                 loop.remove_reader(s.fileno())
