@@ -59,6 +59,26 @@ def test_ladder_pairs_events_arriving_in_any_order():
     assert ladder.confirmed
 
 
+def test_the_field_table_keeps_wire_order_whichever_side_spoke_first():
+    """The initiation's fields come from both daemons' events; the table lists them in the
+    order they sit in the message, not in the order the threads delivered them."""
+    def emit_initiation(bus_order):
+        ini, resp = EventBus(), EventBus()
+        ladder = HandshakeLadder(ini, resp)
+        for side in bus_order:
+            if side == "resp":
+                resp.emit("handshake.initiation.received", "c", sender_index=7, ephemeral="E", static="S",
+                          timestamp=1.0, mac1="m", mac2="0")
+            else:
+                ini.emit("handshake.initiation.sent", "s", sender_index=7, ephemeral="E", encrypted_static="aa",
+                         encrypted_timestamp="bb", timestamp=1.0, mac1="m", mac2="0")
+        return [row[1] for row in ladder.field_table().rows]
+    first = emit_initiation(["resp", "ini"])
+    assert first == emit_initiation(["ini", "resp"])
+    assert first == ["sender_index", "ephemeral", "encrypted_static", "static", "encrypted_timestamp",
+                     "timestamp", "mac1", "mac2"]
+
+
 def test_event_log_filters_and_stays_bounded(lab):
     log = EventLogView(lab.client_events, lab.server_events, names=("client", "server"), limit=50)
     lab.start_server()

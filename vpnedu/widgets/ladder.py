@@ -54,6 +54,13 @@ class LadderMessage:
     received: bool = False
     time: float = 0.0
 
+    def shown(self) -> list[tuple[str, object]]:
+        """The known fields in wire order (:data:`FIELD_NOTES`' order), whichever side's event
+        filled them first: both daemons' events arrive on their own threads, in either order."""
+        rank = {k: i for i, k in enumerate(FIELD_NOTES)}
+        return sorted(((k, v) for k, v in self.fields.items() if v is not None),
+                      key=lambda kv: rank.get(kv[0], len(rank)))
+
 
 class HandshakeLadder(w.HTML):
     """A ladder diagram of the latest handshake between an initiator and a responder.
@@ -172,7 +179,7 @@ class HandshakeLadder(w.HTML):
         """Every field of the latest handshake's messages as a table: the value in full and what
         it is (the ladder above shows the same fields, cut short to fit the diagram)."""
         rows = [(m.name, k, _fmt(k, v, limit=None), FIELD_NOTES.get(k, ""))
-                for m in self.messages for k, v in m.fields.items() if v is not None]
+                for m in self.messages for k, v in m.shown()]
         return FieldTable(rows)
 
     def summary(self) -> str:
@@ -191,7 +198,7 @@ class HandshakeLadder(w.HTML):
                  f'<text x="{right}" y="20" text-anchor="middle" font-weight="bold">{html.escape(self.names[1])}</text>']
         for m in self.messages:
             x1, x2 = (left, right) if m.direction == "right" else (right, left)
-            lines = [(k, v) for k, v in m.fields.items() if v is not None]
+            lines = m.shown()
             size = {"initiation": 148, "response": 92}.get(m.name, 0)
             title = f"handshake {m.name} ({size} bytes)" + ("" if m.received else "  [not received yet]")
             parts.append(f'<g class="vpnedu-ladder-message" data-message="{m.name}">'
