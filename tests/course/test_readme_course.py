@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -117,8 +118,20 @@ def serve_and_look(shell: Shell, line: str, log: Path) -> dict:
                 raise AssertionError(f"'{line}' did not start JupyterLab:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         base, token = url
-        contents = json.loads(urllib.request.urlopen(f"{base}api/contents?token={token}", timeout=30).read())
-        page = urllib.request.urlopen(f"{base}lab?token={token}", timeout=30).read().decode()
+
+        def fetch(path: str) -> bytes:
+            # The address is printed as the server starts; on a loaded machine the first request
+            # may still be refused for a moment (seen once in CI): try again for a while.
+            while True:
+                try:
+                    return urllib.request.urlopen(f"{base}{path}?token={token}", timeout=30).read()
+                except urllib.error.URLError as e:
+                    if proc.poll() is not None or time.time() > end:
+                        raise AssertionError(f"JupyterLab at {base} does not answer ({e}):\n"
+                                             f"{log.read_text()[-3000:]}") from None
+                    time.sleep(0.5)
+        contents = json.loads(fetch("api/contents"))
+        page = fetch("lab").decode()
         config = json.loads(re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
                                       page, re.S)[1])
         return {"notebooks": sorted(c["name"] for c in contents["content"]), "config": config}
