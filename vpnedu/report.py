@@ -176,14 +176,14 @@ def format_wg_show(reply: dict, interface: str, now: float | None = None) -> str
 
 #: Which ``get=1`` line each ``wg show`` line comes from (wg show's words -> the protocol's keys).
 WG_SHOW_SOURCES = (
-    ("public key", "private_key", "computed from the private key (X25519): not in the reply"),
+    ("public key", "private_key", "derived (X25519)"),
     ("listening port", "listen_port", "the same number"),
     ("peer", "public_key", "hex -> base64"),
     ("endpoint", "endpoint", "the same text"),
-    ("allowed ips", "allowed_ip", "one line per prefix -> one comma-separated list"),
-    ("latest handshake", "last_handshake_time_sec", "Unix seconds (+ _nsec) -> an age"),
-    ("transfer", "rx_bytes / tx_bytes", "bytes -> KiB, MiB (received = rx, sent = tx)"),
-    ("persistent keepalive", "persistent_keepalive_interval", "shown only when not 0"),
+    ("allowed ips", "allowed_ip", "lines -> one list"),
+    ("latest handshake", "last_handshake_time_sec", "Unix time -> age"),
+    ("transfer", "rx_bytes, tx_bytes", "received, sent"),
+    ("persistent keepalive", "persistent_keepalive_interval", "shown if not 0"),
 )
 
 

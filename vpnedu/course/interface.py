@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol
@@ -289,9 +290,14 @@ class WgSet:
                 lines.append(f"  why: {self.problem}")
         else:
             lines.append("reply: errno=0 (done)")
-        lines.append("changed: " + ("; ".join(self.changes) if self.changes else "nothing"))
-        lines.append(f"{self.host} event: {self.event}" if self.event is not None
-                     else f"{self.host} event: none (no config.set: nothing was applied)")
+        lines.append("changed:" + ("" if self.changes else " nothing"))
+        for c in self.changes:
+            lines += textwrap.wrap(c, 78, initial_indent="  - ", subsequent_indent="    ", break_long_words=False)
+        if self.event is None:
+            lines.append(f"{self.host} event: none (no config.set: nothing was applied)")
+        else:
+            lines += textwrap.wrap(f"{self.host} event: {self.event}", 78, subsequent_indent="  ",
+                                   break_long_words=False)
         return "\n".join(lines)
 
 

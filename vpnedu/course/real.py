@@ -392,8 +392,8 @@ class RealLab:
         if wg is None:
             raise VpneduError("'wg' is not installed", "install it: apt-get install wireguard-tools")
         r = self.lab.run(host, *self.private_wireguard(host, wg, *args), timeout=30)
-        return r, f"$ wg {' '.join(args)}   (the real {wg}, in {self.lab.ns(host)} with the {host}'s own " \
-                  f"/run/wireguard)"
+        return r, (f"$ wg {' '.join(args)}\n# the real {wg}, run in {self.lab.ns(host)} with the {host}'s own "
+                   f"/run/wireguard:\n#   {self.wg_dir(host)}")
 
     def wg_show(self, host: str = "server") -> WgShow:
         """The real ``wg show IFNAME``, run where it finds the daemon on ``host`` (and only it)."""
@@ -431,7 +431,7 @@ class RealLab:
         ifname = self._running(host)
         path = self.wg_dir(host) / f"{ifname}.sock"
         return WgGet(host, ifname, self._exchange(host, ifname, "get=1\n\n"),
-                     f"$ printf 'get=1\\n\\n' | ncat -U {path}")
+                     f"$ printf 'get=1\\n\\n' \\\n    | ncat -U {path}")
 
     def _changed(self, host: str, ifname: str, before: dict, send) -> tuple:
         """Run ``send()``; return its result, what changed and the ``config.set`` event (waiting
@@ -495,5 +495,5 @@ class RealLab:
                     time.sleep(0.05)
             why = why.split(": ", 1)[1] if why.startswith(tuple(uapi.ERRNO_NAMES.values())) else why
         path = self.wg_dir(host) / f"{ifname}.sock"
-        return WgSet(host, ifname, f"sent to {path} (the {host}'s real configuration socket):", message, errno,
+        return WgSet(host, ifname, f"sent to the {host}'s real configuration socket,\n  {path}:", message, errno,
                      changes, event, why)

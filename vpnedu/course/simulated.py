@@ -380,16 +380,16 @@ class SimLab:
         self.run()
         reply, _ = node.uapi_message("get=1\n\n")
         return WgGet(host, node.ifname, reply,
-                     f"get=1 -> the simulated {host}'s Device (the same vpnedu.uapi code as the real socket; "
-                     "there is no socket file here)")
+                     f"get=1, handed to the simulated {host}'s Device (no socket file in the\n"
+                     "simulation; the same vpnedu.uapi code answers as on the real socket)")
 
     def wg_show(self, host: str = "server") -> WgShow:
         """vpnedu's rendering of the simulated daemon's ``get=1`` reply, laid out like ``wg show``."""
         got = self.wg_get(host)
         text = format_wg_show(got.reply, got.interface, now=self.clock.wall())
         return WgShow(host, got.interface, text, "vpnedu",
-                      f"({self.NO_WG}: this is vpnedu's rendering of the {host}'s get=1 reply, laid out like "
-                      f"'wg show {got.interface}')")
+                      f"({self.NO_WG}: below is vpnedu's rendering of the\n"
+                      f"{host}'s get=1 reply, laid out like 'wg show {got.interface}')")
 
     def _set(self, host: str, message: str, how: str) -> WgSet:
         node = self.node(host)
@@ -413,9 +413,9 @@ class SimLab:
         except uapi.UapiError as e:
             raise VpneduError(e.message, "see 'wg set' in wg(8); the simulation knows listen-port, fwmark, "
                                          "peer KEY with remove, endpoint, persistent-keepalive, allowed-ips") from None
-        return self._set(host, message, f"wg set {ifname} {' '.join(args)}\n({self.NO_WG}: vpnedu turned the "
-                                        "arguments into the set=1 message wg sends, and gave it to the simulated "
-                                        f"{host}):")
+        return self._set(host, message, f"wg set {ifname} {' '.join(args)}\n({self.NO_WG}: vpnedu turned the\n"
+                                        f"arguments into the set=1 message wg sends, and handed it to the\n"
+                                        f"simulated {host}):")
 
     def wg_send(self, host: str, message: str) -> WgSet:
         """A raw message handed to the simulated daemon, as ``wg`` writes one on the socket."""
