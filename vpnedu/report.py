@@ -115,3 +115,78 @@ def format_flows(st: dict) -> str:
     rows = [FlowRow.from_dict(d) for d in st.get("flows", [])]
     kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
     return "\n".join([f"flows: {len(rows)} via {kind}", *(flow_table(rows) if rows else [])])
+
+
+# ---------------------------------------------------------------------------- wg show
+def hex_to_base64(hexkey: str) -> str:
+    """A key as the configuration protocol writes it (64 hex digits) -> as ``wg`` and the config
+    files write it (44 characters of base64): the same 32 bytes, two spellings."""
+    import base64
+    return base64.b64encode(bytes.fromhex(hexkey)).decode("ascii")
+
+
+def wg_ago(seconds: int) -> str:
+    """A duration the way ``wg show`` words it: "1 minute, 5 seconds ago", "Now" for none."""
+    if seconds <= 0:
+        return "Now"
+    parts = []
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            parts.append(f"{n} {unit}{'s' if n != 1 else ''}")
+    return ", ".join(parts) + " ago"
+
+
+def format_wg_show(reply: dict, interface: str, now: float | None = None) -> str:
+    """A parsed ``get=1`` reply (:func:`vpnedu.uapi.parse_get`) laid out like ``wg show IFNAME``:
+    vpnedu's own rendering, for where there is no ``wg`` binary (the simulated lab).
+
+    Everything comes from the reply, as it does for ``wg``: the interface's public key is not in
+    it -- only the private key is -- so it is computed from that (X25519); keys are turned from
+    hex into base64; handshake times are Unix seconds, shown as an age."""
+    from .protocol.keys import public_key
+    now = time.time() if now is None else now
+    iface = reply["interface"]
+    lines = [f"interface: {interface}"]
+    if "private_key" in iface:
+        pub = public_key(bytes.fromhex(iface["private_key"]))
+        lines += [f"  public key: {hex_to_base64(pub.hex())}", "  private key: (hidden)"]
+    if iface.get("listen_port"):
+        lines.append(f"  listening port: {iface['listen_port']}")
+    if iface.get("fwmark"):
+        lines.append(f"  fwmark: {int(iface['fwmark']):#x}")
+    for p in reply["peers"]:
+        lines += ["", f"peer: {hex_to_base64(p['public_key'])}"]
+        if p.get("preshared_key", "0" * 64) != "0" * 64:
+            lines.append("  preshared key: (hidden)")
+        if p.get("endpoint"):
+            lines.append(f"  endpoint: {p['endpoint']}")
+        lines.append(f"  allowed ips: {', '.join(p['allowed_ip']) or '(none)'}")
+        sec = int(p.get("last_handshake_time_sec", 0))
+        if sec:
+            lines.append(f"  latest handshake: {wg_ago(int(now) - sec)}")
+        rx, tx = int(p.get("rx_bytes", 0)), int(p.get("tx_bytes", 0))
+        if rx or tx:
+            lines.append(f"  transfer: {human_bytes(rx)} received, {human_bytes(tx)} sent")
+        keepalive = int(p.get("persistent_keepalive_interval", 0))
+        if keepalive:
+            lines.append(f"  persistent keepalive: every {keepalive} second{'s' if keepalive != 1 else ''}")
+    return "\n".join(lines)
+
+
+#: Which ``get=1`` line each ``wg show`` line comes from (wg show's words -> the protocol's keys).
+WG_SHOW_SOURCES = (
+    ("public key", "private_key", "derived (X25519)"),
+    ("listening port", "listen_port", "the same number"),
+    ("peer", "public_key", "hex -> base64"),
+    ("endpoint", "endpoint", "the same text"),
+    ("allowed ips", "allowed_ip", "lines -> one list"),
+    ("latest handshake", "last_handshake_time_sec", "Unix time -> age"),
+    ("transfer", "rx_bytes, tx_bytes", "received, sent"),
+    ("persistent keepalive", "persistent_keepalive_interval", "shown if not 0"),
+)
+
+
+def wg_show_sources() -> list[str]:
+    """:data:`WG_SHOW_SOURCES` as a table: where each line of ``wg show`` is in the raw reply."""
+    return text_table(WG_SHOW_SOURCES, ("wg show", "get=1 key", "how"))

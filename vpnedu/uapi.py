@@ -495,3 +495,115 @@ def parse_get(text: str) -> dict:
     if errno is None:
         raise UapiError(EPROTO, "the reply has no errno line")
     return {"interface": iface, "peers": peers, "errno": errno}
+
+
+# ---------------------------------------------------------------------- one message, whole
+def transact(host, message: str) -> tuple[str, UapiError | None]:
+    """One whole message (``get=1`` or ``set=1`` ... up to its empty line) -> the reply text, and
+    the error behind an ``errno=-N`` reply (None on success).
+
+    The same steps as the socket server (:class:`vpnedu.node.uapi_socket.UapiServer`) takes for a
+    message it read, for a host that has no socket: the simulated daemons (``vpnedu.sim.node``),
+    which are configured by handing them the text.  ``host`` is what the socket server serves:
+    ``device``, ``clock()``, ``uapi_socket_state()``, ``uapi_rebind(port, fwmark)`` and
+    ``uapi_applied(applied)``.  A ``set`` is checked whole before anything changes (see the
+    module doc): a failing message changes nothing and emits no event."""
+    op, nl, body = message.partition("\n")
+    if op == "get=1":
+        if body not in ("\n", "\n\n", ""):
+            err = UapiError(EINVAL, "get=1 must be followed by an empty line")
+            return err.reply(), err
+        port, mark = host.uapi_socket_state()
+        return format_get(host.device, listen_port=port, fwmark=mark), None
+    if op != "set=1":
+        err = UapiError(EPROTO, f"{_quote(op)} is not an operation (get=1 or set=1)")
+        return err.reply(), err
+    try:
+        ops = parse_set(body)
+        port, mark = socket_settings(ops)
+        if port is not None or mark is not None:
+            host.uapi_rebind(port, mark)
+    except UapiError as e:
+        return e.reply(), e
+    host.uapi_applied(apply_set(host.device, ops, host.clock()))
+    return OK_REPLY, None
+
+
+# ---------------------------------------------------------------------- what wg(8) sends
+#: ``wg set`` arguments this translation knows (the tool's own words), and the protocol key each
+#: becomes.  ``private-key`` / ``preshared-key`` take a *file* in wg; they are left out here, so
+#: that a key never has to be typed into a notebook.
+WG_SET_DEVICE_ARGS = {"listen-port": "listen_port", "fwmark": "fwmark"}
+WG_SET_PEER_ARGS = {"endpoint": "endpoint", "persistent-keepalive": "persistent_keepalive_interval",
+                    "allowed-ips": "allowed_ip", "remove": "remove"}
+
+
+def wg_set_message(args: list[str] | tuple[str, ...]) -> str:
+    """The ``set=1`` message that ``wg set IFNAME ARGS...`` sends, for the common arguments:
+    ``listen-port N``, ``fwmark N|off``, and per ``peer BASE64KEY``: ``remove``,
+    ``endpoint IP:PORT``, ``persistent-keepalive N|off``, ``allowed-ips A/N,B/M`` (which
+    *replaces* the peer's list: ``replace_allowed_ips=true`` first, as wg does).
+
+    It is what the course shows where there is no ``wg`` binary (the simulation): the tool's
+    words on the left, the protocol's on the right -- keys turn from base64 into hex, ``off``
+    into 0, one comma-separated list into one line per prefix.  Raises :class:`UapiError`
+    (EINVAL) for an argument it does not know or a value wg would refuse."""
+    try:
+        return _wg_set_message(list(args))
+    except UapiError as e:
+        # The value checks above speak of message lines; here there are arguments, not lines.
+        msg = e.message.removeprefix("line 0: ")
+        raise UapiError(e.errno, msg if msg.startswith("wg set") else f"wg set: {msg}") from None
+
+
+def _wg_set_message(args: list[str]) -> str:
+    from .errors import KeyFormatError
+    from .protocol.keys import decode
+    out = ["set=1"]
+    i, n, in_peer = 0, len(args), False
+
+    def value(name: str) -> str:
+        if i + 1 >= n:
+            raise UapiError(EINVAL, f"wg set: '{name}' needs a value")
+        return args[i + 1]
+
+    while i < n:
+        a = args[i]
+        if a == "peer":
+            try:
+                key = decode(value(a), "the peer's public key")
+            except KeyFormatError as e:
+                raise UapiError(EINVAL, f"wg set: {e.problem}") from None
+            out.append(f"public_key={key.hex()}")
+            in_peer, i = True, i + 2
+            continue
+        if not in_peer and a in WG_SET_DEVICE_ARGS:
+            v = value(a)
+            v = "0" if a == "fwmark" and v == "off" else v
+            _uint(v, WG_SET_DEVICE_ARGS[a], 0, 0xFFFF if a == "listen-port" else 0xFFFFFFFF)
+            out.append(f"{WG_SET_DEVICE_ARGS[a]}={int(v)}")
+            i += 2
+        elif in_peer and a == "remove":
+            out.append("remove=true")
+            i += 1
+        elif in_peer and a == "endpoint":
+            host, port = parse_endpoint(value(a))
+            out.append(f"endpoint={format_endpoint((host, port))}")
+            i += 2
+        elif in_peer and a == "persistent-keepalive":
+            v = value(a)
+            v = "0" if v == "off" else v
+            out.append(f"persistent_keepalive_interval={_uint(v, 'persistent-keepalive', 0, 0xFFFF)}")
+            i += 2
+        elif in_peer and a == "allowed-ips":
+            out.append("replace_allowed_ips=true")
+            for p in (x.strip() for x in value(a).split(",") if x.strip()):
+                parse_prefix(p)
+                out.append(f"allowed_ip={p}")
+            i += 2
+        else:
+            where = "after 'peer KEY'" if in_peer else "before the first 'peer KEY'"
+            known = ", ".join(WG_SET_PEER_ARGS if in_peer else [*WG_SET_DEVICE_ARGS, "peer"])
+            raise UapiError(EINVAL, f"wg set: {_quote(a)} is not an argument this translation knows "
+                                    f"{where} ({known})")
+    return "\n".join(out) + "\n\n"

@@ -32,7 +32,20 @@ EXPECT = {
                                                "response sent+received"],
                            "check-fields": ["encrypted_static", "encrypted_timestamp", "ephemeral", "mac1",
                                             "mac2", "receiver_index", "TAI64N"],
-                           "check-plot": ["vpnedu:", "Mbit/s up"]},
+                           "check-plot": ["vpnedu:", "Mbit/s up"],
+                           # The wg section: wg show on the server lists the client, the raw reply
+                           # behind it, a wg set seen in the event log, a refused set changing nothing.
+                           "check-wg-show": ["interface: vpnedu0", "listening port: 51820", "latest handshake:",
+                                             "transfer:", "the one peer listed is the client's public key: True"],
+                           "check-wg-get": ["listen_port=51820", "public_key=", "last_handshake_time_sec=",
+                                            "rx_bytes=", "allowed_ip=10.0.0.2/32", "errno=0",
+                                            "private_key=(64 hex digits: hidden", "= base64"],
+                           "check-wg-set": ["reply: errno=0", "persistent_keepalive_interval 0 -> 5",
+                                            "config.set source=wg", "peers_updated=1",
+                                            "persistent keepalive: every 5 seconds"],
+                           "check-wg-bad": ["errno=-22 (EINVAL", "an IPv4 prefix is at most /32", "changed: nothing",
+                                            "no config.set", "persistent keepalive now: every 5 seconds",
+                                            "1 config event(s) in the log"]},
     "03-encryption.ipynb": {"check-counter": ["0% packet loss", "one counter value per packet"],
                             "check-tamper": ["packet.dropped", "reason=bad-mac"],
                             "check-replay": ["packet.dropped", "reason=replay"],
@@ -54,6 +67,10 @@ EXPECT_MODE = {
             "01-tun.ipynb": {"check-tun": ["(simulated)"]},
             "06-performance.ipynb": {"check-compare": ["wireguard-go needs the real lab"]}},
     "real": {"00-setup.ipynb": {"check-banner": ["REAL MODE", "network namespaces"]},
+             "02-handshake.ipynb": {"check-wg-show": ["$ wg show vpnedu0", "# the real /usr/bin/wg, run in",
+                                                      "with the server's own /run/wireguard:"],
+                                    "check-wg-get": ["| ncat -U", "/wireguard-server/vpnedu0.sock"],
+                                    "check-wg-set": ["$ wg set vpnedu0 peer"]},
              "01-tun.ipynb": {"check-tun": ["(real TUN device)"]},
              "05-proxy.ipynb": {"check-proxy": ["your address is 203.0.113.2", "client 10.0.0.2:",
                                                 "as 203.0.113.2:", "-> 192.0.2.80:80", "closed"]},
@@ -71,6 +88,8 @@ EXPECT_NOT = {
 }
 # ... and what the newcomer's fixes show instead, per mode.
 EXPECT_MODE["sim"].update({
+    "02-handshake.ipynb": {"check-wg-show": ["no wg binary in the simulation", "vpnedu's rendering"],
+                           "check-wg-set": ["no wg binary in the simulation", "persistent_keepalive_interval=5"]},
     "03-encryption.ipynb": {"check-capture": ["vpnedu: WARNING: cipher suite 'null-teaching' is in use"],
                             "check-tamper": ["the server reported:", "packet.dropped peer=client"]},
     "05-proxy.ipynb": {"check-proxy": ["The simulation forwards with NAT only", "needs the real", "kernel"]},
@@ -108,8 +127,14 @@ def _all_rates_positive(text: str) -> bool:
     return bool(rates) and all(r > 0 for r in rates)
 
 
+def _no_secret_keys(text: str) -> bool:
+    """The raw get=1 reply carries the private and pre-shared keys: printed, they are hidden."""
+    return not re.search(r"(?:private|preshared)_key=[0-9a-f]{64}", text)
+
+
 # Checks on the numbers a cell printed (tag -> predicate), for both modes.
 EXPECT_TRUE = {
+    "02-handshake.ipynb": {"check-wg-get": _no_secret_keys},
     "03-encryption.ipynb": {"check-counter": _counter_grew},
     "06-performance.ipynb": {"check-vpnedu": _all_rates_positive, "check-compare": _all_rates_positive},
 }
@@ -181,10 +206,17 @@ def test_notebook_in_simulated_mode(name, kernel_path):
         assert ladders and "HANDSHAKE COMPLETE" in ladders[0] and "encrypted_static" in ladders[0]
         images = [s for s in states.values() if s["model_name"] == "ImageModel"]
         assert images  # the throughput plot
+        logs = [s["state"]["value"] for s in states.values()
+                if "vpnedu-eventlog" in s["state"].get("_dom_classes", ())]
+        assert any("config.set" in v and "source=wg" in v for v in logs)   # the wg set, in the event log
 
 
 _WIDGET_REPR = re.compile(r"\b[A-Z]\w*\((?:value|children)=.*?\u2026")   # a widget's text/plain, cut by IPython
 _BYTES = re.compile(r"\bhex: [0-9a-f ]+|\bb'(?:[^'\\]|\\.)*'" '|' r'\bb"(?:[^"\\]|\\.)*"')   # raw bytes
+# What wg show and vpnedu status word by the clock or by the byte count: "Now" or "3 seconds ago",
+# "892 B" or "1.21 KiB" (the unit moves with the number).
+_AGE = re.compile(r"(latest handshake: ).*")
+_AMOUNT = re.compile(r"\b\d+(?:\.\d+)? (?:B|KiB|MiB|GiB|TiB)\b")
 _VARYING = re.compile(r"(?P<ip>\b\d{1,3}(?:\.\d{1,3}){3}\b)|\b0x[0-9a-f]+\b|[A-Za-z0-9+/]{43}=|\b[0-9a-f]{8,}\b|\d+(?:\.\d+)?")
 
 
@@ -196,6 +228,7 @@ def comparable(nb, prefix: str) -> dict[str, str]:
     out = {}
     for tag, text in outputs_by_tag(nb).items():
         text = _WIDGET_REPR.sub("<widget>\n", text.replace(prefix, "<lab>-"))
+        text = _AMOUNT.sub("<amount>", _AGE.sub(r"\1<age>", text))
         text = _VARYING.sub(lambda m: m["ip"] or "#", _BYTES.sub("<bytes>", text))
         lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
         if tag == "check-flows":    # the kernel's conntrack lists flows in its hash order

@@ -28,11 +28,12 @@ imports this package for ``vpnedu course``, and should not pay for the simulatio
 
 from __future__ import annotations
 
-from .interface import AppResult, CourseLab, MarkerOnWire, PingResult, TrafficSample, TunReading
+from .interface import AppResult, CourseLab, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow
 from .mode import MODES, WIDTH, choose_mode, open_lab, real_lab_possible, show_warnings_in_one_line, wrap
 
 __all__ = ["MODES", "WIDTH", "AppResult", "CourseLab", "DaemonFeed", "MarkerOnWire", "PingResult", "RealLab",
-           "SimLab", "SuiteSpeed", "TrafficSample", "TunReading", "choose_mode", "compare_suites", "open_lab",
+           "SimLab", "SuiteSpeed", "TrafficSample", "TunReading", "WgGet", "WgSet", "WgShow", "choose_mode",
+           "compare_suites", "open_lab",
            "real_lab_possible", "show_warnings_in_one_line", "wrap"]
 
 

@@ -22,6 +22,10 @@ printing as a sentence a student can read:
 :class:`MarkerOnWire`     ``lab.marker_on_wire()``: is the marker readable on the client's link?
 :class:`TrafficSample`    ``lab.traffic(...)`` yields them: bytes each way so far
 :class:`~vpnedu.flows.FlowRow`  ``lab.flows()``: the server's flow table
+:class:`WgShow`           ``lab.wg_show(host)``: ``wg show`` on a daemon's interface
+:class:`WgGet`            ``lab.wg_get(host)``: the raw ``get=1`` reply behind it
+:class:`WgSet`            ``lab.wg_set(host, ...)`` / ``lab.wg_send(host, text)``: a change, its
+                          ``errno``, what changed and the ``config.set`` event
 =======================  ===============================================================
 
 A daemon's status (``lab.status(host)``) is the ``status`` reply of its control socket, a
@@ -30,15 +34,19 @@ dict, the same that ``vpnedu status --json`` prints; events are :class:`~vpnedu.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol
 
+from .. import uapi
 from ..events import Event, EventBus
 from ..flows import FlowRow
 from ..packet import ip as iplib
+from ..report import hex_to_base64
 
 
 # ---------------------------------------------------------------------------- results
@@ -133,6 +141,164 @@ class TrafficSample(NamedTuple):
     t: float
     up: int
     down: int
+
+
+@dataclass
+class WgShow:
+    """``wg show IFNAME`` on a lab host's daemon: what was printed, and by what.
+
+    ``tool`` is ``"wg"`` when the real ``/usr/bin/wg`` printed it (the real lab), ``"vpnedu"``
+    when vpnedu laid out the daemon's ``get=1`` reply the way ``wg show`` does
+    (:func:`vpnedu.report.format_wg_show`; the simulation has no ``wg`` binary to run)."""
+
+    host: str
+    interface: str
+    text: str
+    tool: str
+    #: One line: how it was run (the command, and where).
+    how: str
+
+    def peers(self) -> list[str]:
+        """The peers' public keys (base64), in the order listed."""
+        return [line.split(":", 1)[1].strip() for line in self.text.splitlines() if line.startswith("peer:")]
+
+    def peer_field(self, key: str, name: str) -> str | None:
+        """One field of one peer as printed (``peer_field(KEY, "persistent keepalive")``)."""
+        section = None
+        for line in self.text.splitlines():
+            if line.startswith("peer:"):
+                section = line.split(":", 1)[1].strip()
+            elif section == key and line.strip().startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.how}\n{self.text}"
+
+
+@dataclass
+class WgGet:
+    """The raw reply a daemon gives ``get=1`` on its configuration socket: what ``wg show`` reads.
+
+    Printed, the private and pre-shared keys are left out (``wg show`` hides them too);
+    :attr:`raw` has them: the reply does carry them, which is why the socket is root's alone."""
+
+    host: str
+    interface: str
+    raw: str
+    how: str
+
+    @property
+    def reply(self) -> dict:
+        """The reply parsed (:func:`vpnedu.uapi.parse_get`): interface keys, peers, errno."""
+        return uapi.parse_get(self.raw)
+
+    def peer(self, key: str) -> dict | None:
+        """The reply's lines about the peer whose public key is ``key`` (base64, as wg shows it)."""
+        return next((p for p in self.reply["peers"] if hex_to_base64(p["public_key"]) == key), None)
+
+    def lines(self) -> list[str]:
+        """The reply's lines as sent (the empty last line left out), the private key hidden."""
+        out = []
+        for line in self.raw.split("\n"):
+            key, _, value = line.partition("=")
+            if key in uapi.SECRET_KEYS and value.strip("0"):
+                line = f"{key}=(64 hex digits: hidden here, as wg show hides it)"
+            if line:
+                out.append(line)
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join([self.how, *self.lines()])
+
+
+#: strerror(N) -> N, to read an errno back from wg's message ("Unable to modify interface: Invalid
+#: argument"): wg prints the errno of the daemon's reply as its text.
+_STRERRORS = {os.strerror(n): n for n in range(1, 134)}
+
+
+def errno_of_message(text: str) -> int | None:
+    """The errno whose strerror() ends ``text`` (what ``wg`` prints when a daemon said errno=-N)."""
+    for line in reversed(text.strip().splitlines()):
+        for msg, n in _STRERRORS.items():
+            if line.rstrip().endswith(": " + msg):
+                return n
+    return None
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """What differs in the *configuration* between two parsed ``get=1`` replies (not the
+    counters or handshake times, which move by themselves): one sentence each, keys in base64,
+    secret keys only said to have changed."""
+    out = []
+    a, b = before["interface"], after["interface"]
+    if a.get("private_key") != b.get("private_key"):
+        out.append("the interface's private key changed")
+    for k in ("listen_port", "fwmark"):
+        if a.get(k, "0") != b.get(k, "0"):
+            out.append(f"{k}: {a.get(k, '0')} -> {b.get(k, '0')}")
+    old = {p["public_key"]: p for p in before["peers"]}
+    new = {p["public_key"]: p for p in after["peers"]}
+    for key in old.keys() - new.keys():
+        out.append(f"peer {hex_to_base64(key)} removed")
+    for key in new.keys() - old.keys():
+        out.append(f"peer {hex_to_base64(key)} added, allowed ips {', '.join(new[key]['allowed_ip']) or '(none)'}")
+    for key in old.keys() & new.keys():
+        p, q = old[key], new[key]
+        name = f"peer {hex_to_base64(key)}"
+        if p.get("preshared_key") != q.get("preshared_key"):
+            out.append(f"{name}: its preshared key changed")
+        for k in ("endpoint", "persistent_keepalive_interval"):
+            if p.get(k) != q.get(k):
+                out.append(f"{name}: {k} {p.get(k, '(none)')} -> {q.get(k, '(none)')}")
+        if sorted(p["allowed_ip"]) != sorted(q["allowed_ip"]):
+            out.append(f"{name}: allowed_ip {', '.join(p['allowed_ip']) or '(none)'} -> "
+                       f"{', '.join(q['allowed_ip']) or '(none)'}")
+    return sorted(out)
+
+
+@dataclass
+class WgSet:
+    """A change sent to a daemon's configuration socket: how, what the daemon answered (its
+    ``errno``: 0, or e.g. -22 for EINVAL), what changed in its ``get=1`` reply, and the
+    ``config.set`` event it emitted (None when the change was refused: nothing changed)."""
+
+    host: str
+    interface: str
+    how: str
+    #: The ``set=1`` message, when it is known here (sent raw, or translated for the simulation).
+    message: str | None
+    errno: int
+    changes: list[str]
+    event: Event | None
+    #: Why it failed, in a line (wg's own message, or the daemon's), or "".
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.errno == 0
+
+    def __str__(self) -> str:
+        lines = [self.how]
+        if self.message is not None:
+            lines += ["  " + line for line in self.message.rstrip("\n").split("\n")]
+        if self.errno:
+            name = uapi.ERRNO_NAMES.get(self.errno, "")
+            lines.append(f"reply: errno=-{self.errno} ({name + ', ' if name else ''}{os.strerror(self.errno)}): "
+                         "the whole message was refused")
+            if self.problem:
+                lines.append(f"  why: {self.problem}")
+        else:
+            lines.append("reply: errno=0 (done)")
+        lines.append("changed:" + ("" if self.changes else " nothing"))
+        for c in self.changes:
+            lines += textwrap.wrap(c, 78, initial_indent="  - ", subsequent_indent="    ", break_long_words=False)
+        if self.event is None:
+            lines.append(f"{self.host} event: none (no config.set: nothing was applied)")
+        else:
+            lines += textwrap.wrap(f"{self.host} event: {self.event}", 78, subsequent_indent="  ",
+                                   break_long_words=False)
+        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- the interface
@@ -245,4 +411,24 @@ class CourseLab(Protocol):
                 ) -> Iterator[TrafficSample]:
         """Traffic from the client for ``seconds``, a sample every ``interval``: through the
         tunnel ("vpnedu"), or, with the daemons stopped, over the plain link ("plain")."""
+        ...
+
+    # ------------------------------------------------------------------ WireGuard's own tool
+    def wg_show(self, host: str = "server") -> WgShow:
+        """``wg show`` on the daemon's interface on ``host`` (real: the real ``wg``; simulated:
+        vpnedu's rendering of the same ``get=1`` reply, labelled so)."""
+        ...
+
+    def wg_get(self, host: str = "server") -> WgGet:
+        """The raw ``get=1`` reply of the daemon on ``host``: the text ``wg show`` reads."""
+        ...
+
+    def wg_set(self, host: str, *args: str) -> WgSet:
+        """``wg set IFNAME ARGS...`` on the daemon on ``host`` (real: the real ``wg``; simulated:
+        the ``set=1`` message those arguments become, :func:`vpnedu.uapi.wg_set_message`)."""
+        ...
+
+    def wg_send(self, host: str, message: str) -> WgSet:
+        """One raw message (``set=1`` ... and an empty line) on the daemon's configuration socket,
+        as ``wg`` would write it: to see a refused one's ``errno`` and that it changed nothing."""
         ...

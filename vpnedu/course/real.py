@@ -6,27 +6,48 @@ internet router, the VPN server and an application server; real TUN devices, rou
 the real ``vpnedu server`` and ``vpnedu client`` run as processes in them.  The lab talks to
 the daemons as any program may, over their control sockets: their status, and their events
 relayed into this process (:class:`~vpnedu.course.feed.DaemonFeed`) for the widgets.
+
+**Each host's own /run/wireguard.**  A daemon also serves WireGuard's configuration socket,
+``/var/run/wireguard/IFNAME.sock``, for ``wg`` (:mod:`vpnedu.node.uapi_socket`).  Network
+namespaces do not separate files, and both lab daemons name their interface ``vpnedu0``: on the
+host's one directory only the first daemon would get the socket, and ``wg show vpnedu0`` would
+answer for whichever that was.  So the lab gives each host a folder of its own,
+``<lab dir>/wireguard-<host>``, and runs that host's daemon -- and every ``wg`` the lab runs
+for it -- in a mount namespace of its own (``unshare --mount``) where that folder is
+bind-mounted on ``/run/wireguard``.  ``wg show`` on the server is then the server's daemon and no
+other; nothing of it is left on the host: the mount namespace ends with its last process, and
+the folders go with the lab's directory on :meth:`RealLab.down`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .. import uapi
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
 from ..netns_lab.demo import Demo
-from ..netns_lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, stop_process
+from ..netns_lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
 from ..node import control
 from .feed import DaemonFeed
-from .interface import AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading
+from .interface import (AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow,
+                        config_changes, errno_of_message)
+
+#: Run by ``sh -c`` in a new mount namespace: the host's folder ($0) on /run/wireguard, then the
+#: command.  (``mkdir -p``: the mount point must exist; it is the standard, usually present, directory.)
+#: The end of a reply: its errno line, then the empty line.
+_REPLY_END = re.compile(rb"(?:^|\n)errno=-?\d+\n\n$")
+_PRIVATE_WG = 'mkdir -p /run/wireguard && mount --bind "$0" /run/wireguard && exec "$@"'
 
 
 class RealLab:
@@ -103,9 +124,10 @@ class RealLab:
                               f"stop it first: lab.stop_{host}()")
         extra = ["--allow-null-teaching"] if self.suite == "null-teaching" else []
         path = self.socket_path(host)
-        proc = self.procs[host] = self.lab.spawn(host, f"vpn-{host}", *self._vpnedu(*args, *extra))
+        proc = self.procs[host] = self.lab.spawn(host, f"vpn-{host}",
+                                                 *self.private_wireguard(host, *self._vpnedu(*args, *extra)))
         try:
-            # 'ip netns exec' execs the daemon: its pid is the one that must answer.
+            # 'ip netns exec', unshare and sh each exec the next: the daemon's pid is the one that must answer.
             st = control.wait_ready(path, proc, self.dir / f"vpn-{host}.log", timeout=timeout,
                                     what=f"the vpnedu {host}", pid=proc.pid)
             bus = self.server_events if host == "server" else self.client_events
@@ -342,3 +364,136 @@ class RealLab:
             srv.wait(5)
             for w in wg:
                 w.down()
+
+    # ------------------------------------------------------------------ WireGuard's own tool
+    def wg_dir(self, host: str) -> Path:
+        """The folder that is ``/run/wireguard`` for ``host``'s daemon and its ``wg`` commands."""
+        return self.dir / f"wireguard-{host}"
+
+    def private_wireguard(self, host: str, *cmd: str) -> list[str]:
+        """``cmd`` run with ``host``'s own ``/run/wireguard`` (see the module doc): a new mount
+        namespace (private propagation: the bind mount never reaches the host's), the folder
+        bind-mounted, then ``cmd`` exec'd -- the same pid, as a daemon must keep."""
+        d = self.wg_dir(host)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return [require_tool("unshare", "util-linux"), "--mount", "--propagation", "private",
+                "sh", "-c", _PRIVATE_WG, str(d), *cmd]
+
+    def _running(self, host: str) -> str:
+        """The interface name of the daemon on ``host`` (an error if none runs)."""
+        p = self.procs.get(host)
+        if p is None or p.poll() is not None:
+            raise VpneduError(f"no vpnedu daemon runs on {host!r}, so wg has nothing to talk to",
+                              f"start it: lab.start_{host}()")
+        return self.status(host)["interface"]
+
+    def _wg(self, host: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+        wg = shutil.which("wg")
+        if wg is None:
+            raise VpneduError("'wg' is not installed", "install it: apt-get install wireguard-tools")
+        r = self.lab.run(host, *self.private_wireguard(host, wg, *args), timeout=30)
+        return r, (f"$ wg {' '.join(args)}\n# the real {wg}, run in {self.lab.ns(host)} with the {host}'s own "
+                   f"/run/wireguard:\n#   {self.wg_dir(host)}")
+
+    def wg_show(self, host: str = "server") -> WgShow:
+        """The real ``wg show IFNAME``, run where it finds the daemon on ``host`` (and only it)."""
+        ifname = self._running(host)
+        r, how = self._wg(host, "show", ifname)
+        if r.returncode:
+            raise VpneduError(f"wg show {ifname} on the {host} failed: {(r.stderr or r.stdout).strip()}")
+        return WgShow(host, ifname, r.stdout.rstrip("\n"), "wg", how)
+
+    def _exchange(self, host: str, ifname: str, message: str) -> str:
+        """One message on the daemon's configuration socket; its reply (up to ``errno=N`` and the
+        empty line), as ``wg`` reads it."""
+        path = self.wg_dir(host) / f"{ifname}.sock"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(str(path))
+            s.sendall(message.encode())
+            data = b""
+            while not _REPLY_END.search(data):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError as e:
+            raise VpneduError(f"cannot talk to {path}: {e.strerror or e}",
+                              f"is the {host} running? lab.start_{host}()") from None
+        finally:
+            s.close()
+        return data.decode()
+
+    def wg_get(self, host: str = "server") -> WgGet:
+        """``get=1`` on the daemon's real socket, from this process (the file is in the host's
+        folder, :meth:`wg_dir`, so no other namespace is needed to reach it)."""
+        ifname = self._running(host)
+        path = self.wg_dir(host) / f"{ifname}.sock"
+        return WgGet(host, ifname, self._exchange(host, ifname, "get=1\n\n"),
+                     f"$ printf 'get=1\\n\\n' \\\n    | ncat -U {path}")
+
+    def _changed(self, host: str, ifname: str, before: dict, send) -> tuple:
+        """Run ``send()``; return its result, what changed and the ``config.set`` event (waiting
+        for it to come through the feed when the change was made, so the log shows it)."""
+        feed = self._feeds.get(host)
+        bus = self.server_events if host == "server" else self.client_events
+        seen = feed.count("config.set") if feed else 0
+        log = EventLog(bus, kinds="config.set")
+        try:
+            result, errno = send()
+            if errno == 0 and feed is not None and not feed.wait_for("config.set", seen, timeout=5):
+                self.out(f"note: the {host}'s config.set event has not arrived"
+                         + (f": {feed.notice()}" if feed.notice() else " (yet)"))
+        finally:
+            log.close()
+        after = uapi.parse_get(self._exchange(host, ifname, "get=1\n\n"))
+        return result, errno, config_changes(before, after), (log.events[-1] if log.events else None)
+
+    def wg_set(self, host: str, *args: str) -> WgSet:
+        """The real ``wg set IFNAME ARGS...`` on the daemon on ``host``.  wg prints nothing when
+        the daemon answered errno=0, and strerror(N) when it answered errno=-N."""
+        ifname = self._running(host)
+        before = uapi.parse_get(self._exchange(host, ifname, "get=1\n\n"))
+        holder = {}
+
+        def send():
+            r, how = self._wg(host, "set", ifname, *args)
+            holder["how"] = how
+            if r.returncode == 0:
+                return r, 0
+            errno = errno_of_message(r.stderr)
+            if errno is None or "Unable to modify interface" not in r.stderr:
+                # wg refused the arguments itself: nothing reached the daemon.
+                raise VpneduError(f"wg set: {r.stderr.strip() or r.stdout.strip()}", "see 'wg set' in wg(8)")
+            return r, errno
+        r, errno, changes, event = self._changed(host, ifname, before, send)
+        return WgSet(host, ifname, holder["how"], None, errno, changes, event, r.stderr.strip())
+
+    def wg_send(self, host: str, message: str) -> WgSet:
+        """A raw message on the daemon's real socket; the daemon's reason for a refusal is read
+        from its log (the reply itself carries only the errno)."""
+        ifname = self._running(host)
+        before = uapi.parse_get(self._exchange(host, ifname, "get=1\n\n"))
+        logfile = self.dir / f"vpn-{host}.log"
+        mark = logfile.stat().st_size if logfile.exists() else 0
+
+        def send():
+            reply = self._exchange(host, ifname, message)
+            line = next((x for x in reply.split("\n") if x.startswith("errno=")), "errno=-71")
+            return reply, -int(line[6:])
+        reply, errno, changes, event = self._changed(host, ifname, before, send)
+        why = ""
+        if errno:
+            end = time.time() + 2
+            while not why and time.time() < end:
+                with open(logfile, "rb") as f:
+                    f.seek(mark)
+                    said = [x for x in f.read().decode(errors="replace").splitlines() if "configuration not changed:" in x]
+                why = said[-1].split("configuration not changed:", 1)[1].strip() if said else ""
+                if not why:
+                    time.sleep(0.05)
+            why = why.split(": ", 1)[1] if why.startswith(tuple(uapi.ERRNO_NAMES.values())) else why
+        path = self.wg_dir(host) / f"{ifname}.sock"
+        return WgSet(host, ifname, f"sent to the {host}'s real configuration socket,\n  {path}:", message, errno,
+                     changes, event, why)

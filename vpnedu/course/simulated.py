@@ -27,18 +27,20 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .. import config, provision
+from .. import config, provision, uapi
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
 from ..protocol import messages as msgs
+from ..report import format_wg_show
 from ..sim import FakeClock, RealClock
 from ..sim.host import SimHost, SimSocket, TraceEntry
 from ..sim.internet import SimInternet, WirePacket
 from ..sim.node import SimClient, SimServer
 from ..sim.topology import APP_ADDRESS, APP_UDP_PORT, ECHO_PORT, SERVER_PUBLIC, build_hosts
 from ..sim.tun import MemoryTun
-from .interface import AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading
+from .interface import (AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow,
+                        config_changes)
 
 
 class SimLab:
@@ -366,3 +368,55 @@ class SimLab:
                     sock.recvfrom()
         finally:
             sock.close()
+
+    # ------------------------------------------------------------------ WireGuard's own tool
+    #: Said wherever the real lab would run ``wg``: the simulation has none to run.
+    NO_WG = "no wg binary in the simulation"
+
+    def wg_get(self, host: str = "server") -> WgGet:
+        """``get=1`` handed to the simulated daemon (:meth:`vpnedu.sim.node.SimNode.uapi_message`):
+        the reply its Device gives, by the same code the real socket runs."""
+        node = self.node(host)
+        self.run()
+        reply, _ = node.uapi_message("get=1\n\n")
+        return WgGet(host, node.ifname, reply,
+                     f"get=1, handed to the simulated {host}'s Device (no socket file in the\n"
+                     "simulation; the same vpnedu.uapi code answers as on the real socket)")
+
+    def wg_show(self, host: str = "server") -> WgShow:
+        """vpnedu's rendering of the simulated daemon's ``get=1`` reply, laid out like ``wg show``."""
+        got = self.wg_get(host)
+        text = format_wg_show(got.reply, got.interface, now=self.clock.wall())
+        return WgShow(host, got.interface, text, "vpnedu",
+                      f"({self.NO_WG}: below is vpnedu's rendering of the\n"
+                      f"{host}'s get=1 reply, laid out like 'wg show {got.interface}')")
+
+    def _set(self, host: str, message: str, how: str) -> WgSet:
+        node = self.node(host)
+        before = self.wg_get(host).reply
+        log = EventLog(self.server_events if host == "server" else self.client_events, kinds="config.set")
+        try:
+            reply, err = node.uapi_message(message)
+            self.run()
+        finally:
+            log.close()
+        errno = -int(reply.split("=", 1)[1].split()[0]) if reply.startswith("errno=") else uapi.EPROTO
+        return WgSet(host, node.ifname, how, message, errno, config_changes(before, self.wg_get(host).reply),
+                     log.events[0] if log.events else None, err.message if err else "")
+
+    def wg_set(self, host: str, *args: str) -> WgSet:
+        """The ``set=1`` message ``wg set IFNAME ARGS...`` would send (vpnedu's translation:
+        :func:`vpnedu.uapi.wg_set_message`), handed to the simulated daemon."""
+        ifname = self.node(host).ifname
+        try:
+            message = uapi.wg_set_message(args)
+        except uapi.UapiError as e:
+            raise VpneduError(e.message, "see 'wg set' in wg(8); the simulation knows listen-port, fwmark, "
+                                         "peer KEY with remove, endpoint, persistent-keepalive, allowed-ips") from None
+        return self._set(host, message, f"wg set {ifname} {' '.join(args)}\n({self.NO_WG}: vpnedu turned the\n"
+                                        f"arguments into the set=1 message wg sends, and handed it to the\n"
+                                        f"simulated {host}):")
+
+    def wg_send(self, host: str, message: str) -> WgSet:
+        """A raw message handed to the simulated daemon, as ``wg`` writes one on the socket."""
+        return self._set(host, message, f"sent to the simulated {host}'s configuration protocol:")

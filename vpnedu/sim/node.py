@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .. import uapi
 from ..datapath import Options
-
+from ..errors import VpneduError
 from ..node.client import Client
 from ..node.server import Server
 from .host import SimHost, SimSocket
@@ -67,6 +68,33 @@ class SimNode:
 
     def schedule_tick(self) -> None:
         """The simulation's loop asks :meth:`pump` instead of arming an asyncio timer."""
+
+    # ------------------------------------------------------------------ wg(8)'s protocol, no socket
+    def uapi_message(self, message: str) -> tuple[str, "uapi.UapiError | None"]:
+        """Hand the daemon one message of WireGuard's configuration protocol (``get=1`` or
+        ``set=1``, text up to its empty line) and get its reply: what the real daemon answers
+        on ``/var/run/wireguard/IFNAME.sock`` (:func:`vpnedu.uapi.transact`, the same parsing,
+        checks and :meth:`~vpnedu.node.base.Node.uapi_applied` -- so a set changes this Device
+        in place and emits ``config.set``).  A simulated host has no file system to put a socket
+        in; the course calls this instead."""
+        return uapi.transact(self, message)
+
+    def uapi_rebind(self, port: int | None, fwmark: int | None) -> None:
+        """``listen_port`` on a simulated host: a new :class:`SimSocket` swapped in (a port in use
+        is ``-EADDRINUSE``, and nothing of the message changes).  A simulated socket has no
+        fwmark: it is kept, as a number, for ``get=1`` to report."""
+        if port is not None and port != self.listen_port:
+            try:
+                new = SimSocket(self.host, port)
+            except VpneduError as e:
+                raise uapi.UapiError(uapi.EADDRINUSE, e.problem) from None
+            old, self.sock = self.sock, new
+            self.datapath.set_sockets({4: new})
+            if old is not None:
+                old.close()
+            self.cfg.interface.listen_port = new.port
+        if fwmark is not None:
+            self.cfg.interface.fwmark = fwmark or None
 
     def pump(self) -> bool:
         """Do what the asyncio loop would do now: read waiting packets, run due timers.
