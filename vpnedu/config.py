@@ -24,8 +24,10 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
-The vpnedu keys are only written when they differ from the defaults, so a file
-for the ``wireguard`` suite stays a pure wg-quick file.
+The vpnedu keys are only written when they differ from the defaults (and
+``AllowNullTeaching`` only beside the suite it unlocks), so a file for the ``wireguard``
+suite stays a pure wg-quick file -- one that WireGuard's phone apps import from a QR code
+(``add-client --qr``); they refuse any key they do not know.
 
 Every wg-quick key either works as in wg-quick(8) or is refused by name -- none is
 accepted and then ignored:
@@ -70,6 +72,8 @@ _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
+#: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
+VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding")
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -470,7 +474,9 @@ def dumps(cfg: Config) -> str:
             lines.append(f"{kind} = {cmd}")
     if itf.cipher_suite != "wireguard":
         lines.append(f"CipherSuite = {itf.cipher_suite}")
-    if itf.allow_null_teaching:
+    if itf.allow_null_teaching and itf.cipher_suite == "null-teaching":
+        # Only the null-teaching suite asks for it: beside another suite it would change nothing
+        # and only make the file one that WireGuard's apps refuse.
         lines.append("AllowNullTeaching = true")
     if itf.forwarding:
         lines.append(f"Forwarding = {itf.forwarding}")
