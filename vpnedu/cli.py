@@ -593,6 +593,12 @@ def conf_check(path) -> None:
                    + meaning.get(itf.table, f"the client's routes go into table {itf.table}, none into main"))
     if itf.fwmark:
         click.echo(f"  FwMark = {itf.fwmark:#x}: the tunnel's UDP packets carry this mark")
+    if itf.dns:
+        from .net.resolver import split
+        servers, domains = split(itf.dns)
+        click.echo(f"  DNS = {', '.join(itf.dns)}: the client uses "
+                   + (f"the name server(s) {', '.join(servers)}" if servers else "the host's name servers")
+                   + (f" and searches {', '.join(domains)}" if domains else "") + " while it runs")
     hooks = [f"{len(v)} {k}" for k, v in itf.hooks.items() if v]
     if hooks:
         why = wgquick.hook_refusal(c)
