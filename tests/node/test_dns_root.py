@@ -26,7 +26,7 @@ import pytest
 from vpnedu.netns_lab.topology import APP_ADDRESS, CLIENT_NET, SERVER_PUBLIC, Lab
 
 from ..conftest import require_tool
-from ..lablib import snapshot, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import snapshot, start_client, start_server, status, stop, vpnedu
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
