@@ -5,8 +5,11 @@ set -euo pipefail
 
 # System tools the tests and the lab drive for real.
 VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3
-  openvpn chromium ncat iptables)  # openvpn: vpnedu bench; chromium: the course's browser test (JupyterLab via
-  # Playwright); ncat, iptables: WireGuard's conformance script (tests/node/test_conformance_root.py)
+  openvpn chromium ncat iptables zbar-tools dnsmasq-base bind9-dnsutils)  # openvpn: vpnedu bench; chromium:
+  # the course's browser test (JupyterLab via Playwright); ncat, iptables: WireGuard's conformance script
+  # (tests/node/test_conformance_root.py); zbar-tools: zbarimg reads back the QR codes of client configs
+  # (tests/cli/test_qr.py); dnsmasq-base (the binary only, no system service), bind9-dnsutils (dig): the
+  # DNS test's resolver and lookups (tests/node/test_dns_root.py)
 
 vpnedu_setup() {
   local extras="${1:-test}" missing=() p

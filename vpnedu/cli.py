@@ -200,12 +200,19 @@ def server_init(config_path, endpoint, port, subnet, suite, force) -> None:
 @click.option("--endpoint", help="HOST[:PORT] of the server, if 'server init' was not told.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write NAME.conf.")
 @click.option("--split", is_flag=True, help="Route only the tunnel subnet through the VPN (split tunnel).")
-@click.option("--dns", multiple=True, help="DNS server for the client config.")
-def server_add_client(name, config_path, endpoint, out_dir, split, dns) -> None:
+@click.option("--dns", multiple=True, help="DNS server (or search domain) for the client config.")
+@click.option("--qr", "qr_terminal", is_flag=True,
+              help="Also print NAME.conf as a QR code, for WireGuard's phone apps to scan.")
+@click.option("--qr-png", "qr_png", type=click.Path(dir_okay=False),
+              help="Also write NAME.conf as a QR code into this PNG file (mode 0600: it holds the private key).")
+def server_add_client(name, config_path, endpoint, out_dir, split, dns, qr_terminal, qr_png) -> None:
     """Add a client: next free address, fresh keys, NAME.conf written."""
     from .node import control
     from .provision import add_client
     ep = _endpoint(endpoint, 51820) if endpoint else None
+    if qr_png:
+        from .qr import check_png_path
+        check_png_path(qr_png)       # before anything is written: a bad path changes nothing
     path, peer, _ = add_client(config_path, name, out_dir=out_dir, endpoint=ep, split=split, dns=list(dns))
     client_cfg = _load_config(str(path), False)
     address = client_cfg.interface.addresses[0]
@@ -222,6 +229,27 @@ def server_add_client(name, config_path, endpoint, out_dir, split, dns) -> None:
                 click.echo(f"told the running server ({st['interface']}): {r['added']} peer(s) added")
         except VpneduError as e:
             click.echo(f"note: could not tell the daemon on {sock} ({e}); restart it to use the new client")
+    if qr_terminal or qr_png:
+        _show_qr(str(path), qr_terminal, qr_png)
+
+
+def _show_qr(path: str, on_terminal: bool, png: str | None) -> None:
+    """Encode the config file at ``path`` -- its bytes exactly as written -- as a QR code, on the
+    terminal and/or into ``png`` (see vpnedu/qr.py).  Only the code holds the private key: no
+    line printed here shows it."""
+    from . import files, qr
+    data = files.read_bytes(path, "config", files.CONFIG_LIMIT).data
+    code = qr.make(data)
+    warn = qr.warning(data.decode("utf-8", "replace"))
+    if warn:
+        click.echo(f"vpnedu: warning: {warn}", err=True)
+    if on_terminal:
+        click.echo(f"{path} as a QR code (version {code.version}, {code.symbol_size(border=qr.BORDER)[0]} modules "
+                   "square); scan it with WireGuard's app, 'Add a tunnel' > 'Scan from QR code':")
+        click.echo(qr.terminal(code, color=sys.stdout.isatty()))
+    if png:
+        qr.save_png(code, png)
+        click.echo(f"wrote {png} (mode 0600): {path} as a QR code; it holds the private key like the file itself")
 
 
 def _endpoint(text: str, default_port: int) -> tuple[str, int]:
@@ -565,6 +593,12 @@ def conf_check(path) -> None:
                    + meaning.get(itf.table, f"the client's routes go into table {itf.table}, none into main"))
     if itf.fwmark:
         click.echo(f"  FwMark = {itf.fwmark:#x}: the tunnel's UDP packets carry this mark")
+    if itf.dns:
+        from .net.resolver import split
+        servers, domains = split(itf.dns)
+        click.echo(f"  DNS = {', '.join(itf.dns)}: the client uses "
+                   + (f"the name server(s) {', '.join(servers)}" if servers else "the host's name servers")
+                   + (f" and searches {', '.join(domains)}" if domains else "") + " while it runs")
     hooks = [f"{len(v)} {k}" for k, v in itf.hooks.items() if v]
     if hooks:
         why = wgquick.hook_refusal(c)
@@ -595,6 +629,20 @@ def conf_import(path, output, address) -> None:
         click.echo(f"wrote {output} (mode 0600)")
     else:
         click.echo(_config.dumps(c), nl=False)
+
+
+@conf.command("qr")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--png", "png", type=click.Path(dir_okay=False), help="Write the QR code into this PNG file "
+              "(mode 0600) instead of printing it.")
+def conf_qr(path, png) -> None:
+    """Show a client config as a QR code (the file's bytes as they are), for WireGuard's apps."""
+    from . import config as _config
+    from .qr import check_png_path
+    if png:
+        check_png_path(png)
+    _config.load(path)       # a config vpnedu refuses is not worth scanning: its error, in one line
+    _show_qr(path, not png, png)
 
 
 @conf.command("export")

@@ -24,8 +24,10 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
-The vpnedu keys are only written when they differ from the defaults, so a file
-for the ``wireguard`` suite stays a pure wg-quick file.
+The vpnedu keys are only written when they differ from the defaults (and
+``AllowNullTeaching`` only beside the suite it unlocks), so a file for the ``wireguard``
+suite stays a pure wg-quick file -- one that WireGuard's phone apps import from a QR code
+(``add-client --qr``); they refuse any key they do not know.
 
 Every wg-quick key either works as in wg-quick(8) or is refused by name -- none is
 accepted and then ignored:
@@ -38,8 +40,9 @@ accepted and then ignored:
                    with ``%i`` replaced by the interface name, only by root and only from a
                    file only root can write (see :mod:`vpnedu.node.wgquick`)
 ``SaveConfig``     ``false`` only: vpnedu never rewrites the file it runs from
-``DNS``            read and kept (``add-client --dns`` writes it); not applied yet, and a
-                   daemon says so when it starts
+``DNS``            name servers (IP addresses) and search domains (anything else), as
+                   wg-quick; the client installs them while it runs (:mod:`vpnedu.net.resolver`);
+                   an entry that is neither is refused by name
 
 Every error names the file, the line, what is wrong and how to fix it.
 """
@@ -70,6 +73,8 @@ _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
+#: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
+VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding")
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -353,7 +358,7 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
             try:
                 ipaddress.ip_address(d)
             except ValueError:
-                if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", d):
+                if not is_domain(d):
                     raise ValueError(f"{_q(d)} is neither an IP address nor a domain name") from None
             itf.dns.append(d)
     elif key == "CipherSuite":
@@ -378,6 +383,17 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
                              "and vpnedu never rewrites the file it runs from")
     else:  # pragma: no cover - every key in _INTERFACE_KEYS has a branch above
         raise ValueError(f"{key} is not supported")
+
+
+def is_domain(name: str) -> bool:
+    """A search domain resolv.conf(5) can hold: dot-separated labels of 1 to 63 letters, digits,
+    hyphens (not first or last) and underscores, at most 253 characters (RFC 1035 section 2.3.4;
+    RFC 2181 section 11 allows the underscore of service names), an optional final dot."""
+    name = name[:-1] if name.endswith(".") else name
+    if re.fullmatch(r"[0-9.]+", name):
+        return False      # '10.0.0.300' is a mistyped address, not a domain (RFC 3696 section 2)
+    return 0 < len(name) <= 253 and all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label) for label in name.split("."))
 
 
 def _table(value: str) -> str:
@@ -470,7 +486,9 @@ def dumps(cfg: Config) -> str:
             lines.append(f"{kind} = {cmd}")
     if itf.cipher_suite != "wireguard":
         lines.append(f"CipherSuite = {itf.cipher_suite}")
-    if itf.allow_null_teaching:
+    if itf.allow_null_teaching and itf.cipher_suite == "null-teaching":
+        # Only the null-teaching suite asks for it: beside another suite it would change nothing
+        # and only make the file one that WireGuard's apps refuse.
         lines.append("AllowNullTeaching = true")
     if itf.forwarding:
         lines.append(f"Forwarding = {itf.forwarding}")

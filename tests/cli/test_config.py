@@ -167,6 +167,11 @@ def test_wg_quick_keys_are_read_into_what_they_mean_and_written_back():
     ("[Interface]\nFwMark = 0x100000000\n", 2, "FwMark: '0x100000000' is not a 32-bit mark"),
     ("[Interface]\nFwMark = red\n", 2, "FwMark: 'red' is not a 32-bit mark"),
     ("[Interface]\nDNS = 10.0.0.1, not a name!\n", 2, "DNS: 'not a name!' is neither an IP address nor"),
+    ("[Interface]\nDNS = not_a domain!\n", 2, "DNS: 'not_a domain!' is neither an IP address nor a domain"),
+    ("[Interface]\nDNS = -lab.test\n", 2, "DNS: '-lab.test' is neither an IP address nor a domain"),
+    ("[Interface]\nDNS = lab..test\n", 2, "DNS: 'lab..test' is neither an IP address nor a domain"),
+    ("[Interface]\nDNS = 10.0.0.300\n", 2, "DNS: '10.0.0.300' is neither an IP address nor a domain"),
+    ("[Interface]\nDNS = " + "a" * 64 + ".test\n", 2, "is neither an IP address nor a domain"),
     ("[[Interface]]\n", 1, "unknown section '[[Interface]]'"),
     ("[Interface]]]\n", 1, "unknown section '[Interface]]]'"),
     ("[Interface\n", 1, "unknown section"),
@@ -194,4 +199,4 @@ def test_conf_check_says_what_each_wg_quick_key_will_do(tmp_path):
     assert "hooks: 1 PostUp" in r.stdout and "a daemon would refuse them" in r.stdout
     why = "writable by group (mode 0620)" if os.geteuid() == 0 else "hooks run only when vpnedu runs as root"
     assert why in r.stdout, r.stdout
-    assert "note: DNS = 10.0.0.1" in r.stdout and "is not applied" in r.stdout
+    assert "DNS = 10.0.0.1: the client uses the name server(s) 10.0.0.1 while it runs" in r.stdout

@@ -131,7 +131,7 @@ def kinds() -> dict[str, Kind]:
 
     Built on first use, not at import: the modules that make the changes load pyroute2 (a third
     of a second), which ``vpnedu status`` and the simulated lab, that only read RUN_DIR, need not pay."""
-    from . import links, nat, routes, sysctl, tproxy
+    from . import links, nat, resolver, routes, sysctl, tproxy
     return {
         "link": Kind(links.undo_link),                    # our TUN device
         "addr": Kind(links.undo_addr),                    # an address on it
@@ -140,6 +140,9 @@ def kinds() -> dict[str, Kind]:
         "sysctl": Kind(sysctl.undo_sysctl, identity=("key",)),                # net.ipv4.ip_forward
         "policy-rule": Kind(tproxy.undo_policy_rule, identity=("fwmark", "table", "priority")),
         "local-route": Kind(tproxy.undo_local_route, identity=("table",)),    # the proxy's route
+        "resolv-conf": Kind(resolver.undo_resolv_conf),   # a client's /etc/resolv.conf (DNS =)
+        "resolvconf": Kind(resolver.undo_resolvconf),     # ... or its lines in resolvconf(8)
+        "resolved": Kind(resolver.undo_resolved),         # ... or its link's servers in systemd-resolved
     }
 
 

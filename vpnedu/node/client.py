@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 
 from ..errors import ConfigError, VpneduError
-from ..net import routes
+from ..net import resolver, routes
 from .base import Node
 
 
@@ -70,6 +70,10 @@ class Client(Node):
             routes.add(self.journal, dst, gateway, dev, table=table)
         self.routes_after = routes.table(table=table or routes.MAIN_TABLE)
         self.report_route_change()
+        if itf.dns:     # DNS = : the tunnel's name servers for as long as it is up (vpnedu.net.resolver)
+            self.changes.append(resolver.install(self.journal, self.ifname, itf.dns, log=self.log,
+                                                 allowed_ips=self.server.allowed_ips))
+            self.log(self.changes[-1])
 
     def plan_routes(self, route_to) -> list[tuple[str, str | None, str]]:
         """The routes to add, as ``(destination, gateway, device)``, without touching the host.
@@ -143,4 +147,5 @@ class Client(Node):
         st["routes_before"] = [str(r) for r in self.routes_before]
         st["routes_after"] = [str(r) for r in self.routes_after]
         st["table"] = self.cfg.interface.table or "auto"
+        st["dns"] = list(self.cfg.interface.dns)
         return st

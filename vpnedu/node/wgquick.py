@@ -130,8 +130,7 @@ def notes(cfg: Config, ifname: str, role: str = "client") -> list[str]:
     if role == "server" and table and table.isdigit():
         out.append(f"note: Table = {table} in {cfg.source} has nothing to hold: the server adds no routes of "
                    "its own (its tunnel subnet's route is the kernel's, in the main table)")
-    if cfg.interface.dns:
-        out.append(f"note: DNS = {redact(', '.join(cfg.interface.dns))} in {cfg.source} is not applied: vpnedu does not "
-                   f"change the host's resolver yet (set it yourself, e.g. 'resolvectl dns {ifname} "
-                   f"{cfg.interface.dns[0]}')")
+    if cfg.interface.dns and role == "server":
+        out.append(f"note: DNS = {redact(', '.join(cfg.interface.dns))} in {cfg.source} is not applied: only the "
+                   "vpnedu client installs DNS (see vpnedu.net.resolver); the server keeps the host's resolver")
     return out
