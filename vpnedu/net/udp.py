@@ -164,7 +164,12 @@ def open_port(port: int, *, buffer: int = 4 << 20, fwmark: int = 0,
         try:
             bound = port
             for fam in families:
-                s = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    s = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+                except OSError as e:   # ipv6.disable=1: no AF_INET6 sockets at all
+                    if fam == 6 and e.errno == errno.EAFNOSUPPORT and 4 in socks:
+                        continue
+                    raise
                 socks[fam] = s
                 if fam == 6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
