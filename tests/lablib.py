@@ -93,6 +93,10 @@ def snapshot(lab: Lab, host: str) -> dict:
         "nft": out("nft", "list", "ruleset"),
         "forwarding": out("sysctl", "-n", "net.ipv4.ip_forward"),
         "rules": out("ip", "rule"),
+        "rules6": out("ip", "-6", "rule"),
+        "routes6": out("ip", "-6", "route"),
+        "tunnel_table": out("ip", "route", "show", "table", "51820") + out("ip", "-6", "route", "show", "table", "51820"),
+        "src_valid_mark": out("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark"),
         "proxy_routes": out("ip", "route", "show", "table", "7670"),
         "conntrack": out("sysctl", "-n", "net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"),
     }
