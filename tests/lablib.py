@@ -92,6 +92,7 @@ def snapshot(lab: Lab, host: str) -> dict:
         "links": out("ip", "-brief", "link").replace("UNKNOWN", "").split(),
         "nft": out("nft", "list", "ruleset"),
         "forwarding": out("sysctl", "-n", "net.ipv4.ip_forward"),
+        "forwarding6": out("sysctl", "-n", "net.ipv6.conf.all.forwarding"),
         "rules": out("ip", "rule"),
         "rules6": out("ip", "-6", "rule"),
         "routes6": out("ip", "-6", "route"),
