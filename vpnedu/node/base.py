@@ -235,7 +235,9 @@ class Node:
         gets the IPv4 socket only, and a note says so."""
         port = self.cfg.interface.listen_port or 0
         try:
-            socks = _udp.open_port(port)      # the FwMark: wgquick.set_fwmark, in setup()
+            # No IP_PKTINFO: the daemons' datapath reads without room for it (no sticky
+            # sources), and a truncated control message would hide UDP GRO's segment size.
+            socks = _udp.open_port(port, pktinfo=False)      # the FwMark: wgquick.set_fwmark, in setup()
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise VpneduError(f"UDP port {port} is already in use",
@@ -499,7 +501,7 @@ class Node:
         mark = (self.cfg.interface.fwmark or 0) if fwmark is None else fwmark
         if port is not None and port != self.listen_port:
             try:
-                new = _udp.open_port(port, fwmark=mark)
+                new = _udp.open_port(port, fwmark=mark, pktinfo=False)
             except OSError as e:
                 raise uapi_socket.rebind_error(e, port) from None
             loop, old = self._loop, list(self.sockets.values())
