@@ -92,7 +92,12 @@ def snapshot(lab: Lab, host: str) -> dict:
         "links": out("ip", "-brief", "link").replace("UNKNOWN", "").split(),
         "nft": out("nft", "list", "ruleset"),
         "forwarding": out("sysctl", "-n", "net.ipv4.ip_forward"),
+        "forwarding6": out("sysctl", "-n", "net.ipv6.conf.all.forwarding"),
         "rules": out("ip", "rule"),
+        "rules6": out("ip", "-6", "rule"),
+        "routes6": out("ip", "-6", "route"),
+        "tunnel_table": out("ip", "route", "show", "table", "51820") + out("ip", "-6", "route", "show", "table", "51820"),
+        "src_valid_mark": out("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark"),
         "proxy_routes": out("ip", "route", "show", "table", "7670"),
         "conntrack": out("sysctl", "-n", "net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"),
     }

@@ -182,14 +182,19 @@ def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_te
 @click.option("--endpoint", help="HOST[:PORT] where clients will reach this server.")
 @click.option("--port", default=51820, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--subnet", default="10.0.0.0/24", show_default=True)
+@click.option("--ipv6-prefix", "ipv6_prefix", metavar="PREFIX",
+              help="The tunnel's IPv6 subnet (default: a random ULA fdXX:XXXX:XXXX::/64, RFC 4193).")
+@click.option("--ipv4-only", is_flag=True, help="No IPv6 in the tunnel (the clients' IPv6 stays outside it).")
 @click.option("--suite", type=click.Choice(list(SUITES)), default="wireguard", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing config.")
-def server_init(config_path, endpoint, port, subnet, suite, force) -> None:
-    """Write a server config with fresh keys."""
+def server_init(config_path, endpoint, port, subnet, ipv6_prefix, ipv4_only, suite, force) -> None:
+    """Write a server config with fresh keys (IPv4 and IPv6 tunnel addresses)."""
     from .provision import init_server
     ep = _endpoint(endpoint, port) if endpoint else None
-    cfg = init_server(config_path, endpoint=ep, port=port, subnet=subnet, force=force, suite=suite)
-    click.echo(f"wrote {config_path} (mode 0600): address {cfg.interface.addresses[0]}, UDP port {port}")
+    cfg = init_server(config_path, endpoint=ep, port=port, subnet=subnet, force=force, suite=suite,
+                      ipv6=not ipv4_only, ipv6_subnet=ipv6_prefix)
+    addrs = ", ".join(str(a) for a in cfg.interface.addresses)
+    click.echo(f"wrote {config_path} (mode 0600): address {addrs}, UDP port {port}")
     click.echo(f"server public key: {_keys.encode(cfg.interface.public_key)}")
 
 
@@ -215,11 +220,14 @@ def server_add_client(name, config_path, endpoint, out_dir, split, dns, qr_termi
         check_png_path(qr_png)       # before anything is written: a bad path changes nothing
     path, peer, _ = add_client(config_path, name, out_dir=out_dir, endpoint=ep, split=split, dns=list(dns))
     client_cfg = _load_config(str(path), False)
-    address = client_cfg.interface.addresses[0]
-    click.echo(f"wrote {path} (mode 0600): {name}'s address in the tunnel is {address.ip} "
-               f"(Address = {address} in {path.name}: the /{address.network.prefixlen} says the whole "
-               f"{address.network} is on the tunnel)")
-    click.echo(f"added [Peer] {name} to {config_path}: the server sends packets for {peer.allowed_ips[0]} to "
+    addresses = client_cfg.interface.addresses
+    what = " and ".join(str(a.ip) for a in addresses)
+    click.echo(f"wrote {path} (mode 0600): {name}'s address in the tunnel is {what} "
+               f"(Address = {', '.join(map(str, addresses))} in {path.name}: "
+               + " and ".join(f"the /{a.network.prefixlen} says the whole {a.network}" for a in addresses)
+               + " is on the tunnel)")
+    click.echo(f"added [Peer] {name} to {config_path}: the server sends packets for "
+               f"{' and '.join(map(str, peer.allowed_ips))} to "
                f"{name} (AllowedIPs = {', '.join(map(str, peer.allowed_ips))} in {os.path.basename(config_path)})")
     for sock in control.find_sockets():
         try:
@@ -253,11 +261,17 @@ def _show_qr(path: str, on_terminal: bool, png: str | None) -> None:
 
 
 def _endpoint(text: str, default_port: int) -> tuple[str, int]:
+    import ipaddress
+
     from .config import parse_endpoint
+    try:
+        return str(ipaddress.ip_address(text)), default_port     # 203.0.113.2, 2001:db8::2
+    except ValueError:
+        pass                  # not a bare address: a name, or HOST:PORT / [v6]:PORT
     try:
         return parse_endpoint(text) if ":" in text else (text, default_port)
     except ValueError as e:
-        raise VpneduError(f"--endpoint: {e}", "write HOST or HOST:PORT, e.g. 203.0.113.2:51820") from None
+        raise VpneduError(f"--endpoint: {e}", "write HOST or HOST:PORT, e.g. 203.0.113.2:51820 or [2001:db8::2]:51820") from None
 
 
 @cli.command()

@@ -76,7 +76,7 @@ def test_course_commands_show_what_the_notebooks_show():
     r = run_cli("course", "sim")
     assert r.returncode == 0, r.stderr
     for words in ("SIMULATED MODE", "handshake.initiation.sent", "session.established",
-                  "+ 0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "3 received, 0% packet loss",
+                  "ping 192.0.2.80 from 10.0.0.2: 3 packets transmitted, 3 received, 0% packet loss",
                   "the app server logged the request from 203.0.113.2", "reason=bad-mac", "reason=replay",
                   "the journey of one ping:", "masquerade: source 10.0.0.2"):
         assert words in r.stdout, words

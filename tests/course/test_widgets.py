@@ -124,10 +124,11 @@ def test_route_table_highlights_the_change(lab):
     before = lab.routes("client")
     lab.start_client()
     view = RouteTableView(before, lab.routes("client"))
-    assert "0.0.0.0/1 via 10.0.0.1 dev vpnedu0" in view.added and not view.removed
-    assert view.value.count("<tr class='vpnedu-added'>") == len(view.added) == 4
+    # A full tunnel leaves the main table alone (policy routing) but for the tunnel's subnet.
+    assert view.added == ["10.0.0.0/24 dev vpnedu0"] and not view.removed
+    assert view.value.count("<tr class='vpnedu-added'>") == len(view.added) == 1
     view.update(lab.routes("client"), before)
-    assert "128.0.0.0/1 via 10.0.0.1 dev vpnedu0" in view.removed
+    assert view.removed == ["10.0.0.0/24 dev vpnedu0"]
 
 
 def test_flow_table_from_status_list_and_from_proxy_events():

@@ -27,9 +27,14 @@ def test_the_seed_demo_every_step(lab_factory):
     lines = []
     res = Demo(lab, out=lines.append, forwarding="both").run()
     assert res.routes_before[0] == "default via 198.51.100.1 dev eth0"
-    assert any(r.startswith("0.0.0.0/1 via 10.0.0.1 dev vpnedu0") for r in res.routes_during)
-    assert any(r.startswith("128.0.0.0/1 via 10.0.0.1 dev vpnedu0") for r in res.routes_during)
-    assert any(r.startswith(f"{SERVER_PUBLIC} via 198.51.100.1 dev eth0") for r in res.routes_during)
+    # Policy routing: the main table keeps its default; the app is reached through the tunnel's
+    # table, the endpoint (with the tunnel's mark) through the LAN.
+    assert res.routes_during[0] == "default via 198.51.100.1 dev eth0"
+    assert "ip -4 rule: 32765:\tnot from all fwmark 0xca6c lookup 51820" in res.rules_during
+    assert "ip -6 rule: 32764:\tfrom all lookup main suppress_prefixlength 0" in res.rules_during
+    assert any(r.startswith("ip -4 route show table 51820: default dev vpnedu0") for r in res.rules_during)
+    assert res.route_to_app.startswith(f"{APP_ADDRESS} dev vpnedu0 table 51820")
+    assert res.route_to_endpoint.startswith(f"{SERVER_PUBLIC} via 198.51.100.1 dev eth0")
     assert "10.0.0.2/24" in res.client_tun and "10.0.0.1/24" in res.server_tun
     assert res.ping_client_to_server and res.ping_server_to_client
     assert f"your address is {SERVER_PUBLIC}" in res.http_body
@@ -69,7 +74,7 @@ def test_the_readme_demo_command_runs_and_leaves_nothing_behind():
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr
         out = r.stdout
         for words in ("-> the default gateway is the LAN router 198.51.100.1",
-                      "+ 0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "0% packet loss",
+                      "not from all fwmark 0xca6c lookup 51820", "0% packet loss",
                       f"app's log: request from {SERVER_PUBLIC}", "nat and proxy side by side",
                       "marker text in the client's capture: False", "-> identical to step 2",
                       "demo complete: every step did what it says"):
@@ -95,8 +100,10 @@ def test_host_is_restored_after_exit_sigterm_and_sigkill(lab_factory):
     assert ping(lab, "client", "10.0.0.1")
     # The client told its user what it changed in the routing table.
     log = (lab.dir / "vpn-client.log").read_text()
-    assert "routing table change:" in log and "+ 0.0.0.0/1 via 10.0.0.1" in log
-    assert "+ 128.0.0.0/1 via 10.0.0.1" in log and f"+ {SERVER_PUBLIC} via 198.51.100.1 dev eth0" in log, log
+    assert "routing change:" in log and "+ default dev vpnedu0 table 51820" in log
+    assert "+ -6 default dev vpnedu0 table 51820" in log, log
+    assert "+ ip -4 rule priority 32765 not fwmark 0xca6c table 51820" in log, log
+    assert "+ ip -6 rule priority 32764 table main suppress_prefixlength 0" in log, log
     lab.run("client", *vpnedu("status"))
     r = lab.run("client", sys_python(), "-c",
                 "from vpnedu.node import control as c; print(c.request(c.pick_socket(), {'cmd': 'stop'}))")
@@ -112,11 +119,12 @@ def test_host_is_restored_after_exit_sigterm_and_sigkill(lab_factory):
     assert stop(cli, signal.SIGINT) in (0, 130)
     assert snapshot(lab, "client") == before["client"]
 
-    # 3. SIGKILL: the host route to the server stays behind ... until the next start cleans it up.
+    # 3. SIGKILL: the policy rules stay behind (the device and its routes go with the process)
+    # ... until the next start cleans them up.
     cli = start_client(lab)
     stop(cli, signal.SIGKILL)
     left = snapshot(lab, "client")
-    assert f"{SERVER_PUBLIC} via" in left["routes"]
+    assert "lookup 51820" in left["rules"] and "lookup 51820" in left["rules6"]
     cli = start_client(lab)
     assert "cleaning up after a previous vpnedu" in (lab.dir / "vpn-client.log").read_text()
     assert ping(lab, "client", "10.0.0.1")
@@ -356,7 +364,7 @@ def test_table_off_adds_no_route_at_all(lab_factory):
     cli = start_client(lab, "client", str(conf))
     during = lab.run("client", "ip", "route").stdout
     assert not_kernel_made(during) == not_kernel_made(before["routes"]), during
-    assert "0.0.0.0/1" not in during and SERVER_PUBLIC not in during
+    assert "51820" not in lab.run("client", "ip", "rule").stdout and SERVER_PUBLIC not in during
     # The tunnel itself works: its own subnet is on the device.
     r = lab.run("client", "ping", "-c", "2", "-i", "0.2", "-W", "2", "-I", "vpnedu0", "10.0.0.1")
     assert r.returncode == 0, r.stdout
@@ -405,7 +413,7 @@ def test_table_n_puts_the_routes_there_and_fwmark_marks_the_tunnels_packets(lab_
 
 HOOKS = (
     'PreUp = echo "PreUp %i $(ip -o link show %i 2>/dev/null | wc -l)" >> {out}',
-    'PostUp = echo "PostUp %i $(ip -o link show %i | wc -l) $(ip route show 0.0.0.0/1 | wc -l)" >> {out}',
+    'PostUp = echo "PostUp %i $(ip -o link show %i | wc -l) $(ip route show table 51820 | wc -l)" >> {out}',
     'PostUp = echo "PostUp-second %i" >> {out}',
     'PreDown = echo "PreDown %i $(ip -o link show %i | wc -l)" >> {out}',
     'PostDown = echo "PostDown %i $(ip -o link show %i 2>/dev/null | wc -l)" >> {out}',

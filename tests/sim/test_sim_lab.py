@@ -21,10 +21,19 @@ def test_full_tunnel_routes_pings_and_app_sees_server(lab):
     lab.start_server()
     st = lab.start_client()
     assert st["peers"][0]["latest_handshake"]
-    after = lab.routes("client")
-    for r in ("0.0.0.0/1 via 10.0.0.1 dev vpnedu0", "128.0.0.0/1 via 10.0.0.1 dev vpnedu0",
-              "203.0.113.2 via 198.51.100.1 dev eth0"):
-        assert r in after
+    # Policy routing, as the real client: the main table keeps its default route; a table of the
+    # tunnel's own and two rules send everything but the tunnel's marked datagrams into it.
+    assert lab.routes("client") == ["default via 198.51.100.1 dev eth0", "10.0.0.0/24 dev vpnedu0",
+                                    "198.51.100.0/24 dev eth0"]
+    host = lab.hosts["client"]
+    assert "32765:\tnot from all fwmark 0xca6c lookup 51820" in host.rule_table()
+    assert "32764:\tfrom all lookup main suppress_prefixlength 0" in host.rule_table()
+    assert [str(r) for r in host.table_routes(51820)] == ["default dev vpnedu0"]
+    assert host.route_to("192.0.2.80").dev == "vpnedu0" and host.route_to("203.0.113.2").dev == "vpnedu0"
+    assert host.route_to("203.0.113.2", mark=51820).dev == "eth0"        # the tunnel's own UDP
+    assert host.route_to("198.51.100.1").dev == "eth0"                     # the LAN stays the LAN
+    assert st["rules"] == ["ip -4 rule priority 32765 not fwmark 0xca6c table 51820",
+                           "ip -4 rule priority 32764 table main suppress_prefixlength 0"]
     assert lab.ping("client", "10.0.0.1").ok
     assert lab.ping("server", "10.0.0.2").ok
     res = lab.ping("client", "192.0.2.80")
@@ -38,6 +47,7 @@ def test_full_tunnel_routes_pings_and_app_sees_server(lab):
     assert udp.destination == "192.0.2.80:8080" and udp.bytes_down > 0
     lab.stop_client()
     assert lab.routes("client") == before  # every route the client added is gone
+    assert not host.rules and host.route_to("192.0.2.80").dev == "eth0"    # and every rule
     lab.stop_server()
     assert not lab.hosts["server"].masquerade and not lab.hosts["server"].forwarding
 
@@ -69,7 +79,7 @@ def test_split_tunnel_sends_only_the_tunnel_subnet(lab):
     lab.start_server()
     lab.start_client(split=True)
     routes = lab.routes("client")
-    assert "0.0.0.0/1 via 10.0.0.1 dev vpnedu0" not in routes
+    assert "10.0.0.0/24 dev vpnedu0" in routes and not lab.hosts["client"].rules
     assert lab.ping("client", "192.0.2.80").source == "198.51.100.2"
     assert lab.ping("client", "10.0.0.1").ok
 

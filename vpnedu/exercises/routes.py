@@ -18,8 +18,13 @@ the tunnel -- and only that (see :mod:`vpnedu.net.routes` and
 The undo removes what was added, newest first, as vpnedu's journal does, so a
 crash half-way through can always be unwound.
 
+This is the classic method, which needs nothing but plain routes.  vpnedu's own client
+now does a full tunnel with policy routing instead, as wg-quick does (its own table, a
+firewall mark and two ``ip rule``, for IPv4 and IPv6; see :mod:`vpnedu.net.routes`), so the
+check compares with :func:`classic_plan`, the reference this exercise keeps.
+
 The student writes ``plan_routes(cfg, route_to)`` and ``undo_routes(plan)``.
-The check compares the plan with the real ``Client.plan_routes`` on hidden
+The check compares the plan with :func:`classic_plan` on hidden
 configs, applies plan and undo to a simulated host's routing table (lookups must
 go the right way, and the table must come back exactly), and finally runs the
 simulated VPN with the student's planner inside the real client.
@@ -31,11 +36,9 @@ import contextlib
 import ipaddress
 import shutil
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 from ..errors import VpneduError
-from ..net.routes import Route
-from ..node.client import Client
+from ..net.routes import FULL_TUNNEL_HALVES, Route
 from .checking import Case, CaseFailed, describe_exception, expect
 
 TITLE = "client routes"
@@ -73,12 +76,26 @@ class RouteConfig:
                    client.ifname, tuple(client.cfg.interface.addresses))
 
 
+def classic_plan(cfg: RouteConfig, route_to) -> list[tuple[str, str | None, str]]:
+    """The reference answer: the full tunnel by ``0.0.0.0/1`` + ``128.0.0.0/1`` and a host route
+    to the endpoint (IPv4 only), the split tunnel as one route per prefix outside the client's
+    own subnet.  :meth:`Client.plan_routes` decides *what* goes into the tunnel the same way;
+    only *how* a full tunnel is installed differs (policy routing there)."""
+    v4 = [n for n in cfg.allowed_ips if n.version == 4]
+    if any(n.prefixlen == 0 for n in v4):
+        via = route_to(cfg.endpoint)
+        if via.dev == cfg.ifname:
+            raise VpneduError("the server's endpoint is routed into the tunnel itself",
+                              "remove stale vpnedu routes with 'vpnedu cleanup'")
+        return [(f"{cfg.endpoint}/32", via.gateway, via.dev),
+                *((half, cfg.gateway, cfg.ifname) for half in FULL_TUNNEL_HALVES)]
+    own = [a.network for a in cfg.addresses if a.version == 4]
+    return [(str(n), cfg.gateway, cfg.ifname) for n in v4 if not any(n.subnet_of(o) for o in own)]
+
+
 def real_plan(cfg: RouteConfig, route_to) -> list[tuple[str, str | None, str]]:
-    """The real :meth:`Client.plan_routes`, on a stand-in for a client built from ``cfg``."""
-    me = SimpleNamespace(server=SimpleNamespace(allowed_ips=list(cfg.allowed_ips), endpoint=(cfg.endpoint, 51820)),
-                         cfg=SimpleNamespace(interface=SimpleNamespace(addresses=list(cfg.addresses))),
-                         ifname=cfg.ifname, gateway=lambda: cfg.gateway)
-    return Client.plan_routes(me, route_to)
+    """What the check expects (:func:`classic_plan`)."""
+    return classic_plan(cfg, route_to)
 
 
 def client_host(ifname: str = "vpnedu0", addresses=("10.0.0.2/24",), gateway: str = "198.51.100.1",
@@ -203,7 +220,8 @@ def _table(plan, undo):
 
 @contextlib.contextmanager
 def student_planner_in_lab(plan):
-    """The simulated lab's client uses ``plan`` in place of :meth:`Client.plan_routes`."""
+    """The simulated lab's client uses ``plan`` in place of
+    :meth:`~vpnedu.node.client.Client.plan_routes` (its routes go into the main table)."""
     from ..course import simulated
     real = simulated.SimClient
 

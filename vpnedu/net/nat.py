@@ -66,40 +66,51 @@ def run_nft(*args: str, input: str | None = None) -> subprocess.CompletedProcess
                           start_new_session=True)
 
 
-def replace_table(name: str, ruleset_text: str, chains: tuple[str, ...]) -> str:
+def replace_table(name: str, ruleset_text: str, chains: tuple[str, ...], family: str = "ip") -> str:
     """The ``nft -f`` script that makes table ``ip name`` hold exactly ``ruleset_text`` (which
     declares ``chains``), in one transaction: create the table if it is missing, flush its
     rules, delete the chains of ours that the new rules do not use (``add chain`` first, so that
     deleting a chain that is not there is no error), then declare the chains and rules.  The
     chains that stay are never deleted, so their hooks stay registered throughout."""
-    lines = [f"table ip {name}", f"flush table ip {name}"]
+    lines = [f"table {family} {name}", f"flush table {family} {name}"]
     for c in CHAINS:
         if c not in chains:
-            lines += [f"add chain ip {name} {c}", f"delete chain ip {name} {c}"]
+            lines += [f"add chain {family} {name} {c}", f"delete chain {family} {name} {c}"]
     return "\n".join(lines) + "\n" + ruleset_text
 
 
+def _family(subnet: str) -> tuple[str, str]:
+    """The nftables table family and address match for a subnet: ``ip``/``ip saddr`` for IPv4,
+    ``ip6``/``ip6 saddr`` for IPv6 (an IPv6 subnet gets a table of its own beside the IPv4 one)."""
+    return ("ip6", "ip6") if ":" in subnet else ("ip", "ip")
+
+
 def ruleset(subnet: str, ifname: str) -> str:
-    return (f"table ip {table_name(ifname)} {{\n"
+    fam, match = _family(subnet)
+    return (f"table {fam} {table_name(ifname)} {{\n"
             f"  chain postrouting {{\n"
             f"    type nat hook postrouting priority srcnat; policy accept;\n"
-            f"    ip saddr {subnet} oifname != \"{ifname}\" masquerade\n"
+            f"    {match} saddr {subnet} oifname != \"{ifname}\" masquerade\n"
             f"  }}\n"
             f"}}\n")
 
 
 def install_masquerade(journal: Journal, subnet: str, ifname: str) -> str:
     """Install (or replace, see above) the masquerade table; returns the ruleset text (for
-    display).  A second subnet of the same start adds its rule to the table."""
+    display).  A second subnet of the same start adds its rule to the table; an IPv6 subnet's
+    rule goes into the ``ip6`` table of the same name (IPv6 masquerading: RFC 6296 calls NAT66
+    a bad idea in general, but here it is the point -- the application sees the server's IPv6
+    address, not the client's ULA one, which it could not even answer)."""
     nft_path()
     name = table_name(ifname)
+    fam, match = _family(subnet)
     text = ruleset(subnet, ifname)
-    if journal.has("nft-table", family="ip", name=name):
-        script = f'add rule ip {name} postrouting ip saddr {subnet} oifname != "{ifname}" masquerade\n'
+    if journal.has("nft-table", family=fam, name=name):
+        script = f'add rule {fam} {name} postrouting {match} saddr {subnet} oifname != "{ifname}" masquerade\n'
     else:
-        if journal.claim("nft-table", family="ip", name=name) is None:
-            journal.record("nft-table", family="ip", name=name)
-        script = replace_table(name, text, ("postrouting",))
+        if journal.claim("nft-table", family=fam, name=name) is None:
+            journal.record("nft-table", family=fam, name=name)
+        script = replace_table(name, text, ("postrouting",), fam)
     r = run_nft("-f", "-", input=script)
     if r.returncode != 0:
         raise VpneduError(f"nft refused the NAT table: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}",

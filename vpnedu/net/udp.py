@@ -151,7 +151,7 @@ def family_of(endpoint) -> int:
 
 # ---------------------------------------------------------------------- one port, two families
 def open_port(port: int, *, buffer: int = 4 << 20, fwmark: int = 0,
-              families: tuple[int, ...] = (4, 6)) -> dict[int, socket.socket]:
+              families: tuple[int, ...] = (4, 6), pktinfo: bool = True) -> dict[int, socket.socket]:
     """Non-blocking UDP sockets on ``port`` (0: one the kernel picks) for IPv4 and IPv6 --
     the same port on both, as wireguard-go's ``StdNetBind`` does: one IPv4 socket on 0.0.0.0 and
     one ``IPV6_V6ONLY`` socket on ``::``, each reporting the local address of what it receives
@@ -164,7 +164,12 @@ def open_port(port: int, *, buffer: int = 4 << 20, fwmark: int = 0,
         try:
             bound = port
             for fam in families:
-                s = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    s = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET, socket.SOCK_DGRAM)
+                except OSError as e:   # ipv6.disable=1: no AF_INET6 sockets at all
+                    if fam == 6 and e.errno == errno.EAFNOSUPPORT and 4 in socks:
+                        continue
+                    raise
                 socks[fam] = s
                 if fam == 6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -183,7 +188,8 @@ def open_port(port: int, *, buffer: int = 4 << 20, fwmark: int = 0,
                         s.setsockopt(socket.SOL_SOCKET, force, buffer)
                     except OSError:
                         s.setsockopt(socket.SOL_SOCKET, opt, buffer)
-                enable_pktinfo(s)
+                if pktinfo:    # only for a reader that makes room for it (sticky sources)
+                    enable_pktinfo(s)
                 if fwmark:
                     set_mark(s, fwmark)
             return socks

@@ -58,6 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         src = self.client_address[0]
+        if src.startswith("::ffff:") and "." in src:   # an IPv4 peer of the dual-stack socket
+            src = src[len("::ffff:"):]
         with self._lock, open(self.log_path or "/dev/null", "a") as f:
             f.write(f"{src} GET {self.path}\n")
         if self.path.startswith("/random/"):
@@ -132,8 +134,19 @@ def serve(port: int, log: str, echo_port: int = 7, dns_port: int = 53, answer: s
         threading.Thread(target=_echo_service, args=(echo_port,), daemon=True).start()
     if dns_port:
         threading.Thread(target=_name_service, args=(dns_port, answer), daemon=True).start()
-    with ThreadingHTTPServer(("0.0.0.0", port), _Handler) as srv:
+    with DualStackHTTPServer(("::", port), _Handler) as srv:
         srv.serve_forever()
+
+
+class DualStackHTTPServer(ThreadingHTTPServer):
+    """One listening socket for both families (``[::]`` with IPV6_V6ONLY off: an IPv4 peer shows
+    as ``::ffff:203.0.113.2``, which the log writes as 203.0.113.2)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 def fetch(url: str, timeout: float = 10.0) -> bytes:

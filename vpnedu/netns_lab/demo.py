@@ -24,6 +24,10 @@ from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool, s
 class DemoResult:
     routes_before: list[str] = field(default_factory=list)
     routes_during: list[str] = field(default_factory=list)
+    #: A full tunnel's rules and table (``ip rule``, ``ip route show table 51820``), both families.
+    rules_during: list[str] = field(default_factory=list)
+    route_to_app: str = ""
+    route_to_endpoint: str = ""
     routes_after: list[str] = field(default_factory=list)
     client_tun: str = ""
     server_tun: str = ""
@@ -153,6 +157,16 @@ class Demo:
     def routes(self, host: str) -> list[str]:
         return [line.strip() for line in self.lab.run(host, "ip", "route").stdout.splitlines() if line.strip()]
 
+    def policy(self, host: str) -> list[str]:
+        """``ip rule`` and ``ip route show table 51820``, both families: a full tunnel's routing."""
+        out = []
+        for fam in ("-4", "-6"):
+            out += [f"ip {fam} rule: {line.strip()}" for line in self.lab.run(host, "ip", fam, "rule").stdout.splitlines()
+                    if "51820" in line or "suppress" in line]
+            out += [f"ip {fam} route show table 51820: {line.strip()}" for line in
+                    self.lab.run(host, "ip", fam, "route", "show", "table", "51820").stdout.splitlines() if line.strip()]
+        return out
+
     # ---------------------------------------------------------------- the steps
     def run(self) -> DemoResult:
         lab, res = self.lab, self.result
@@ -189,12 +203,21 @@ class Demo:
                 self.show("-> UNKNOWN is the link's operational state, not a fault: a TUN device has no cable,\n"
                           "   so no carrier the kernel could sense; the device is up and carries the tunnel")
 
-            self.step("6. The client's routing table now: the default gateway is the server, 10.0.0.1")
+            self.step("6. The client's routing now: everything but the tunnel's own packets goes into the tunnel")
             res.routes_during = self.routes("client")
             for r in res.routes_during:
                 self.out(("  + " if r not in res.routes_before else "    ") + r)
-            self.show("-> 0.0.0.0/1 and 128.0.0.0/1 cover every address and beat the old default route;\n"
-                      f"   the host route keeps the encrypted packets to {SERVER_PUBLIC} on the LAN")
+            res.rules_during = self.policy("client")
+            for line in res.rules_during:
+                self.out("    " + line)
+            get = lab.run("client", "ip", "route", "get", APP_ADDRESS).stdout.split("\n")[0].strip()
+            own = lab.run("client", "ip", "route", "get", SERVER_PUBLIC, "mark", "51820").stdout.split("\n")[0].strip()
+            res.route_to_app, res.route_to_endpoint = get, own
+            self.out(f"    $ ip route get {APP_ADDRESS}\n      {get}")
+            self.out(f"    $ ip route get {SERVER_PUBLIC} mark 51820\n      {own}")
+            self.show("-> the main table keeps its default route; 'not fwmark 0xca6c' sends every unmarked packet\n"
+                      "   to table 51820 (default dev vpnedu0), 'suppress_prefixlength 0' lets the main table answer\n"
+                      f"   for all but its default; the tunnel's own UDP to {SERVER_PUBLIC} carries the mark and stays on the LAN")
 
             self.step("7. Ping over the tunnel, both ways")
             r = lab.run("client", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.0.0.1")

@@ -9,6 +9,10 @@ host; veth pairs are the cables between them::
                                s0 203.0.113.1 ----------------'
                                a0 192.0.2.1 ----- app  eth0 192.0.2.80 (HTTP, logs source addresses)
 
+Every link of it carries IPv6 too, from the documentation prefix 2001:db8::/32 (RFC 3849):
+the clients' LAN 2001:db8:c::/64 (router ::1, client ::2), the server 2001:db8:5::2, the app
+2001:db8:a::80; the router forwards both families, and the app server answers on both.
+
 That is the ``router`` topology, the default: the lab of the demo and the course.  The
 benchmark measures on the ``direct`` one instead (``Lab(topology="direct")``), where nothing
 stands between a client and the server but a cable::
@@ -54,6 +58,12 @@ SERVER_NET = "203.0.113"
 APP_NET = "192.0.2"
 SERVER_PUBLIC = f"{SERVER_NET}.2"
 APP_ADDRESS = f"{APP_NET}.80"
+#: The same links' IPv6 prefixes (documentation space, RFC 3849): ``::1`` is the router's end.
+CLIENT_NET6 = "2001:db8:c"
+SERVER_NET6 = "2001:db8:5"
+APP_NET6 = "2001:db8:a"
+SERVER_PUBLIC6 = f"{SERVER_NET6}::2"
+APP_ADDRESS6 = f"{APP_NET6}::80"
 APP_PORT = 80
 #: Where the tunnels' own addresses live (vpnedu's 10.0.0.0/24, OpenVPN's 10.8.0.0/24).
 TUNNEL_NETS = "10.0.0.0/8"
@@ -118,6 +128,11 @@ class Lab:
     def client_address(self, name: str) -> str:
         i = 1 if name == "client" else int(name[len("client"):])
         return f"{CLIENT_NET}.{1 + i}"
+
+    def client_address6(self, name: str) -> str:
+        """A client's IPv6 address on the router topology's LAN (``2001:db8:c::2`` for client)."""
+        i = 1 if name == "client" else int(name[len("client"):])
+        return f"{CLIENT_NET6}::{1 + i:x}"
 
     def hosts(self) -> list[str]:
         if self.topology == "direct":
@@ -218,14 +233,24 @@ class Lab:
             self._ip("-n", self.ns(c), "addr", "add", f"{self.client_address(c)}/24", "dev", "eth0")
             self._ip("-n", self.ns(c), "link", "set", "eth0", "up")
             self._ip("-n", self.ns(c), "route", "add", "default", "via", f"{CLIENT_NET}.1")
-        for port, host, net, addr in (("s0", server, SERVER_NET, SERVER_PUBLIC), ("a0", app, APP_NET, APP_ADDRESS)):
+            # IPv6 too; nodad: usable at once, no Duplicate Address Detection wait (RFC 4862 §5.4)
+            # -- the lab knows its addresses are unique.
+            self._ip("-n", self.ns(c), "addr", "add", f"{self.client_address6(c)}/64", "dev", "eth0", "nodad")
+            self._ip("-n", self.ns(c), "-6", "route", "add", "default", "via", f"{CLIENT_NET6}::1")
+        self._ip("-n", inet, "addr", "add", f"{CLIENT_NET6}::1/64", "dev", "br0", "nodad")
+        for port, host, net, addr, net6, addr6 in (("s0", server, SERVER_NET, SERVER_PUBLIC, SERVER_NET6, SERVER_PUBLIC6),
+                                                   ("a0", app, APP_NET, APP_ADDRESS, APP_NET6, APP_ADDRESS6)):
             self._ip("-n", inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host)
             self._ip("-n", inet, "addr", "add", f"{net}.1/24", "dev", port)
+            self._ip("-n", inet, "addr", "add", f"{net6}::1/64", "dev", port, "nodad")
             self._ip("-n", inet, "link", "set", port, "up")
             self._ip("-n", host, "addr", "add", f"{addr}/24", "dev", "eth0")
+            self._ip("-n", host, "addr", "add", f"{addr6}/64", "dev", "eth0", "nodad")
             self._ip("-n", host, "link", "set", "eth0", "up")
             self._ip("-n", host, "route", "add", "default", "via", f"{net}.1")
+            self._ip("-n", host, "-6", "route", "add", "default", "via", f"{net6}::1")
         self.run("internet", "sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
+        self.run("internet", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", check=True)
         # The application server, logging who connects.
         (self.dir / "app-access.log").write_text("")
         self.spawn("app", "app", sys.executable, "-m", "vpnedu.netns_lab.app", "serve", "--port", str(APP_PORT),

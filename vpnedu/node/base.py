@@ -180,6 +180,9 @@ class Node:
         self.control_enabled = control
         self.control_path = Path(control_path) if control_path else None
         self.tun: Tun | None = None
+        #: The UDP sockets by address family ({4: ..., 6: ...}) on one port; :attr:`sock` is the
+        #: first of them (IPv4), for what needs just one (the listen port, the fuzzer).
+        self.sockets: dict[int, socket.socket] = {}
         self.sock: socket.socket | None = None
         #: Which offloads the datapath uses (see vpnedu.datapath); ``simple``: none.
         self.datapath_options: Options = Options.parse(datapath)
@@ -202,11 +205,13 @@ class Node:
     # ------------------------------------------------------------------ config helpers
     @staticmethod
     def _resolve(endpoint: tuple[str, int] | None) -> tuple[str, int] | None:
+        """An Endpoint's host as an address of either family (``[2001:db8::2]:51820`` is one
+        already; a name takes the resolver's first answer, as wg(8) does)."""
         if endpoint is None:
             return None
         host, port = endpoint
         try:
-            info = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+            info = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM)
         except socket.gaierror:
             raise ConfigError(f"cannot resolve endpoint host {host!r}",
                               "check the Endpoint in the config, or use an IP address") from None
@@ -222,21 +227,30 @@ class Node:
             raise VpneduError(f"the vpnedu {self.role} needs root (or CAP_NET_ADMIN) to create a TUN device "
                               "and change routes", f"run it with sudo: sudo vpnedu {self.role} ...")
 
-    def open_socket(self) -> socket.socket:
+    def open_sockets(self) -> dict[int, socket.socket]:
+        """One UDP socket per address family on the same port (:func:`vpnedu.net.udp.open_port`),
+        as WireGuard listens: an IPv4 client and an IPv6 client reach the same server, and a
+        client's IPv6 Endpoint (``[2001:db8::1]:51820``) is sent to from the IPv6 one.  A host
+        without IPv6 (a kernel booted with ipv6.disable=1, a namespace with it switched off)
+        gets the IPv4 socket only, and a note says so."""
         port = self.cfg.interface.listen_port or 0
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            s.bind(("0.0.0.0", port))
+            # No IP_PKTINFO: the daemons' datapath reads without room for it (no sticky
+            # sources), and a truncated control message would hide UDP GRO's segment size.
+            socks = _udp.open_port(port, pktinfo=False)      # the FwMark: wgquick.set_fwmark, in setup()
         except OSError as e:
-            s.close()
             if e.errno == errno.EADDRINUSE:
                 raise VpneduError(f"UDP port {port} is already in use",
                                   "stop the program using it (ss -ulpn), or set another ListenPort") from None
             raise VpneduError(f"cannot listen on UDP port {port}: {e.strerror}") from None
-        s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        return s
+        if 6 not in socks:
+            self.log(f"note: no IPv6 on this host: listening on UDP port {socks[4].getsockname()[1]} "
+                     "for IPv4 only (IPv6 endpoints cannot be reached)")
+        return socks
+
+    def _use_sockets(self, socks: dict[int, socket.socket]) -> None:
+        self.sockets = dict(socks)
+        self.sock = next(iter(self.sockets.values()), None)
 
     def setup(self) -> None:
         """Make every host change, each recorded in the journal first."""
@@ -248,8 +262,9 @@ class Node:
         # What a crashed vpnedu left: undone, or adopted and replaced in place (see vpnedu.net.journal).
         self.journal.recover(self.log, adopt=True)
         hooks.run("PreUp")
-        self.sock = self.open_socket()
-        wgquick.set_fwmark(self.sock, self.cfg.interface.fwmark)
+        self._use_sockets(self.open_sockets())
+        for s in self.sockets.values():
+            wgquick.set_fwmark(s, self.cfg.interface.fwmark)
         links.check_no_clash(self.cfg.interface.addresses, self.ifname)
         self.journal.start()
         self.journal.record("link", ifname=self.ifname)
@@ -288,8 +303,8 @@ class Node:
         n = self.journal.undo_all(self.log)
         if n:
             self.log(f"restored the host: undid {n} change(s)")
-        if self.sock is not None:
-            self.sock.close()
+        for s in self.sockets.values():
+            s.close()
         if self.hooks is not None:
             self.hooks.run("PostDown")
 
@@ -393,7 +408,8 @@ class Node:
             await self.start_services()
             datapath = self.open_datapath()
             loop.add_reader(self.tun.fileno(), datapath.on_tun_readable)
-            loop.add_reader(self.sock.fileno(), datapath.on_udp_readable)
+            for s in self.sockets.values():
+                loop.add_reader(s.fileno(), datapath.on_udp_readable, s)
             self.schedule_tick()
             start = asyncio.ensure_future(self.after_start())
             if not self._stopping:
@@ -406,7 +422,7 @@ class Node:
             self._stopping = True
             if self._ticker is not None:
                 self._ticker.cancel()
-            for obj in (self.tun, self.sock):
+            for obj in (self.tun, *self.sockets.values()):
                 if obj is not None and obj.fileno() >= 0:
                     loop.remove_reader(obj.fileno())
             await self.stop_services()
@@ -480,26 +496,30 @@ class Node:
         return self.listen_port, self.cfg.interface.fwmark or 0
 
     def uapi_rebind(self, port: int | None, fwmark: int | None) -> None:
-        """``wg set listen-port`` / ``fwmark`` on a running daemon: a new socket, swapped in."""
+        """``wg set listen-port`` / ``fwmark`` on a running daemon: new sockets (both families,
+        as at start), swapped in."""
         mark = (self.cfg.interface.fwmark or 0) if fwmark is None else fwmark
         if port is not None and port != self.listen_port:
             try:
-                new = _udp.open_port(port, fwmark=mark, families=(4,))[4]
+                new = _udp.open_port(port, fwmark=mark, pktinfo=False)
             except OSError as e:
                 raise uapi_socket.rebind_error(e, port) from None
-            loop, old = self._loop, self.sock
-            if loop is not None and old is not None:
-                loop.remove_reader(old.fileno())
-            self.sock = new
-            self.open_datapath().set_sockets({4: new})
+            loop, old = self._loop, list(self.sockets.values())
+            for s in old:
+                if loop is not None:
+                    loop.remove_reader(s.fileno())
+            self._use_sockets(new)
+            self.open_datapath().set_sockets(new)
             if loop is not None:
-                loop.add_reader(new.fileno(), self.datapath.on_udp_readable, new)
-            if old is not None:
-                old.close()
-            self.cfg.interface.listen_port = port or new.getsockname()[1]
-        elif fwmark is not None and self.sock is not None:
+                for s in new.values():
+                    loop.add_reader(s.fileno(), self.datapath.on_udp_readable, s)
+            for s in old:
+                s.close()
+            self.cfg.interface.listen_port = port or self.sock.getsockname()[1]
+        elif fwmark is not None and self.sockets:
             try:
-                _udp.set_mark(self.sock, fwmark)
+                for s in self.sockets.values():
+                    _udp.set_mark(s, fwmark)
             except OSError as e:
                 raise uapi.UapiError(e.errno or uapi.EINVAL, f"cannot set fwmark {fwmark}: {e.strerror}") from None
         if fwmark is not None:

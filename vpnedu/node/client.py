@@ -1,35 +1,48 @@
 """The VPN client: one peer (the server), and the routes that send traffic to it.
 
-After its TUN device is up the client changes the routing table so that the
-kernel hands it the traffic that should go through the tunnel:
+After its TUN device is up the client changes the host's routing so that the kernel hands it
+the traffic that should go through the tunnel, for IPv4 and IPv6 alike:
 
-* **full tunnel** (the server's ``AllowedIPs`` contain ``0.0.0.0/0``): a host
-  route to the server's public address via the original gateway, and
-  ``0.0.0.0/1`` + ``128.0.0.0/1`` via the server's tunnel address (10.0.0.1).
-  The default gateway is now the server; the old default route stays in the
-  table and takes over again when these routes go.
-* **split tunnel**: only the prefixes in ``AllowedIPs`` go into the tunnel.
+* **full tunnel** (the server's ``AllowedIPs`` hold ``0.0.0.0/0`` and/or ``::/0``): policy
+  routing, as wg-quick(8) does for a /0 (see :mod:`vpnedu.net.routes`): the tunnel's UDP
+  sockets get a firewall mark (``FwMark``, else 51820), a table of the tunnel's own (the same
+  number) gets ``default dev vpnedu0``, and two rules per family --
+  ``not fwmark 51820 table 51820`` and ``table main suppress_prefixlength 0`` -- send every
+  packet but the tunnel's own datagrams there.  The main table is not touched: its default
+  route is simply ignored while the rules are there, and in force again when they go.
+* **split tunnel**: each other prefix of ``AllowedIPs`` as a plain route on the TUN device in
+  the main table (``via 10.0.0.1`` for IPv4), except those inside the client's own tunnel
+  subnets (the address on the device brings that route with it).
 
 wg-quick's ``Table`` setting chooses between these and two more (wg-quick(8), "Table"):
 
-* ``Table = auto`` (the default) or ``main``: the routes above, in the main table;
-* ``Table = off``: no routes at all -- the tunnel is up, and what goes into it is the
-  administrator's business (policy routing, a routing daemon);
-* ``Table = 1234``: every IPv4 ``AllowedIPs`` prefix as it is (``0.0.0.0/0`` too) into
-  table 1234, and nothing into the main table; an ``ip rule`` of the administrator's sends
-  traffic to that table (with ``FwMark``, ``ip rule not fwmark 0x1234 table 1234`` keeps the
-  tunnel's own packets out of it).
+* ``Table = auto`` (the default) or ``main``: as above;
+* ``Table = off``: no routes and no rules at all -- the tunnel is up, and what goes into it is
+  the administrator's business (policy routing, a routing daemon);
+* ``Table = 1234``: every ``AllowedIPs`` prefix of both families as it is (``0.0.0.0/0`` too)
+  into table 1234, no rules; an ``ip rule`` of the administrator's sends traffic to that table
+  (with ``FwMark``, ``ip rule not fwmark 0x1234 table 1234`` keeps the tunnel's own packets
+  out of it).
 
-Then it starts the handshake and waits for it; if no response comes within the
-handshake timeout, it says what to check and restores the host.
+Every route and rule goes through the journal and is undone on exit, on SIGTERM, and after a
+crash by the next start or ``vpnedu cleanup``.  Then the client starts the handshake and waits
+for it; if no response comes within the handshake timeout, it says what to check and
+restores the host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 
 from ..errors import ConfigError, VpneduError
+<<<<<<< HEAD
 from ..net import resolver, routes
+=======
+from ..net import routes, sysctl
+from . import wgquick
+>>>>>>> h17dual
 from .base import Node
 
 
@@ -48,6 +61,11 @@ class Client(Node):
         self.handshake_timeout = handshake_timeout
         self.routes_before: list[routes.Route] = []
         self.routes_after: list[routes.Route] = []
+        #: A full tunnel's table and fwmark (the same number), and the rules added for it.
+        self.policy_table: int | None = None
+        self.rules_added: list[routes.Rule] = []
+        #: Every route added, with the table it went into (None: main), for the report.
+        self.added: list[tuple[routes.Route, int | None]] = []
 
     def gateway(self) -> str | None:
         """The server's tunnel address: the first host of our tunnel subnet (10.0.0.1)."""
@@ -60,68 +78,107 @@ class Client(Node):
     def setup_role(self) -> None:
         itf = self.cfg.interface
         table = itf.route_table
-        skipped = [str(n) for n in self.server.allowed_ips if n.version == 6
-                   and not any(n.subnet_of(a.network) for a in itf.addresses if a.version == 6)]
-        if skipped and itf.adds_routes:
-            self.log(f"note: AllowedIPs {', '.join(skipped)}: the client routes IPv4 only; these IPv6 prefixes "
-                     "are accepted from the server but no route sends traffic to them into the tunnel")
-        self.routes_before = routes.table(table=table or routes.MAIN_TABLE)
-        for dst, gateway, dev in self.plan_routes(routes.route_to):
-            routes.add(self.journal, dst, gateway, dev, table=table)
-        self.routes_after = routes.table(table=table or routes.MAIN_TABLE)
+        plan = self.plan_routes(routes.route_to)
+        if not os.path.exists("/proc/sys/net/ipv6"):
+            v6 = [dst for dst, _, _ in plan if ":" in dst]
+            if v6:
+                self.log(f"note: this host has no IPv6: AllowedIPs {', '.join(v6)} get no route")
+            plan = [step for step in plan if ":" not in step[0]]
+        full = [] if table else [dst for dst, _, _ in plan if ipaddress.ip_network(dst).prefixlen == 0]
+        self.routes_before = self._tables(table)
+        if full:
+            mark = self.policy_table = itf.fwmark or routes.free_table()
+            if not itf.fwmark:          # wg-quick: 'wg set wg0 fwmark 51820'
+                for s in self.sockets.values():
+                    wgquick.set_fwmark(s, mark)
+                itf.fwmark = mark
+            if any(":" not in dst for dst in full):
+                # Reverse-path filtering (rp_filter) of the tunnel's incoming datagrams must see
+                # the same routing the marked outgoing ones do (wg-quick sets it too).
+                if sysctl.set_value(self.journal, "net.ipv4.conf.all.src_valid_mark", "1") != "1":
+                    self.changes.append("enabled net.ipv4.conf.all.src_valid_mark (rp_filter honours the fwmark)")
+        for dst, gateway, dev in plan:
+            if dst in full:
+                route = routes.add(self.journal, dst, None, dev, table=self.policy_table)
+                self.added.append((route, self.policy_table))
+                for rule in routes.full_tunnel_rules(ipaddress.ip_network(dst).version, self.policy_table):
+                    self.rules_added.append(routes.add_rule(self.journal, rule))
+            else:
+                self.added.append((routes.add(self.journal, dst, gateway, dev, table=table), table))
+        self.routes_after = self._tables(table)
         self.report_route_change()
         if itf.dns:     # DNS = : the tunnel's name servers for as long as it is up (vpnedu.net.resolver)
             self.changes.append(resolver.install(self.journal, self.ifname, itf.dns, log=self.log,
                                                  allowed_ips=self.server.allowed_ips))
             self.log(self.changes[-1])
 
+    @staticmethod
+    def _tables(table: int | None) -> list[routes.Route]:
+        return routes.table(4, table or routes.MAIN_TABLE) + routes.table(6, table or routes.MAIN_TABLE)
+
     def plan_routes(self, route_to) -> list[tuple[str, str | None, str]]:
-        """The routes to add, as ``(destination, gateway, device)``, without touching the host.
+        """What goes into the tunnel, as ``(destination, gateway, device)``, without touching the host.
+
+        Each ``AllowedIPs`` prefix of either family, in their order: a ``/0`` (``0.0.0.0/0``,
+        ``::/0``) means a full tunnel for its family, which :meth:`setup_role` installs with
+        policy routing (a table of its own and two rules, see the module docstring); any other
+        prefix is a plain route on the device (``via`` the server's tunnel address for IPv4),
+        except those inside the client's own tunnel subnets.  ``Table = off``: nothing;
+        ``Table = 1234``: every prefix as it is, into that table.
 
         ``route_to(address)`` says how the host reaches an address now (``ip route get``); the
         real client passes :func:`vpnedu.net.routes.route_to`, the simulation its own table's.
+        A full tunnel asks it for the server's endpoint, to refuse stale routes that would send
+        the tunnel's own packets into the tunnel.
         """
         gw = self.gateway()
-        v4 = [n for n in self.server.allowed_ips if n.version == 4]
+        allowed = list(self.server.allowed_ips)
         own = [a.network for a in self.cfg.interface.addresses]
-        plan: list[tuple[str, str | None, str]] = []
         table = getattr(self.cfg.interface, "table", None)
         if table == "off":
-            return plan
+            return []
         if table and table.isdigit():
             # wg-quick's numbered table: each prefix as it is, on the device, into that table.
-            return [(str(n), None, self.ifname) for n in v4]
-        if any(n.prefixlen == 0 for n in v4):
+            return [(str(n), None, self.ifname) for n in allowed]
+        if any(n.prefixlen == 0 for n in allowed):
             via = route_to(self.server.endpoint[0])
             if via.dev == self.ifname:
                 raise VpneduError("the server's endpoint is routed into the tunnel itself",
                                   "remove stale vpnedu routes with 'vpnedu cleanup'")
-            plan.append((f"{self.server.endpoint[0]}/32", via.gateway, via.dev))
-            for half in routes.FULL_TUNNEL_HALVES:
-                plan.append((half, gw, self.ifname))
-        else:
-            for net in v4:
-                if not any(net.subnet_of(o) for o in own if o.version == 4):
-                    plan.append((str(net), gw, self.ifname))
+        plan: list[tuple[str, str | None, str]] = []
+        for net in allowed:
+            if net.prefixlen == 0:
+                plan.append((str(net), None, self.ifname))
+            elif not any(o.version == net.version and net.subnet_of(o) for o in own):
+                plan.append((str(net), gw if net.version == 4 else None, self.ifname))
         return plan
 
     def report_route_change(self) -> None:
-        """Log the difference between :attr:`routes_before` and :attr:`routes_after`."""
-        added = [r for r in self.routes_after if r not in self.routes_before]
-        removed = [r for r in self.routes_before if r not in self.routes_after]
+        """Log the routes and rules added, and the main (or numbered) table's difference."""
         table = getattr(self.cfg.interface, "table", None)
         if table == "off":
             self.changes.append("no routes added (Table = off: what goes into the tunnel is up to you)")
             self.log("routing table: unchanged (Table = off)")
             return
         where = f" to table {table}" if table and table.isdigit() else ""
-        self.changes.append(f"routes added{where}: " + "; ".join(str(r) for r in added))
-        self.log(f"routing table change{f' (table {table})' if where else ''}:")
-        for r in removed:
-            self.log(f"  - {r}")
-        for r in added:
-            self.log(f"  + {r}")
+        lines = [self._describe(r, t) for r, t in self.added] + [str(r) for r in self.rules_added]
+        self.changes.append(f"routes added{where}: " + "; ".join(lines))
+        if self.policy_table is not None:
+            self.changes.append(f"full tunnel by policy routing: fwmark {self.policy_table:#x} on the tunnel's "
+                                f"sockets, table {self.policy_table} for everything else")
+        self.log(f"routing change{f' (table {table})' if where else ''}:")
+        for line in lines:
+            self.log(f"  + {line}")
+        for r, t in self.added:
+            self.events.emit("route.added", None, route=self._describe(r, t))
+        for r in self.rules_added:
             self.events.emit("route.added", None, route=str(r))
+
+    def _describe(self, route: routes.Route, table: int | None) -> str:
+        net = ipaddress.ip_network(route.dst)
+        dst = "default" if net.prefixlen == 0 else str(net)
+        text = str(routes.Route(dst, route.gateway, route.dev))
+        return f"{'-6 ' if net.version == 6 else ''}{text}" + (f" table {table}" if table else "")
 
     async def after_start(self) -> None:
         """Start the handshake and wait for it."""
@@ -147,5 +204,11 @@ class Client(Node):
         st["routes_before"] = [str(r) for r in self.routes_before]
         st["routes_after"] = [str(r) for r in self.routes_after]
         st["table"] = self.cfg.interface.table or "auto"
+<<<<<<< HEAD
         st["dns"] = list(self.cfg.interface.dns)
+=======
+        st["routes_added"] = [self._describe(r, t) for r, t in self.added]
+        st["rules"] = [str(r) for r in self.rules_added]
+        st["policy_table"] = self.policy_table
+>>>>>>> h17dual
         return st

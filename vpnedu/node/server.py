@@ -26,6 +26,7 @@ take to notice a silent server.
 from __future__ import annotations
 
 import asyncio
+import os
 
 from ..config import DEFAULT_PORT
 from ..errors import VpneduError
@@ -62,8 +63,15 @@ class Server(Node):
         if self.forwarding == "proxy":
             self._setup_proxy()
             return
+        if any(a.version == 6 for a in self.cfg.interface.addresses) and os.path.exists("/proc/sys/net/ipv6"):
+            # IPv6's switch is per interface and "all" sets them all; note that a forwarding
+            # host ignores router advertisements (accept_ra = 1), so a server that learns its own
+            # IPv6 default route from RAs needs accept_ra = 2 on that link.
+            old6 = sysctl.set_value(self.journal, "net.ipv6.conf.all.forwarding", "1")
+            if old6 != "1":
+                self.changes.append("enabled IPv6 forwarding (net.ipv6.conf.all.forwarding = 1)")
         for a in self.cfg.interface.addresses:
-            if a.version == 4:
+            if a.version in (4, 6):
                 text = nat.install_masquerade(self.journal, str(a.network), self.ifname)
                 self.changes.append(f"added nftables table {nat.table_name(self.ifname)}: masquerade "
                                     f"{a.network} leaving any interface but {self.ifname}")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import VpneduError
 from ..flows import FlowRow
-from ..net.routes import Route
+from ..net.routes import MAIN_TABLE, Route, Rule
 from ..packet import ip as _ip
 
 if TYPE_CHECKING:
@@ -131,8 +131,11 @@ class SimSocket:
         self.inbox: deque[tuple[bytes, tuple[str, int]]] = deque(maxlen=4096)
         self.closed = False
 
+    #: The firewall mark of what this socket sends (``SO_MARK``; policy rules may match it).
+    mark: int = 0
+
     def sendto(self, data: bytes, endpoint: tuple[str, int]) -> int:
-        self.host.send_udp(self.port, endpoint, data)
+        self.host.send_udp(self.port, endpoint, data, mark=self.mark)
         return len(data)
 
     def recvfrom(self, bufsize: int = 65536) -> tuple[bytes, tuple[str, int]]:
@@ -170,6 +173,9 @@ class SimHost:
         self.clock = clock
         self.addresses: dict[str, list[ipaddress.IPv4Interface]] = {}
         self.routes: list[Route] = []
+        #: Policy routing (``ip rule``): the rules besides the main table's, and the other tables.
+        self.rules: list[Rule] = []
+        self.tables: dict[int, list[Route]] = {}
         self.tuns: dict[str, "MemoryTun"] = {}
         self.forwarding = False
         #: (source network, interface it must not leave by): like an nftables masquerade rule.
@@ -201,39 +207,80 @@ class SimHost:
         for itf in self.addresses.pop(dev, []):
             self.internet.unregister(itf.ip)
         self.routes = [r for r in self.routes if r.dev != dev]
+        self.tables = {t: [r for r in rs if r.dev != dev] for t, rs in self.tables.items()}
         self.tuns.pop(dev, None)
 
-    def add_route(self, dst: str, gateway: str | None, dev: str) -> Route:
-        """Like ``ip route add DST [via GATEWAY] dev DEV``."""
+    def _table(self, table: int | None) -> list[Route]:
+        if table is None or table == MAIN_TABLE:
+            return self.routes
+        return self.tables.setdefault(table, [])
+
+    def add_route(self, dst: str, gateway: str | None, dev: str, table: int | None = None) -> Route:
+        """Like ``ip route add DST [via GATEWAY] dev DEV [table N]``."""
         if dev not in self.addresses and dev not in self.tuns:
             raise VpneduError(f"[{self.name}] no interface {dev!r}", "create it first")
         net = ipaddress.ip_network(dst if dst != "default" else "0.0.0.0/0", strict=False)
         name = "default" if net.prefixlen == 0 else (str(net.network_address) if net.prefixlen == 32 else str(net))
         route = Route(name, gateway, dev)
-        if route not in self.routes:
-            self.routes.append(route)
+        routes = self._table(table)
+        if route not in routes:
+            routes.append(route)
         return route
 
-    def remove_route(self, route: Route) -> None:
-        self.routes = [r for r in self.routes if r != route]
+    def remove_route(self, route: Route, table: int | None = None) -> None:
+        if table is None or table == MAIN_TABLE:
+            self.routes = [r for r in self.routes if r != route]
+        elif table in self.tables:
+            self.tables[table] = [r for r in self.tables[table] if r != route]
+
+    def add_rule(self, rule: Rule) -> None:
+        """Like ``ip rule add`` (IPv4: the simulation's only family)."""
+        self.rules.append(rule)
+
+    def remove_rule(self, rule: Rule) -> None:
+        self.rules = [r for r in self.rules if r != rule]
+
+    def rule_table(self) -> list[str]:
+        """The policy rules, as ``ip rule`` lists them (the kernel's own included)."""
+        rows = [(0, "from all lookup local")]
+        for r in self.rules:
+            what = f"{'not ' if r.invert else ''}from all fwmark {r.fwmark:#x}" if r.fwmark is not None else "from all"
+            table = "main" if r.table == MAIN_TABLE else str(r.table)
+            extra = f" suppress_prefixlength {r.suppress_prefixlength}" if r.suppress_prefixlength is not None else ""
+            rows.append((r.priority or 32000, f"{what} lookup {table}{extra}"))
+        rows += [(32766, "from all lookup main"), (32767, "from all lookup default")]
+        return [f"{prio}:\t{text}" for prio, text in sorted(rows, key=lambda x: x[0])]
+
+    def table_routes(self, table: int) -> list[Route]:
+        """``ip route show table N``."""
+        return list(self.tables.get(table, []))
 
     def table(self) -> list[Route]:
         """The routing table, as ``ip route`` lists it: default route first."""
         return sorted(self.routes, key=lambda r: (r.dst != "default", _net(r.dst).prefixlen, r.dst))
 
-    def lookup(self, address: str | ipaddress.IPv4Address) -> Route | None:
-        """Which route the host uses for ``address``: the most specific one (longest prefix)."""
+    def lookup(self, address: str | ipaddress.IPv4Address, mark: int = 0) -> Route | None:
+        """Which route the host uses for ``address`` (sent with firewall mark ``mark``): the rules
+        in priority order, as the kernel's policy routing tries them (ip-rule(8)), each looking
+        in its table for the most specific route (longest prefix); a ``suppress_prefixlength N``
+        rule refuses an answer of prefix length N or less.  Then the main table."""
         a = ipaddress.ip_address(address)
-        best = None
-        for r in self.routes:
-            n = _net(r.dst)
-            if a in n and (best is None or n.prefixlen > _net(best.dst).prefixlen):
-                best = r
-        return best
+        for rule in sorted(self.rules, key=lambda r: r.priority or 32000):
+            if rule.family != a.version:
+                continue
+            if rule.fwmark is not None and (mark == rule.fwmark) == rule.invert:
+                continue
+            best = _longest(self._table(rule.table), a)
+            if best is None:
+                continue
+            if rule.suppress_prefixlength is not None and _net(best.dst).prefixlen <= rule.suppress_prefixlength:
+                continue
+            return best
+        return _longest(self.routes, a)
 
-    def route_to(self, address: str) -> Route:
-        """Like ``ip route get ADDRESS`` (the client's route planner asks this)."""
-        r = self.lookup(address)
+    def route_to(self, address: str, mark: int = 0) -> Route:
+        """Like ``ip route get ADDRESS [mark M]`` (the client's route planner asks this)."""
+        r = self.lookup(address, mark)
         if r is None:
             raise VpneduError(f"[{self.name}] no route to {address}", "add a default route")
         return Route(address, r.gateway, r.dev)
@@ -268,13 +315,13 @@ class SimHost:
     def unbind(self, port: int) -> None:
         self._sockets.pop(port, None)
 
-    def send_udp(self, sport: int, endpoint: tuple[str, int], payload: bytes) -> None:
+    def send_udp(self, sport: int, endpoint: tuple[str, int], payload: bytes, mark: int = 0) -> None:
         dst, dport = endpoint
-        route = self.lookup(dst)
+        route = self.lookup(dst, mark)
         if route is None or not self.addresses.get(route.dev):
             self._drop(b"", "-", f"no route to {dst}")
             return
-        self.send_ip(_ip.build_udp(self.source_for(route.dev), sport, dst, dport, payload))
+        self.send_ip(_ip.build_udp(self.source_for(route.dev), sport, dst, dport, payload), mark=mark)
 
     def ping(self, destination: str, ident: int = 0x7e57, seq: int = 1, payload: bytes = b"vpnedu sim ping",
              source: str | None = None) -> bytes:
@@ -284,13 +331,13 @@ class SimHost:
         return pkt
 
     # ------------------------------------------------------------------ the datapath
-    def send_ip(self, packet: bytes, forwarded: bool = False, in_dev: str | None = None) -> None:
+    def send_ip(self, packet: bytes, forwarded: bool = False, in_dev: str | None = None, mark: int = 0) -> None:
         """Output (or forward) a packet: route it, masquerade it if a rule says so, transmit it."""
         dst = ipaddress.IPv4Address(packet[16:20])
         if self.own(dst) and not forwarded:
             self.receive(packet, "lo")
             return
-        route = self.lookup(dst)
+        route = self.lookup(dst, mark)
         if route is None:
             self._drop(packet, in_dev or "-", f"no route to {dst}")
             return
@@ -425,3 +472,13 @@ class SimHost:
 
 def _net(dst: str) -> ipaddress.IPv4Network:
     return ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst, strict=False)
+
+
+def _longest(routes: list[Route], a) -> Route | None:
+    """The most specific route of ``routes`` that holds address ``a`` (longest prefix match)."""
+    best = None
+    for r in routes:
+        n = _net(r.dst)
+        if a in n and (best is None or n.prefixlen > _net(best.dst).prefixlen):
+            best = r
+    return best

@@ -161,13 +161,34 @@ class SimClient(SimNode, Client):
         self.attach(host)
 
     def setup_role(self) -> None:
-        """The real client's route plan, applied to the simulated routing table."""
+        """The real client's route plan, applied to the simulated host as the real client applies
+        it: a ``/0`` by policy routing (the socket's fwmark, a table of its own, two rules), the
+        other prefixes as routes in the main table.  The simulation carries IPv4 only, so the
+        plan's IPv6 prefixes are left out."""
+        import ipaddress
+
+        from ..net import routes
         host = self.host
         self.routes_before = host.table()
+        table = self.cfg.interface.route_table
         for dst, gateway, dev in self.plan_routes(host.route_to):
-            route = host.add_route(dst, gateway, dev)
+            net = ipaddress.ip_network(dst)
+            if net.version != 4:
+                continue
+            if net.prefixlen == 0 and table is None:
+                mark = self.policy_table = self.cfg.interface.fwmark or routes.DEFAULT_TABLE
+                self.sock.mark = mark
+                route = host.add_route(dst, None, dev, table=mark)
+                self.added.append((routes.Route(dst, None, dev), mark))
+                for rule in routes.full_tunnel_rules(4, mark):
+                    host.add_rule(rule)
+                    self.rules_added.append(rule)
+                    self._undo.append(lambda rule=rule: host.remove_rule(rule))
+                continue
+            route = host.add_route(dst, gateway, dev, table=table)
+            self.added.append((routes.Route(dst, gateway, dev), table))
             if dev != self.ifname:  # routes on the TUN device go when it goes
-                self._undo.append(lambda route=route: host.remove_route(route))
+                self._undo.append(lambda route=route: host.remove_route(route, table))
         self.routes_after = host.table()
         self.report_route_change()
 
