@@ -37,12 +37,8 @@ import ipaddress
 import os
 
 from ..errors import ConfigError, VpneduError
-<<<<<<< HEAD
-from ..net import resolver, routes
-=======
-from ..net import routes, sysctl
+from ..net import resolver, routes, sysctl
 from . import wgquick
->>>>>>> h17dual
 from .base import Node
 
 
@@ -204,11 +200,8 @@ class Client(Node):
         st["routes_before"] = [str(r) for r in self.routes_before]
         st["routes_after"] = [str(r) for r in self.routes_after]
         st["table"] = self.cfg.interface.table or "auto"
-<<<<<<< HEAD
         st["dns"] = list(self.cfg.interface.dns)
-=======
         st["routes_added"] = [self._describe(r, t) for r, t in self.added]
         st["rules"] = [str(r) for r in self.rules_added]
         st["policy_table"] = self.policy_table
->>>>>>> h17dual
         return st
