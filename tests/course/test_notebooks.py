@@ -219,6 +219,7 @@ _BYTES = re.compile(r"\bhex: [0-9a-f ]+|\bb'(?:[^'\\]|\\.)*'" '|' r'\bb"(?:[^"\\
 # "892 B" or "1.21 KiB" (the unit moves with the number).
 _AGE = re.compile(r"(latest handshake: ).*")
 _AMOUNT = re.compile(r"\b\d+(?:\.\d+)? (?:B|KiB|MiB|GiB|TiB)\b")
+_ULA = re.compile(r"\bfd[0-9a-f]{2}:[0-9a-f:]*(?:/\d+)?")
 _VARYING = re.compile(r"(?P<ip>\b\d{1,3}(?:\.\d{1,3}){3}\b)|\b0x[0-9a-f]+\b|[A-Za-z0-9+/]{43}=|\b[0-9a-f]{8,}\b|\d+(?:\.\d+)?")
 
 
@@ -231,6 +232,7 @@ def comparable(nb, prefix: str) -> dict[str, str]:
     for tag, text in outputs_by_tag(nb).items():
         text = _WIDGET_REPR.sub("<widget>\n", text.replace(prefix, "<lab>-"))
         text = _AMOUNT.sub("<amount>", _AGE.sub(r"\1<age>", text))
+        text = _ULA.sub("<ula>", text)   # server init picks a random ULA prefix (RFC 4193)
         text = _VARYING.sub(lambda m: m["ip"] or "#", _BYTES.sub("<bytes>", text))
         lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
         if tag == "check-flows":    # the kernel's conntrack lists flows in its hash order

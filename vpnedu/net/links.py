@@ -67,6 +67,16 @@ def configure(journal: Journal, ifname: str, addrs: list, mtu: int) -> None:
             v6 = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
             if v6.exists():
                 v6.write_text("1\n")
+        else:
+            # A WireGuard device has no link-local address (addr_gen_mode 1 = none): a layer-3
+            # tunnel has no neighbours to solicit, and the kernel's router solicitations and MLD
+            # reports would otherwise go to the peer, which drops them (no AllowedIPs for fe80::).
+            gen = Path(f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode")
+            if gen.exists():
+                gen.write_text("1\n")
+            # Like a WireGuard device, no ARP/neighbour discovery and no multicast (so no DAD
+            # probes and no MLD reports either): IFF_NOARP set, IFF_MULTICAST cleared.
+            ipr.link("set", index=idx, flags=0x80, mask=0x80 | 0x1000)
         for a in addrs:
             journal.record("addr", ifname=ifname, address=str(a.ip), prefixlen=a.network.prefixlen)
             try:
