@@ -24,8 +24,9 @@ def provision(lab: Lab, clients=("client",), suite: str = "wireguard") -> None:
                        capture_output=True)
 
 
-def status(lab: Lab, host: str) -> dict | None:
-    r = lab.run(host, *vpnedu("status", "--json"))
+def status(lab: Lab, host: str, ifname: str | None = None) -> dict | None:
+    """The daemon's ``vpnedu status --json`` (of ``ifname``, else the only one in the namespace)."""
+    r = lab.run(host, *vpnedu("status", "--json", *(("--interface", ifname) if ifname else ())))
     return json.loads(r.stdout) if r.returncode == 0 else None
 
 
@@ -70,8 +71,9 @@ def start_server(lab: Lab, *extra: str) -> subprocess.Popen:
 def start_client(lab: Lab, host: str = "client", conf: str | None = None, *extra: str) -> subprocess.Popen:
     conf = conf or f"{lab.dir}/{host}.conf"
     p = lab.spawn(host, f"vpn-{host}", *vpnedu("client", "-c", conf, *extra))
-    wait_ready(lab, host, p, ifname=_ifname(extra))
-    wait_for(lambda: (st := status(lab, host)) and st["peers"][0].get("latest_handshake"),
+    ifname = _ifname(extra)
+    wait_ready(lab, host, p, ifname=ifname)
+    wait_for(lambda: (st := status(lab, host, ifname)) and st["peers"][0].get("latest_handshake"),
              what=f"{host} handshake", proc=p, log=lab.dir / f"vpn-{host}.log")
     return p
 

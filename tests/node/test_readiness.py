@@ -8,6 +8,7 @@ daemon refusing another user, and the course lab starting over a dead daemon's s
 """
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -159,3 +160,21 @@ def test_the_course_lab_says_how_a_daemon_that_exits_at_once_failed():
         assert "the vpnedu server exited with status 1" in msg and "vpnedu: error:" in msg, msg
     finally:
         lab.down()
+
+
+def test_status_skips_a_dead_daemons_socket_and_finds_the_live_one(tmp_path, monkeypatch):
+    """A daemon killed with SIGKILL leaves its socket file; ``vpnedu status`` must still find
+    the daemon that is running in this namespace, not stop at the dead one's file."""
+    from vpnedu.net import journal
+    from vpnedu.net.journal import netns_id
+    monkeypatch.setattr(journal, "RUN_DIR", tmp_path)
+    dead = tmp_path / f"aaa0@{netns_id()}.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(dead))                         # closed with the file left: a killed daemon
+    live = tmp_path / f"zzz0@{netns_id()}.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(live))
+        s.listen(8)                               # a running daemon: connections are accepted
+        assert dead.exists() and control.find_sockets() == [live]
+        assert control.pick_socket() == live
+        assert control.find_sockets("aaa0") == []

@@ -25,7 +25,7 @@ def test_wg_show_and_set_on_a_running_vpnedu_server(lab_factory):
     try:
         assert socket_path(ifname).exists()
         assert lab.run("client", "ping", "-c", "3", "-i", "0.2", "10.0.0.1").returncode == 0
-        st = status(lab, "server")
+        st = status(lab, "server", ifname)
         iface, peers = dump(ifname)
         assert iface[1] == st["public_key"] and iface[2] == str(st["listen_port"])
         (peer,) = peers
@@ -40,7 +40,7 @@ def test_wg_show_and_set_on_a_running_vpnedu_server(lab_factory):
         extra = encode(public_key(generate_private_key()))
         wg("set", ifname, "peer", sp["public_key"], "persistent-keepalive", "7",
            "peer", extra, "allowed-ips", "10.0.0.99/32")
-        st2 = status(lab, "server")
+        st2 = status(lab, "server", ifname)
         by_key = {p["public_key"]: p for p in st2["peers"]}
         assert by_key[sp["public_key"]]["persistent_keepalive"] == 7
         assert by_key[extra]["allowed_ips"] == ["10.0.0.99/32"]
@@ -52,7 +52,7 @@ def test_wg_show_and_set_on_a_running_vpnedu_server(lab_factory):
         assert event["kind"] == "config.set" and event["fields"]["peers_added"] == 1
         assert event["fields"]["peers_updated"] == 1 and event["fields"]["source"] == "wg"
         wg("set", ifname, "peer", extra, "remove")
-        assert [p["public_key"] for p in status(lab, "server")["peers"]] == [sp["public_key"]]
+        assert [p["public_key"] for p in status(lab, "server", ifname)["peers"]] == [sp["public_key"]]
     finally:
         stop(client)
         stop(server)

@@ -196,13 +196,34 @@ def _same_user(writer: asyncio.StreamWriter) -> bool:
 
 # ---------------------------------------------------------------------- client side
 def find_sockets(ifname: str | None = None) -> list[Path]:
-    """The control sockets of daemons in this network namespace."""
+    """The control sockets of daemons in this network namespace.
+
+    A socket file nobody listens on is left out: a daemon killed with SIGKILL leaves its
+    file behind, and a namespace made later can get the dead one's inode number (the
+    ``@NETNS`` part of the name), so without this check ``vpnedu status`` would try to talk
+    to a daemon that is gone.  (The daemon's next start, or ``vpnedu cleanup``, removes it.)"""
     from ..net import journal
     d = journal.RUN_DIR
     if not d.exists():
         return []
     pattern = f"{ifname or '*'}@{netns_id()}.sock"
-    return sorted(d.glob(pattern))
+    return [p for p in sorted(d.glob(pattern)) if not _dead(p)]
+
+
+def _dead(path: Path) -> bool:
+    """Nobody accepts on this socket file (``ECONNREFUSED``)?  Other failures (permissions, a
+    full backlog) are not "dead": the caller reports them when it talks to the daemon."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return False
 
 
 def pick_socket(ifname: str | None = None, path: str | None = None) -> Path:
