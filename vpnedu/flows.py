@@ -30,6 +30,12 @@ from dataclasses import asdict, dataclass, fields
 from .errors import VpneduError
 
 
+def endpoint_text(address: str, port: int) -> str:
+    """``address:port`` as an URL writes it (RFC 3986, section 3.2.2): an IPv6 address in
+    brackets, ``[2001:db8::2]:443``, since its own colons would make the port ambiguous."""
+    return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+
+
 @dataclass
 class FlowRow:
     """A forwarded flow: its three addresses (``"ip:port"``; for ICMP the "port" is the echo

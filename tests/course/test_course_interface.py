@@ -97,7 +97,7 @@ def test_the_check_sees_a_lab_that_differs():
         def ping(self, host: str, destination: str, count: int = 5) -> "PingResult":  # noqa: F821
             ...
 
-        def routes(self, host: str = "client", table: str = "main") -> list[str]:
+        def routes(self, host: str = "client", family: int = 4, table: str = "main") -> list[str]:
             ...
 
         def status(self, host: str, verbose) -> dict:

@@ -27,7 +27,7 @@ EXPECT = {
                        "check-down": ["lab down"]},
     "01-tun.ipynb": {"check-tun": ["ICMP echo request", "10.99.0.1 > 10.99.0.2", "hex: 45 00",
                                    "destination      10.99.0.2"],
-                     "check-vpn-tun": ["'vpnedu0': ['10.0.0.2/24']", "'vpnedu0': ['10.0.0.1/24']"]},
+                     "check-vpn-tun": ["'vpnedu0': ['10.0.0.2/24', 'fd", "'vpnedu0': ['10.0.0.1/24', 'fd"]},
     "02-handshake.ipynb": {"check-handshake": ["handshake complete", "initiation sent+received",
                                                "response sent+received"],
                            "check-fields": ["encrypted_static", "encrypted_timestamp", "ephemeral", "mac1",

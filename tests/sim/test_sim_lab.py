@@ -1,5 +1,7 @@
 """The simulated lab: the real daemons and protocol on simulated hosts, checked as a student would."""
 
+import ipaddress
+
 import pytest
 
 from vpnedu.errors import VpneduError
@@ -33,7 +35,9 @@ def test_full_tunnel_routes_pings_and_app_sees_server(lab):
     assert host.route_to("203.0.113.2", mark=51820).dev == "eth0"        # the tunnel's own UDP
     assert host.route_to("198.51.100.1").dev == "eth0"                     # the LAN stays the LAN
     assert st["rules"] == ["ip -4 rule priority 32765 not fwmark 0xca6c table 51820",
-                           "ip -4 rule priority 32764 table main suppress_prefixlength 0"]
+                           "ip -4 rule priority 32764 table main suppress_prefixlength 0",
+                           "ip -6 rule priority 32765 not fwmark 0xca6c table 51820",
+                           "ip -6 rule priority 32764 table main suppress_prefixlength 0"]
     assert lab.ping("client", "10.0.0.1").ok
     assert lab.ping("server", "10.0.0.2").ok
     res = lab.ping("client", "192.0.2.80")
@@ -145,3 +149,38 @@ def test_the_simulated_lab_rekeys_after_two_minutes_on_a_fake_clock():
         assert lab.status("client")["peers"][0]["latest_handshake"] == pytest.approx(clock.wall(), abs=5)
     finally:
         lab.down()
+
+
+def test_ipv6_goes_through_the_tunnel_too_and_the_app_sees_the_servers_v6_address(lab):
+    """The simulated lab is dual stack, as the namespace lab: with AllowedIPs = 0.0.0.0/0, ::/0
+    IPv6 takes the tunnel's table by the same two rules, and the server masquerades the client's
+    ULA address to its own 2001:db8:5::2."""
+    host = lab.hosts["client"]
+    assert host.route_to("2001:db8:a::80").dev == "eth0"             # before: straight out
+    before6 = lab.routes("client", 6)
+    assert before6 == ["default via 2001:db8:c::1 dev eth0", "2001:db8:c::/64 dev eth0"]
+    lab.start_server()
+    st = lab.start_client()
+    assert "-6 default dev vpnedu0 table 51820" in st["routes_added"]
+    assert "32765:\tnot from all fwmark 0xca6c lookup 51820" in host.rule_table(6)
+    assert [str(r) for r in host.table_routes(51820, 6)] == ["default dev vpnedu0"]
+    assert host.route_to("2001:db8:a::80").dev == "vpnedu0"
+    assert host.route_to("2001:db8:c::1").dev == "eth0"                 # the LAN stays the LAN
+    own6 = next(a.split("/")[0] for a in lab.addresses("client")["vpnedu0"] if ":" in a)
+    res = lab.ping("client", "2001:db8:a::80")
+    assert res.ok and res.source == own6
+    assert "2001:db8:5::2 ICMPv6 echo request id=32343 seq=1" in lab.app_log()
+    app = lab.app_request(family=6)
+    assert app.sources == ["2001:db8:5::2"] and "2001:db8:5::2" in app.reply
+    v4 = lab.app_request()
+    assert v4.sources == ["203.0.113.2"]
+    udp6 = next(f for f in lab.flows() if f.proto == "udp" and f.destination.startswith("["))
+    assert udp6.client.startswith(f"[{own6}]:") and udp6.proxy.startswith("[2001:db8:5::2]:")
+    assert udp6.destination == "[2001:db8:a::80]:8080"
+    # Nothing of the client's own IPv6 address leaves it unencrypted: on the client's link only
+    # the tunnel's UDP (over IPv4, to the server's endpoint) carried the request.
+    assert not any(ipaddress.ip_address(own6).packed in w.packet or w.packet[0] >> 4 == 6 for w in lab.internet.wire
+                   if "client" in (w.source_host, w.destination_host))
+    lab.stop_client()
+    assert lab.routes("client", 6) == before6 and not host.rules
+    assert host.route_to("2001:db8:a::80").dev == "eth0"

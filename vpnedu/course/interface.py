@@ -368,8 +368,8 @@ class CourseLab(Protocol):
         """The daemon's status on ``host`` ("server" or "client"), as ``vpnedu status --json``."""
         ...
 
-    def routes(self, host: str = "client") -> list[str]:
-        """The host's routing table, one ``ip route`` line each."""
+    def routes(self, host: str = "client", family: int = 4) -> list[str]:
+        """The host's main routing table, one ``ip route`` line each (``family=6``: ``ip -6 route``)."""
         ...
 
     def addresses(self, host: str) -> dict[str, list[str]]:
@@ -388,8 +388,9 @@ class CourseLab(Protocol):
     def ping(self, host: str, destination: str, count: int = 3) -> PingResult:
         ...
 
-    def app_request(self, marker: str | None = None) -> AppResult:
-        """The client asks the app server something through the VPN; who did the app see?"""
+    def app_request(self, marker: str | None = None, family: int = 4) -> AppResult:
+        """The client asks the app server something through the VPN (over IPv6 to its IPv6
+        address with ``family=6``); who did the app see?"""
         ...
 
     def marker_on_wire(self, marker: str | None = None) -> MarkerOnWire:

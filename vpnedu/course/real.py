@@ -37,7 +37,7 @@ from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
 from ..netns_lab.demo import Demo
-from ..netns_lab.topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
+from ..netns_lab.topology import APP_ADDRESS, APP_ADDRESS6, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
 from ..node import control
 from .feed import DaemonFeed
 from .interface import (AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow,
@@ -207,13 +207,17 @@ class RealLab:
     def status(self, host: str) -> dict:
         return control.request(self.socket_path(host), {"cmd": "status"})
 
-    def routes(self, host: str = "client") -> list[str]:
-        r = self.lab.run(host, "ip", "route")
-        return [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    def routes(self, host: str = "client", family: int = 4) -> list[str]:
+        """``ip route`` (``family=6``: ``ip -6 route``) on ``host``, without IPv6's link-local
+        fe80::/64 and multicast rows, which the kernel adds on every link by itself."""
+        r = self.lab.run(host, "ip", f"-{family}", "route")
+        return [line.strip() for line in r.stdout.splitlines()
+                if line.strip() and not line.startswith(("fe80::", "multicast "))]
 
     def addresses(self, host: str) -> dict[str, list[str]]:
         r = self.lab.run(host, "ip", "-j", "addr")
-        return {i["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in i.get("addr_info", []) if a["family"] == "inet"]
+        return {i["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in i.get("addr_info", [])
+                              if a["family"] == "inet" or (a["family"] == "inet6" and a.get("scope") != "link")]
                 for i in json.loads(r.stdout or "[]") if i["ifname"] != "lo"}
 
     def app_log(self) -> list[str]:
@@ -235,12 +239,14 @@ class RealLab:
         src = self.lab.run(host, "ip", "-o", "route", "get", destination).stdout.split(" src ")
         return PingResult.from_ping_output(destination, r.stdout, src[1].split()[0] if len(src) > 1 else "")
 
-    def app_request(self, marker: str | None = None) -> AppResult:
+    def app_request(self, marker: str | None = None, family: int = 4) -> AppResult:
+        """An HTTP request from the client to the app server (``family=6``: to its IPv6 address)."""
         marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
+        host = APP_ADDRESS if family == 4 else f"[{APP_ADDRESS6}]"
         feed = self._feeds.get("server") if self.forwarding == "proxy" else None
         closed = feed.count("proxy.flow.closed") if feed else 0
         r = self.lab.run("client", sys.executable, "-m", "vpnedu.netns_lab.app", "fetch",
-                         f"http://{APP_ADDRESS}:{APP_PORT}/{marker}")
+                         f"http://{host}:{APP_PORT}/{marker}")
         if feed is not None and r.returncode == 0:
             # The proxy reports the flow's end a moment after the fetch finished, through the feed:
             # wait for it, so a flow table drawn next shows the flow (closed), not nothing.

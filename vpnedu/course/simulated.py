@@ -37,7 +37,7 @@ from ..sim import FakeClock, RealClock
 from ..sim.host import SimHost, SimSocket, TraceEntry
 from ..sim.internet import SimInternet, WirePacket
 from ..sim.node import SimClient, SimServer
-from ..sim.topology import APP_ADDRESS, APP_UDP_PORT, ECHO_PORT, SERVER_PUBLIC, build_hosts
+from ..sim.topology import APP_ADDRESS, APP_ADDRESS6, APP_UDP_PORT, ECHO_PORT, SERVER_PUBLIC, build_hosts
 from ..sim.tun import MemoryTun
 from .interface import (AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow,
                         config_changes)
@@ -199,9 +199,9 @@ class SimLab:
         """The daemon's status: what ``vpnedu status --json`` prints."""
         return self.node(host).status()
 
-    def routes(self, host: str = "client") -> list[str]:
-        """The host's routing table, like ``ip route``."""
-        return [str(r) for r in self.hosts[host].table()]
+    def routes(self, host: str = "client", family: int = 4) -> list[str]:
+        """The host's main routing table, like ``ip route`` (``family=6``: ``ip -6 route``)."""
+        return [str(r) for r in self.hosts[host].table(family)]
 
     def addresses(self, host: str) -> dict[str, list[str]]:
         return {dev: [str(a) for a in itfs] for dev, itfs in self.hosts[host].addresses.items()}
@@ -243,7 +243,7 @@ class SimLab:
 
     def udp(self, host: str, destination: str, port: int, payload: bytes, timeout: float = 1.0) -> bytes | None:
         """Send one UDP datagram from an ephemeral port and return the reply (or None)."""
-        sock = SimSocket(self.hosts[host])
+        sock = SimSocket(self.hosts[host], family=ipaddress.ip_address(destination).version)
         try:
             sock.sendto(payload, (destination, port))
             end = self.clock() + timeout
@@ -257,10 +257,11 @@ class SimLab:
         finally:
             sock.close()
 
-    def app_request(self, marker: str | None = None) -> AppResult:
-        """The client asks the app server something; who does the app server think asked?"""
+    def app_request(self, marker: str | None = None, family: int = 4) -> AppResult:
+        """The client asks the app server something (over IPv6 with ``family=6``); who does the
+        app server think asked?"""
         marker = marker or "vpnedu-marker-" + secrets.token_hex(4)
-        reply = self.udp("client", APP_ADDRESS, APP_UDP_PORT, marker.encode())
+        reply = self.udp("client", APP_ADDRESS if family == 4 else APP_ADDRESS6, APP_UDP_PORT, marker.encode())
         sources = [line.split()[0] for line in self.app_log() if marker in line]
         return AppResult((reply or b"").decode(errors="replace"), sources)
 

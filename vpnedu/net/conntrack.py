@@ -22,7 +22,7 @@ import time
 
 from pyroute2 import Conntrack
 
-from ..flows import FlowRow
+from ..flows import FlowRow, endpoint_text
 
 _PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp"}
 #: enum tcp_conntrack in linux/netfilter/nf_conntrack_tcp.h
@@ -35,7 +35,8 @@ def _tuple(attr) -> tuple[str, int, str, int, int] | None:
     pr = attr.get_attr("CTA_TUPLE_PROTO")
     if ip is None or pr is None:
         return None
-    src, dst = ip.get_attr("CTA_IP_V4_SRC"), ip.get_attr("CTA_IP_V4_DST")
+    src = ip.get_attr("CTA_IP_V4_SRC") or ip.get_attr("CTA_IP_V6_SRC")
+    dst = ip.get_attr("CTA_IP_V4_DST") or ip.get_attr("CTA_IP_V6_DST")
     proto = pr.get_attr("CTA_PROTO_NUM")
     if proto == socket.IPPROTO_ICMP:
         sport = pr.get_attr("CTA_PROTO_ICMP_ID") or 0
@@ -75,7 +76,8 @@ def flows(subnet: str) -> list[FlowRow]:
             if ts is not None and ts.get_attr("CTA_TIMESTAMP_START"):
                 age = round((now_ns - ts.get_attr("CTA_TIMESTAMP_START")) / 1e9, 3)
             proxy_port = r[3] if o[4] != socket.IPPROTO_ICMP else r[1]
-            out.append(FlowRow(_PROTO[o[4]], f"{o[0]}:{o[1]}", f"{r[2]}:{proxy_port}", f"{o[2]}:{o[3]}", state,
+            out.append(FlowRow(_PROTO[o[4]], endpoint_text(o[0], o[1]), endpoint_text(r[2], proxy_port),
+                                   endpoint_text(o[2], o[3]), state,
                                bytes_up=_bytes(msg, "CTA_COUNTERS_ORIG"),
                                bytes_down=_bytes(msg, "CTA_COUNTERS_REPLY"),
                                age=age, id=msg.get_attr("CTA_ID"), timeout=msg.get_attr("CTA_TIMEOUT")))

@@ -16,6 +16,14 @@ IPv4 header (RFC 791), the fields used here::
     |  Time to Live |    Protocol   |         Header Checksum       |
     |                       Source Address                          |
     |                    Destination Address                        |
+
+IPv6 header (RFC 8200, section 3): fixed 40 bytes, no checksum (the transport's checksum
+covers the addresses through a pseudo-header, so UDP's is mandatory over IPv6)::
+
+    |Version| Traffic Class |           Flow Label                  |
+    |         Payload Length        |  Next Header  |   Hop Limit   |
+    |                  Source Address (16 bytes)                    |
+    |               Destination Address (16 bytes)                  |
 """
 
 from __future__ import annotations
@@ -97,6 +105,41 @@ class IPv4Packet:
                    bytes(packet[ihl:total]))
 
 
+@dataclass(slots=True)
+class IPv6Packet:
+    """A decoded IPv6 packet, with the same fields as :class:`IPv4Packet` (``protocol`` is the
+    Next Header, ``ttl`` the Hop Limit; there is no identification field, so ``ident`` is 0).
+    Extension headers are not followed: the simulation and the course send none."""
+
+    src: ipaddress.IPv6Address
+    dst: ipaddress.IPv6Address
+    protocol: int
+    ttl: int
+    ident: int
+    header_length: int
+    total_length: int
+    payload: bytes
+
+    @classmethod
+    def parse(cls, packet: bytes) -> "IPv6Packet":
+        if len(packet) < 40:
+            raise MessageError(f"IPv6 packet of {len(packet)} bytes is shorter than a header")
+        if packet[0] >> 4 != 6:
+            raise MessageError(f"not IPv6 (version {packet[0] >> 4})")
+        total = 40 + ((packet[4] << 8) | packet[5])
+        if total > len(packet):
+            raise MessageError("IPv6 payload length is larger than the packet")
+        return cls(ipaddress.IPv6Address(bytes(packet[8:24])), ipaddress.IPv6Address(bytes(packet[24:40])),
+                   packet[6], packet[7], 0, 40, total, bytes(packet[40:total]))
+
+
+def parse(packet: bytes) -> IPv4Packet | IPv6Packet:
+    """Decode an IPv4 or IPv6 packet, by its version nibble."""
+    if packet and packet[0] >> 4 == 6:
+        return IPv6Packet.parse(packet)
+    return IPv4Packet.parse(packet)
+
+
 def build_ipv4(src: str, dst: str, protocol: int, payload: bytes, *, ttl: int = 64, ident: int = 0) -> bytes:
     """An IPv4 packet with a correct header checksum."""
     total = 20 + len(payload)
@@ -106,24 +149,52 @@ def build_ipv4(src: str, dst: str, protocol: int, payload: bytes, *, ttl: int = 
     return header + payload
 
 
+def build_ipv6(src: str, dst: str, next_header: int, payload: bytes, *, hop_limit: int = 64) -> bytes:
+    """An IPv6 packet (no extension headers; IPv6 has no header checksum)."""
+    return (struct.pack("!IHBB", 6 << 28, len(payload), next_header, hop_limit)
+            + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + payload)
+
+
+def build_ip(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
+    """An IPv4 or IPv6 packet, by the family of the addresses."""
+    if ipaddress.ip_address(src).version == 6:
+        return build_ipv6(src, dst, protocol, payload)
+    return build_ipv4(src, dst, protocol, payload)
+
+
 def build_icmp_echo(src: str, dst: str, ident: int = 1, seq: int = 1, payload: bytes = b"vpnedu ping",
                     reply: bool = False) -> bytes:
-    """An ICMP echo request (or reply): what ``ping`` sends."""
+    """An ICMP echo request (or reply): what ``ping`` sends.  Between IPv6 addresses it is
+    ICMPv6's (RFC 4443, section 4: type 128 request, 129 reply), whose checksum, unlike
+    ICMPv4's, covers the pseudo-header too (section 2.3)."""
+    if ipaddress.ip_address(src).version == 6:
+        icmp = struct.pack("!BBHHH", 129 if reply else 128, 0, 0, ident, seq) + payload
+        icmp = icmp[:2] + struct.pack("!H", transport_checksum(src, dst, PROTO_ICMPV6, icmp)) + icmp[4:]
+        return build_ipv6(src, dst, PROTO_ICMPV6, icmp)
     icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + payload
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return build_ipv4(src, dst, PROTO_ICMP, icmp)
 
 
 def build_udp(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
-    """An IPv4/UDP packet (checksum 0, which IPv4 allows)."""
+    """A UDP datagram over IPv4 (checksum 0, which IPv4 allows) or IPv6 (where the checksum is
+    mandatory: RFC 8200, section 8.1)."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    if ipaddress.ip_address(src).version == 6:
+        udp = udp[:6] + struct.pack("!H", transport_checksum(src, dst, PROTO_UDP, udp) or 0xFFFF) + udp[8:]
+        return build_ipv6(src, dst, PROTO_UDP, udp)
     return build_ipv4(src, dst, PROTO_UDP, udp)
 
 
-def _transport_checksum(src: str, dst: str, protocol: int, segment: bytes) -> int:
-    """TCP and UDP checksums cover a pseudo-header of the IP addresses, protocol and length."""
-    pseudo = (ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
-              + struct.pack("!BBH", 0, protocol, len(segment)))
+def transport_checksum(src: str, dst: str, protocol: int, segment: bytes) -> int:
+    """TCP, UDP (and ICMPv6) checksums cover a pseudo-header of the IP addresses, protocol and
+    length: RFC 793 for IPv4's, RFC 8200 section 8.1 for IPv6's (32-bit length, then the
+    Next Header)."""
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if a.version == 6:
+        pseudo = a.packed + b.packed + struct.pack("!IxxxB", len(segment), protocol)
+    else:
+        pseudo = a.packed + b.packed + struct.pack("!BBH", 0, protocol, len(segment))
     return checksum(pseudo + segment)
 
 
@@ -132,7 +203,7 @@ def build_tcp(src: str, sport: int, dst: str, dport: int, *, seq: int = 0, ack: 
     """An IPv4/TCP segment with a correct checksum (no options)."""
     seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
                       window, 0, 0) + payload
-    seg = seg[:16] + struct.pack("!H", _transport_checksum(src, dst, PROTO_TCP, seg)) + seg[18:]
+    seg = seg[:16] + struct.pack("!H", transport_checksum(src, dst, PROTO_TCP, seg)) + seg[18:]
     return build_ipv4(src, dst, PROTO_TCP, seg)
 
 
@@ -176,8 +247,19 @@ def describe(packet: bytes) -> str:
             sport, dport = struct.unpack("!HH", p.payload[:4])
             return f"IPv4 {p.src}:{sport} > {p.dst}:{dport} {proto} len={p.total_length}"
         return f"IPv4 {p.src} > {p.dst} {proto}{extra} len={p.total_length}"
-    if v == 6 and len(packet) >= 40:
-        src = ipaddress.IPv6Address(packet[8:24])
-        dst = ipaddress.IPv6Address(packet[24:40])
-        return f"IPv6 {src} > {dst} next-header {packet[6]} len={40 + ((packet[4] << 8) | packet[5])}"
+    if v == 6:
+        try:
+            p6 = IPv6Packet.parse(packet)
+        except MessageError as e:
+            return f"malformed IPv6 ({e})"
+        proto = PROTO_NAMES.get(p6.protocol, f"next-header {p6.protocol}")
+        extra = ""
+        if p6.protocol == PROTO_ICMPV6 and len(p6.payload) >= 8:
+            t, _, _, ident, seq = struct.unpack("!BBHHH", p6.payload[:8])
+            kind = {128: "echo request", 129: "echo reply"}.get(t)
+            extra = f" {kind} id={ident} seq={seq}" if kind else f" type {t}"
+        elif p6.protocol in (PROTO_TCP, PROTO_UDP) and len(p6.payload) >= 4:
+            sport, dport = struct.unpack("!HH", p6.payload[:4])
+            return f"IPv6 [{p6.src}]:{sport} > [{p6.dst}]:{dport} {proto} len={p6.total_length}"
+        return f"IPv6 {p6.src} > {p6.dst} {proto}{extra} len={p6.total_length}"
     return f"not an IP packet ({len(packet)} bytes)"

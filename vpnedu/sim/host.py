@@ -18,8 +18,14 @@ kernel does with an IP packet:
   ``conntrack -L`` shows on Linux; :meth:`SimHost.flows` returns them as rows of
   vpnedu's flow table (:class:`~vpnedu.flows.FlowRow`).
 
-Only IPv4 with ICMP and UDP is simulated: that is all the course's simulated
-app host needs (it answers pings and UDP requests, and logs who asked).
+Both IPv4 and IPv6 are simulated, with ICMP echo (ICMPv6's for IPv6) and UDP: that is all
+the course's simulated app host needs (it answers pings and UDP requests, and logs who
+asked).  The simulation leaves out what a real IPv6 host also does on a link (neighbour
+discovery, router advertisements, multicast): its cables know every address already.
+
+A host may also have an *output filter* (:attr:`SimHost.output_filters`): functions that
+see every packet the host is about to transmit and may drop it, as an nftables ``output``
+chain does (the client's kill switch uses one).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import VpneduError
-from ..flows import FlowRow
+from ..flows import FlowRow, endpoint_text
 from ..net.routes import MAIN_TABLE, Route, Rule
 from ..packet import ip as _ip
 
@@ -76,16 +82,20 @@ class NatFlow:
     def row(self, now: float) -> FlowRow:
         """The flow as a row of vpnedu's flow table (what the real server's conntrack gives)."""
         def ep(a):
-            return f"{a[0]}:{a[1]}"
+            return endpoint_text(a[0], a[1])
         return FlowRow(self.proto, ep(self.client), ep(self.proxy), ep(self.destination), self.state,
                        self.bytes_up, self.bytes_down, age=round(now - self.opened, 1))
 
 
+#: ICMP echo request and reply types, per IP version (RFC 792; RFC 4443, section 4).
+ECHO_TYPES = {4: (8, 0), 6: (128, 129)}
+
+
 def _ports(packet: bytes, proto: int, ihl: int) -> tuple[int, int] | None:
-    """(source port, destination port) for UDP; (id, id) for an ICMP echo; else None."""
+    """(source port, destination port) for UDP; (id, id) for an ICMP or ICMPv6 echo; else None."""
     if proto == _ip.PROTO_UDP and len(packet) >= ihl + 8:
         return struct.unpack_from("!HH", packet, ihl)
-    if proto == _ip.PROTO_ICMP and len(packet) >= ihl + 8 and packet[ihl] in (0, 8):
+    if proto in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) and len(packet) >= ihl + 8 and packet[ihl] in (0, 8, 128, 129):
         ident = struct.unpack_from("!H", packet, ihl + 4)[0]
         return ident, ident
     return None
@@ -93,12 +103,15 @@ def _ports(packet: bytes, proto: int, ihl: int) -> tuple[int, int] | None:
 
 def rewrite(packet: bytes, *, src: str | None = None, dst: str | None = None,
             sport: int | None = None, dport: int | None = None) -> bytes:
-    """A copy of an IPv4 packet with new addresses/ports and correct checksums.
+    """A copy of an IPv4 or IPv6 packet with new addresses/ports and correct checksums.
 
     This is what NAT does to every packet of a flow.  The IPv4 header checksum is
     recomputed; a UDP checksum is set to 0 ("none", allowed over IPv4), and an ICMP
-    echo's identifier plays the part of the port.
+    echo's identifier plays the part of the port.  IPv6 has no header checksum, but its UDP
+    and ICMPv6 checksums cover the addresses (a pseudo-header), so NAT66 must recompute them.
     """
+    if packet[0] >> 4 == 6:
+        return _rewrite6(packet, src=src, dst=dst, sport=sport, dport=dport)
     p = bytearray(packet)
     ihl = (p[0] & 0xF) * 4
     if src:
@@ -122,11 +135,35 @@ def rewrite(packet: bytes, *, src: str | None = None, dst: str | None = None,
     return bytes(p)
 
 
+def _rewrite6(packet: bytes, *, src, dst, sport, dport) -> bytes:
+    """:func:`rewrite` for IPv6: the same fields, checksums recomputed over the pseudo-header."""
+    p = _ip.IPv6Packet.parse(packet)
+    src, dst = src or str(p.src), dst or str(p.dst)
+    payload = bytearray(p.payload)
+    if p.protocol == _ip.PROTO_UDP and len(payload) >= 8:
+        if sport is not None:
+            payload[0:2] = struct.pack("!H", sport)
+        if dport is not None:
+            payload[2:4] = struct.pack("!H", dport)
+        payload[6:8] = b"\0\0"
+        payload[6:8] = struct.pack("!H", _ip.transport_checksum(src, dst, _ip.PROTO_UDP, bytes(payload)) or 0xFFFF)
+    elif p.protocol == _ip.PROTO_ICMPV6 and len(payload) >= 8:
+        ident = sport if sport is not None else dport
+        if ident is not None:
+            payload[4:6] = struct.pack("!H", ident)
+        payload[2:4] = b"\0\0"
+        payload[2:4] = struct.pack("!H", _ip.transport_checksum(src, dst, _ip.PROTO_ICMPV6, bytes(payload)))
+    return _ip.build_ipv6(src, dst, p.protocol, bytes(payload), hop_limit=p.ttl)
+
+
 class SimSocket:
     """A UDP socket on a simulated host, with the calls the vpnedu daemons use on a real one."""
 
-    def __init__(self, host: "SimHost", port: int = 0):
+    def __init__(self, host: "SimHost", port: int = 0, family: int = 4):
         self.host = host
+        #: 4 or 6: which family's addresses this socket sends from and receives on (a real
+        #: daemon opens one socket per family, as wireguard-go does).
+        self.family = family
         self.port = host.bind(self, port)
         self.inbox: deque[tuple[bytes, tuple[str, int]]] = deque(maxlen=4096)
         self.closed = False
@@ -152,8 +189,8 @@ class SimSocket:
         buffers[0][:n] = data
         return n, [], 0, addr
 
-    def getsockname(self) -> tuple[str, int]:
-        return ("0.0.0.0", self.port)
+    def getsockname(self) -> tuple:
+        return ("0.0.0.0", self.port) if self.family == 4 else ("::", self.port, 0, 0)
 
     def fileno(self) -> int:
         return -1
@@ -161,7 +198,7 @@ class SimSocket:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.host.unbind(self.port)
+            self.host.unbind(self.port, self.family)
 
 
 class SimHost:
@@ -171,19 +208,24 @@ class SimHost:
         self.name = name
         self.internet = internet
         self.clock = clock
-        self.addresses: dict[str, list[ipaddress.IPv4Interface]] = {}
+        self.addresses: dict[str, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]] = {}
         self.routes: list[Route] = []
         #: Policy routing (``ip rule``): the rules besides the main table's, and the other tables.
         self.rules: list[Rule] = []
         self.tables: dict[int, list[Route]] = {}
         self.tuns: dict[str, "MemoryTun"] = {}
         self.forwarding = False
-        #: (source network, interface it must not leave by): like an nftables masquerade rule.
-        self.masquerade: list[tuple[ipaddress.IPv4Network, str]] = []
+        #: (source network, interface it must not leave by): like an nftables masquerade rule
+        #: (of the ``ip`` or ``ip6`` family, by the network's).
+        self.masquerade: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        #: An nftables ``output`` chain: each function sees (device, packet, firewall mark) of
+        #: every packet about to leave and returns a reason to drop it, or None to let it go.
+        self.output_filters: list[Callable[[str, bytes, int], str | None]] = []
         self._flows: dict[tuple, NatFlow] = {}
         self._reverse: dict[tuple, NatFlow] = {}
-        self._sockets: dict[int, SimSocket] = {}
-        #: UDP services: port -> function(payload, (src, sport)) returning the reply (or None).
+        self._sockets: dict[tuple[int, int], SimSocket] = {}
+        #: UDP services (both families): port -> function(payload, (src, sport)) returning the
+        #: reply (or None).
         self.udp_services: dict[int, Callable[[bytes, tuple[str, int]], bytes | None]] = {}
         #: What this host's "applications" logged: who sent each request (the app server's access log).
         self.app_log: deque[str] = deque(maxlen=1000)
@@ -199,7 +241,7 @@ class SimHost:
         itf = ipaddress.ip_interface(cidr)
         self.addresses.setdefault(dev, []).append(itf)
         self.internet.register(self, itf.ip, dev)
-        if itf.network.prefixlen < 32:
+        if itf.network.prefixlen < itf.max_prefixlen:
             self.add_route(str(itf.network), None, dev)
 
     def remove_device(self, dev: str) -> None:
@@ -219,8 +261,12 @@ class SimHost:
         """Like ``ip route add DST [via GATEWAY] dev DEV [table N]``."""
         if dev not in self.addresses and dev not in self.tuns:
             raise VpneduError(f"[{self.name}] no interface {dev!r}", "create it first")
-        net = ipaddress.ip_network(dst if dst != "default" else "0.0.0.0/0", strict=False)
-        name = "default" if net.prefixlen == 0 else (str(net.network_address) if net.prefixlen == 32 else str(net))
+        net = _net(dst)
+        # As ``ip route`` names them: "default", a host route by its address, else the prefix.
+        # The IPv6 default is kept as "::/0" here (one list holds both families) and shown as
+        # "default" by :meth:`table`.
+        name = ("default" if net.version == 4 else "::/0") if net.prefixlen == 0 else (
+            str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net))
         route = Route(name, gateway, dev)
         routes = self._table(table)
         if route not in routes:
@@ -234,16 +280,18 @@ class SimHost:
             self.tables[table] = [r for r in self.tables[table] if r != route]
 
     def add_rule(self, rule: Rule) -> None:
-        """Like ``ip rule add`` (IPv4: the simulation's only family)."""
+        """Like ``ip [-6] rule add`` (the rule's ``family`` says which)."""
         self.rules.append(rule)
 
     def remove_rule(self, rule: Rule) -> None:
         self.rules = [r for r in self.rules if r != rule]
 
-    def rule_table(self) -> list[str]:
-        """The policy rules, as ``ip rule`` lists them (the kernel's own included)."""
+    def rule_table(self, family: int = 4) -> list[str]:
+        """The policy rules, as ``ip [-6] rule`` lists them (the kernel's own included)."""
         rows = [(0, "from all lookup local")]
         for r in self.rules:
+            if r.family != family:
+                continue
             what = f"{'not ' if r.invert else ''}from all fwmark {r.fwmark:#x}" if r.fwmark is not None else "from all"
             table = "main" if r.table == MAIN_TABLE else str(r.table)
             extra = f" suppress_prefixlength {r.suppress_prefixlength}" if r.suppress_prefixlength is not None else ""
@@ -251,13 +299,15 @@ class SimHost:
         rows += [(32766, "from all lookup main"), (32767, "from all lookup default")]
         return [f"{prio}:\t{text}" for prio, text in sorted(rows, key=lambda x: x[0])]
 
-    def table_routes(self, table: int) -> list[Route]:
-        """``ip route show table N``."""
-        return list(self.tables.get(table, []))
+    def table_routes(self, table: int, family: int = 4) -> list[Route]:
+        """``ip [-6] route show table N``."""
+        return _shown([r for r in self.tables.get(table, []) if _net(r.dst).version == family])
 
-    def table(self) -> list[Route]:
-        """The routing table, as ``ip route`` lists it: default route first."""
-        return sorted(self.routes, key=lambda r: (r.dst != "default", _net(r.dst).prefixlen, r.dst))
+    def table(self, family: int = 4) -> list[Route]:
+        """The main routing table, as ``ip route`` (``family=6``: ``ip -6 route``) lists it:
+        default route first."""
+        rows = [r for r in self.routes if _net(r.dst).version == family]
+        return _shown(sorted(rows, key=lambda r: (_net(r.dst).prefixlen != 0, _net(r.dst).prefixlen, r.dst)))
 
     def lookup(self, address: str | ipaddress.IPv4Address, mark: int = 0) -> Route | None:
         """Which route the host uses for ``address`` (sent with firewall mark ``mark``): the rules
@@ -289,43 +339,48 @@ class SimHost:
         a = ipaddress.ip_address(address)
         return any(itf.ip == a for itfs in self.addresses.values() for itf in itfs)
 
-    def source_for(self, dev: str) -> str:
-        """The source address for packets leaving by ``dev``: its first address."""
-        itfs = self.addresses.get(dev)
+    def source_for(self, dev: str, family: int = 4) -> str:
+        """The source address for packets of ``family`` leaving by ``dev``: its first address
+        of that family."""
+        itfs = [i for i in self.addresses.get(dev, []) if i.version == family]
         if not itfs:
-            raise VpneduError(f"[{self.name}] interface {dev} has no address")
+            raise VpneduError(f"[{self.name}] interface {dev} has no IPv{family} address")
         return str(itfs[0].ip)
 
     def source_address(self, destination: str) -> str:
         r = self.route_to(destination)
-        return self.source_for(r.dev)
+        return self.source_for(r.dev, ipaddress.ip_address(destination).version)
 
     # ------------------------------------------------------------------ sockets
     def bind(self, sock: SimSocket, port: int) -> int:
+        """A port for ``sock`` (of its family; 0: a free ephemeral one), as bind(2) gives it."""
+        family = sock.family
         if port == 0:
-            while self._next_port in self._sockets:
+            while (family, self._next_port) in self._sockets:
                 self._next_port += 1
             port = self._next_port
             self._next_port = self._next_port + 1 if self._next_port < EPHEMERAL_PORTS[1] else EPHEMERAL_PORTS[0]
-        if port in self._sockets or port in self.udp_services:
+        if (family, port) in self._sockets or port in self.udp_services:
             raise VpneduError(f"[{self.name}] UDP port {port} is already in use", "choose another port")
-        self._sockets[port] = sock
+        self._sockets[(family, port)] = sock
         return port
 
-    def unbind(self, port: int) -> None:
-        self._sockets.pop(port, None)
+    def unbind(self, port: int, family: int = 4) -> None:
+        self._sockets.pop((family, port), None)
 
     def send_udp(self, sport: int, endpoint: tuple[str, int], payload: bytes, mark: int = 0) -> None:
-        dst, dport = endpoint
+        dst, dport = endpoint[0], endpoint[1]
+        family = ipaddress.ip_address(dst).version
         route = self.lookup(dst, mark)
-        if route is None or not self.addresses.get(route.dev):
+        if route is None or not any(i.version == family for i in self.addresses.get(route.dev, [])):
             self._drop(b"", "-", f"no route to {dst}")
             return
-        self.send_ip(_ip.build_udp(self.source_for(route.dev), sport, dst, dport, payload), mark=mark)
+        self.send_ip(_ip.build_udp(self.source_for(route.dev, family), sport, dst, dport, payload), mark=mark)
 
     def ping(self, destination: str, ident: int = 0x7e57, seq: int = 1, payload: bytes = b"vpnedu sim ping",
              source: str | None = None) -> bytes:
-        """Send one ICMP echo request (what ``ping -c 1`` sends); returns the packet."""
+        """Send one ICMP echo request (what ``ping -c 1`` sends; to an IPv6 address ICMPv6's);
+        returns the packet."""
         pkt = _ip.build_icmp_echo(source or self.source_address(destination), destination, ident, seq, payload)
         self.send_ip(pkt)
         return pkt
@@ -333,7 +388,7 @@ class SimHost:
     # ------------------------------------------------------------------ the datapath
     def send_ip(self, packet: bytes, forwarded: bool = False, in_dev: str | None = None, mark: int = 0) -> None:
         """Output (or forward) a packet: route it, masquerade it if a rule says so, transmit it."""
-        dst = ipaddress.IPv4Address(packet[16:20])
+        dst = ipaddress.ip_address(_ip.destination_address(packet))
         if self.own(dst) and not forwarded:
             self.receive(packet, "lo")
             return
@@ -344,6 +399,11 @@ class SimHost:
         if forwarded:
             packet = self._masquerade(packet, route.dev)
             if packet is None:
+                return
+        for check in self.output_filters:
+            why = check(route.dev, packet, mark)
+            if why:
+                self._drop(packet, route.dev, why)
                 return
         self.transmit(route.dev, packet)
 
@@ -365,35 +425,37 @@ class SimHost:
         if dev != "lo":
             self.internet.trace(self, dev, "in" if dev not in self.tuns else "program->tun", packet)
         try:
-            p = _ip.IPv4Packet.parse(packet)
-        except Exception as e:  # not IPv4: nothing here handles it
-            self._drop(packet, dev, f"not an IPv4 packet: {e}")
+            p = _ip.parse(packet)
+        except Exception as e:  # not IP: nothing here handles it
+            self._drop(packet, dev, f"not an IP packet: {e}")
             return
         packet = self._unmasquerade(packet, p)
         if packet is None:
             return
-        dst = ipaddress.IPv4Address(packet[16:20])
+        dst = ipaddress.ip_address(_ip.destination_address(packet))
         if self.own(dst):
-            self._deliver_local(_ip.IPv4Packet.parse(packet))
+            self._deliver_local(_ip.parse(packet))
         elif self.forwarding:
             self.send_ip(packet, forwarded=True, in_dev=dev)
         else:
             self._drop(packet, dev, "not for this host and forwarding is off")
 
-    def _deliver_local(self, p: _ip.IPv4Packet) -> None:
-        if p.protocol == _ip.PROTO_ICMP and len(p.payload) >= 8:
+    def _deliver_local(self, p: _ip.IPv4Packet | _ip.IPv6Packet) -> None:
+        if p.protocol in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) and len(p.payload) >= 8:
+            request, reply = ECHO_TYPES[p.src.version]
             icmp_type = p.payload[0]
-            if icmp_type == 8:  # echo request: answer it, as every Linux host does
+            if icmp_type == request:  # echo request: answer it, as every Linux host does
                 ident, seq = struct.unpack_from("!HH", p.payload, 4)
-                self.app_log.append(f"{p.src} ICMP echo request id={ident} seq={seq}")
+                what = "ICMP" if p.src.version == 4 else "ICMPv6"
+                self.app_log.append(f"{p.src} {what} echo request id={ident} seq={seq}")
                 self.send_ip(_ip.build_icmp_echo(str(p.dst), str(p.src), ident, seq, p.payload[8:], reply=True))
-            elif icmp_type == 0:
+            elif icmp_type == reply:
                 self.echo_replies.append(bytes(p.payload))
             return
         if p.protocol == _ip.PROTO_UDP and len(p.payload) >= 8:
             sport, dport = struct.unpack_from("!HH", p.payload)
             data = p.payload[8:]
-            sock = self._sockets.get(dport)
+            sock = self._sockets.get((p.src.version, dport))
             if sock is not None:
                 sock.inbox.append((data, (str(p.src), sport)))
                 return
@@ -412,37 +474,39 @@ class SimHost:
 
     # ------------------------------------------------------------------ NAT (masquerade)
     def _masquerade(self, packet: bytes, out_dev: str) -> bytes | None:
-        src = ipaddress.IPv4Address(packet[12:16])
-        rule = next((r for r in self.masquerade if src in r[0] and out_dev != r[1]), None)
+        src = ipaddress.ip_address(_ip.source_address(packet))
+        rule = next((r for r in self.masquerade
+                     if r[0].version == src.version and src in r[0] and out_dev != r[1]), None)
         if rule is None:
             return packet
-        proto, ihl = packet[9], (packet[0] & 0xF) * 4
+        p = _ip.parse(packet)
+        proto, ihl = p.protocol, p.header_length
         ports = _ports(packet, proto, ihl)
         if ports is None:
             self._drop(packet, out_dev, "the simulated NAT handles only UDP and ICMP echo")
             return None
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
+        dst = str(p.dst)
         key = (proto, str(src), ports[0], dst, ports[1])
         flow = self._flows.get(key)
-        public = self.source_for(out_dev)
+        public = self.source_for(out_dev, src.version)
         if flow is None:
             port = ports[0]
             while (proto, public, port, dst, ports[1]) in self._reverse:
                 port = port + 1 if port < 65535 else 1024
-            name = {_ip.PROTO_UDP: "udp", _ip.PROTO_ICMP: "icmp"}[proto]
+            name = {_ip.PROTO_UDP: "udp", _ip.PROTO_ICMP: "icmp", _ip.PROTO_ICMPV6: "icmpv6"}[proto]
             flow = NatFlow(name, (str(src), ports[0]), (public, port), (dst, ports[1]), self.clock())
             self._flows[key] = flow
             self._reverse[(proto, public, port, dst, ports[1])] = flow
         flow.bytes_up += len(packet)
         new = rewrite(packet, src=public, sport=flow.proxy[1] if proto == _ip.PROTO_UDP else None,
                       dport=None)
-        if proto == _ip.PROTO_ICMP and flow.proxy[1] != ports[0]:
+        if proto in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) and flow.proxy[1] != ports[0]:
             new = rewrite(new, sport=flow.proxy[1])
         self.internet.trace(self, out_dev, "nat", new, f"masquerade: source {src}:{ports[0]} -> "
                                                         f"{public}:{flow.proxy[1]}")
         return new
 
-    def _unmasquerade(self, packet: bytes, p: _ip.IPv4Packet) -> bytes | None:
+    def _unmasquerade(self, packet: bytes, p: _ip.IPv4Packet | _ip.IPv6Packet) -> bytes | None:
         if not self._reverse:
             return packet
         ports = _ports(packet, p.protocol, p.header_length)
@@ -457,7 +521,7 @@ class SimHost:
         flow.state = "established"
         cport = flow.client[1]
         new = rewrite(packet, dst=flow.client[0], dport=cport if p.protocol == _ip.PROTO_UDP else None,
-                      sport=cport if p.protocol == _ip.PROTO_ICMP else None)
+                      sport=cport if p.protocol in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) else None)
         return new
 
     def flows(self) -> list[FlowRow]:
@@ -470,15 +534,22 @@ class SimHost:
         self._reverse.clear()
 
 
-def _net(dst: str) -> ipaddress.IPv4Network:
+def _net(dst: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst, strict=False)
 
 
+def _shown(routes: list[Route]) -> list[Route]:
+    """Routes as ``ip -6 route`` names them: the IPv6 default as "default"."""
+    return [Route("default", r.gateway, r.dev) if r.dst == "::/0" else r for r in routes]
+
+
 def _longest(routes: list[Route], a) -> Route | None:
-    """The most specific route of ``routes`` that holds address ``a`` (longest prefix match)."""
+    """The most specific route of ``routes`` that holds address ``a`` (longest prefix match,
+    among the routes of ``a``'s family: ``ipaddress`` would find an IPv6 address "in"
+    0.0.0.0/0)."""
     best = None
     for r in routes:
         n = _net(r.dst)
-        if a in n and (best is None or n.prefixlen > _net(best.dst).prefixlen):
+        if n.version == a.version and a in n and (best is None or n.prefixlen > _net(best.dst).prefixlen):
             best = r
     return best

@@ -35,7 +35,7 @@ class WirePacket:
 
     @property
     def udp_payload(self) -> bytes:
-        p = iplib.IPv4Packet.parse(self.packet)
+        p = iplib.parse(self.packet)
         return p.payload[8:] if p.protocol == iplib.PROTO_UDP else b""
 
     def __str__(self) -> str:
@@ -51,7 +51,7 @@ class SimInternet:
 
     def __init__(self, keep: int = 5000, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self._owners: dict[ipaddress.IPv4Address, tuple[SimHost, str]] = {}
+        self._owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, tuple[SimHost, str]] = {}
         self._queue: deque[tuple[SimHost | Outsider, bytes]] = deque()
         self.wire: deque[WirePacket] = deque(maxlen=keep)
         self.hops: deque[TraceEntry] = deque(maxlen=keep)
@@ -80,7 +80,7 @@ class SimInternet:
         n = 0
         while self._queue:
             source, packet = self._queue.popleft()
-            dst = ipaddress.IPv4Address(packet[16:20])
+            dst = ipaddress.ip_address(iplib.destination_address(packet))
             owner = self._owners.get(dst)
             wp = WirePacket(self.clock(), source.name, owner[0].name if owner else "?", packet)
             if self.on_wire is not None:

@@ -49,8 +49,7 @@ class SimNode:
         self.datapath_options = Options.simple()   # an in-memory device offers no offloads
         self.open_datapath()
         for a in self.cfg.interface.addresses:
-            if a.version == 4:
-                self.host.add_address(self.ifname, a)
+            self.host.add_address(self.ifname, a)
         addrs = ", ".join(str(a) for a in self.cfg.interface.addresses)
         self.changes.append(f"created TUN device {self.ifname} with {addrs}, MTU {self.device.mtu}")
         self.events.emit("device.up", None, interface=self.ifname, addresses=addrs, mtu=self.device.mtu)
@@ -127,7 +126,8 @@ class SimServer(SimNode, Server):
         self.attach(host)
 
     def setup_role(self) -> None:
-        """Forwarding plus masquerade for the tunnel subnet (the real one uses sysctl and nftables)."""
+        """Forwarding plus masquerade for the tunnel subnets, both families (the real one uses
+        sysctls and an nftables table of family ``ip`` and one of ``ip6``)."""
         if self.forwarding == "none":
             return
         host = self.host
@@ -136,16 +136,18 @@ class SimServer(SimNode, Server):
         self._undo.append(lambda: setattr(host, "forwarding", was))
         if not was:
             self.changes.append("enabled IPv4 forwarding (net.ipv4.ip_forward = 1)")
+            if any(a.version == 6 for a in self.cfg.interface.addresses):
+                self.changes.append("enabled IPv6 forwarding (net.ipv6.conf.all.forwarding = 1)")
         for a in self.cfg.interface.addresses:
-            if a.version == 4:
-                rule = (a.network, self.ifname)
-                host.masquerade.append(rule)
-                self._undo.append(lambda rule=rule: host.masquerade.remove(rule))
-                self._undo.append(host.clear_flows)
-                self.changes.append(f"masquerade {a.network} leaving any interface but {self.ifname} "
-                                    "(simulated nftables table)")
-                self.events.emit("nat.added", None, table=f"vpnedu_{self.ifname}", subnet=str(a.network),
-                                 ruleset=f"ip saddr {a.network} oifname != \"{self.ifname}\" masquerade")
+            rule = (a.network, self.ifname)
+            host.masquerade.append(rule)
+            self._undo.append(lambda rule=rule: host.masquerade.remove(rule))
+            self._undo.append(host.clear_flows)
+            self.changes.append(f"masquerade {a.network} leaving any interface but {self.ifname} "
+                                "(simulated nftables table)")
+            family = "ip" if a.version == 4 else "ip6"
+            self.events.emit("nat.added", None, table=f"vpnedu_{self.ifname}", subnet=str(a.network),
+                             ruleset=f"{family} saddr {a.network} oifname != \"{self.ifname}\" masquerade")
 
     def start(self) -> None:
         """A server just waits for initiations."""
@@ -163,24 +165,21 @@ class SimClient(SimNode, Client):
     def setup_role(self) -> None:
         """The real client's route plan, applied to the simulated host as the real client applies
         it: a ``/0`` by policy routing (the socket's fwmark, a table of its own, two rules), the
-        other prefixes as routes in the main table.  The simulation carries IPv4 only, so the
-        plan's IPv6 prefixes are left out."""
+        other prefixes as routes in the main table, for IPv4 and IPv6 alike."""
         import ipaddress
 
         from ..net import routes
         host = self.host
-        self.routes_before = host.table()
+        self.routes_before = host.table() + host.table(6)
         table = self.cfg.interface.route_table
         for dst, gateway, dev in self.plan_routes(host.route_to):
             net = ipaddress.ip_network(dst)
-            if net.version != 4:
-                continue
             if net.prefixlen == 0 and table is None:
                 mark = self.policy_table = self.cfg.interface.fwmark or routes.DEFAULT_TABLE
                 self.sock.mark = mark
                 route = host.add_route(dst, None, dev, table=mark)
                 self.added.append((routes.Route(dst, None, dev), mark))
-                for rule in routes.full_tunnel_rules(4, mark):
+                for rule in routes.full_tunnel_rules(net.version, mark):
                     host.add_rule(rule)
                     self.rules_added.append(rule)
                     self._undo.append(lambda rule=rule: host.remove_rule(rule))
@@ -189,7 +188,7 @@ class SimClient(SimNode, Client):
             self.added.append((routes.Route(dst, gateway, dev), table))
             if dev != self.ifname:  # routes on the TUN device go when it goes
                 self._undo.append(lambda route=route: host.remove_route(route, table))
-        self.routes_after = host.table()
+        self.routes_after = host.table() + host.table(6)
         self.report_route_change()
 
     def start(self) -> None:

@@ -1,10 +1,12 @@
 """A routing table before and after, the change highlighted.
 
-A full-tunnel client adds three routes (see :mod:`vpnedu.node.client`): a host
-route to the server via the old gateway, and ``0.0.0.0/1`` + ``128.0.0.0/1``
-into the tunnel.  They are more specific than ``default``, so they win without
-deleting it.  This widget shows exactly that: added rows green, removed rows
-struck through, unchanged rows plain.
+A full-tunnel client (see :mod:`vpnedu.node.client`) does as wg-quick(8): a table of its
+own holding ``default dev vpnedu0`` and two ``ip rule`` per family, so the main table is
+not changed at all -- the widget then shows the tunnel's table (and the rules) as the rows
+added.  A split tunnel, or the classic method of lab 4 (a host route to the server via the
+old gateway, and ``0.0.0.0/1`` + ``128.0.0.0/1``, more specific than ``default`` so they win
+without deleting it), adds its routes to the main table.  Either way the widget shows the
+change: added rows green, removed rows struck through, unchanged rows plain.
 """
 
 from __future__ import annotations
