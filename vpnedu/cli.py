@@ -595,6 +595,8 @@ def conf_check(path) -> None:
     from . import config as _config
     from .node import wgquick
     c = _config.load(path)
+    if _config.looks_like_server(c):
+        _config.check_server(c)
     pub = c.interface.public_key
     click.echo(f"{path}: OK, suite {c.interface.cipher_suite}, "
                f"address {', '.join(map(str, c.interface.addresses)) or '(none)'}, "

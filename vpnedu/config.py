@@ -297,6 +297,55 @@ def loads(text: str, source: str = "<config>") -> Config:
     return cfg
 
 
+def check_server(cfg: Config) -> None:
+    """What a *server's* config must hold besides what every WireGuard config may: checks that
+    ``vpnedu server`` (and ``vpnedu conf check`` on a server's file) makes before it changes
+    the host.
+
+    * Each client's AllowedIPs are of a family the server has an Address of: an IPv4-only
+      server (``server init --ipv4-only``) has no route, no forwarding and no masquerade for
+      IPv6, so a client's IPv6 range there would be a silent black hole.
+    * No two clients' AllowedIPs overlap.  WireGuard itself allows it -- cryptokey routing
+      takes the longest prefix, so the more specific peer quietly takes over part of the
+      other's range (the whitepaper, section 2) -- which is what a site-to-site setup may want,
+      but on a server of clients it is always a typo or a copied [Peer]: one client's packets
+      would go to another (``wg set`` and vpnedu-wg, which speak the protocol, still allow it).
+    """
+    families = {a.version for a in cfg.interface.addresses}
+    ranges: list[tuple[int, int, int, Network, str]] = []
+    for i, p in enumerate(cfg.peers, 1):
+        who = f"[Peer] {p.name}" if p.name else f"[Peer] number {i} (PublicKey {_keys.encode(p.public_key)[:8]}...)"
+        for net in p.allowed_ips:
+            if families and net.version not in families:
+                have = " and ".join(f"IPv{v}" for v in sorted(families))
+                raise ConfigError(
+                    f"{cfg.source}: {who}: AllowedIPs {net} is IPv{net.version}, but this server's Address is "
+                    f"{have} only, so it could not route it",
+                    f"remove {net}, or give the server an IPv{net.version} address too "
+                    "(e.g. 'Address = 10.0.0.1/24, fd42:42::1/64')")
+            ranges.append((net.version, int(net.network_address), int(net.broadcast_address), net, who))
+    # Two prefixes are either nested or disjoint, so in address order a prefix overlaps an
+    # earlier one exactly when it starts before the widest earlier end: n log n, not n^2, for a
+    # server of 10,000 clients.
+    ranges.sort(key=lambda r: (r[0], r[1], -r[2]))
+    widest = None
+    for r in ranges:
+        if widest is not None and widest[0] == r[0] and r[1] <= widest[2] and widest[4] != r[4]:
+            (_, _, _, a, owner), (_, _, _, b, who) = widest, r
+            raise ConfigError(
+                f"{cfg.source}: AllowedIPs {a} of {owner} and {b} of {who} overlap: the server "
+                f"would send {b if b.num_addresses <= a.num_addresses else a} to only one of them",
+                "give each client its own addresses ('vpnedu server add-client' picks free ones)")
+        if widest is None or widest[0] != r[0] or r[2] > widest[2]:
+            widest = r
+
+
+def looks_like_server(cfg: Config) -> bool:
+    """A server's file: peers without an Endpoint (clients find the server, not the other way),
+    or more than one peer.  A client's has exactly one [Peer], the server, with an Endpoint."""
+    return len(cfg.peers) > 1 or any(p.endpoint is None for p in cfg.peers)
+
+
 _FIXES = {
     "Address": "write addresses with a prefix length, e.g. 'Address = 10.0.0.2/24'",
     "ListenPort": "use a UDP port number from 1 to 65535, e.g. 51820",

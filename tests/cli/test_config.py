@@ -200,3 +200,23 @@ def test_conf_check_says_what_each_wg_quick_key_will_do(tmp_path):
     why = "writable by group (mode 0620)" if os.geteuid() == 0 else "hooks run only when vpnedu runs as root"
     assert why in r.stdout, r.stdout
     assert "DNS = 10.0.0.1: the client uses the name server(s) 10.0.0.1 while it runs" in r.stdout
+
+
+def test_a_servers_clients_must_match_its_families_and_not_overlap():
+    from vpnedu.protocol.keys import encode, generate_private_key, public_key
+
+    def server(*peers):
+        text = f"[Interface]\nPrivateKey = {encode(generate_private_key())}\nAddress = 10.0.0.1/24\n"
+        for name, allowed in peers:
+            text += f"[Peer]\n# Name = {name}\nPublicKey = {encode(public_key(generate_private_key()))}\n"
+            text += f"AllowedIPs = {allowed}\n"
+        return config.loads(text, "s.conf")
+    config.check_server(server(("a", "10.0.0.2/32"), ("b", "10.0.0.3/32, 10.0.1.0/24")))
+    config.check_server(server(("a", "10.0.0.0/24, 10.0.0.2/32")))     # one peer's own overlap: harmless
+    with pytest.raises(ConfigError, match=r"\[Peer\] b: AllowedIPs fd00::3/128 is IPv6, but this server's Address"):
+        config.check_server(server(("a", "10.0.0.2/32"), ("b", "10.0.0.3/32, fd00::3/128")))
+    with pytest.raises(ConfigError, match=r"10.0.0.0/25 of \[Peer\] b and 10.0.0.99/32 of \[Peer\] c overlap"):
+        config.check_server(server(("a", "10.0.0.200/31"), ("b", "10.0.0.0/25"), ("c", "10.0.0.99/32")))
+    with pytest.raises(ConfigError, match="overlap"):
+        config.check_server(server(("a", "10.0.0.0/24, 10.0.0.7/32"), ("b", "10.0.0.5/32")))
+    assert config.looks_like_server(server(("a", "10.0.0.2/32")))

@@ -545,8 +545,10 @@ class Node:
 
     def reload(self) -> dict:
         """Re-read the config file: add new peers and remove deleted ones, keeping live sessions."""
-        from ..config import load
+        from ..config import check_server, load
         cfg = load(self.cfg.source)
+        if self.role == "server":
+            check_server(cfg)     # a refused file changes nothing: the running peers stay
         wanted = {p.public_key: p for p in cfg.peers}
         added = removed = 0
         for key in list(self.device.peers):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from ..config import DEFAULT_PORT
+from ..config import DEFAULT_PORT, check_server
 from ..errors import VpneduError
 from ..net import nat, sysctl
 from .base import Node
@@ -45,6 +45,7 @@ class Server(Node):
     def __init__(self, cfg, *, forwarding: str | None = None, proxy_idle: dict[str, float] | None = None, **kw):
         if cfg.interface.listen_port is None:
             cfg.interface.listen_port = DEFAULT_PORT
+        check_server(cfg)      # before anything on the host changes
         super().__init__(cfg, **kw)
         self.forwarding = forwarding or cfg.interface.forwarding or "nat"
         if self.forwarding not in FORWARDING_MODES:
