@@ -288,9 +288,12 @@ class Bench:
                        "-t", str(self.s.seconds), "-J"]
                 procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             per = []
-            for p in procs:
-                out, _ = p.communicate(timeout=self.s.seconds + 30)
-                per.append(json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6)
+            for c, p in zip(clients, procs):
+                out, err = p.communicate(timeout=self.s.seconds + 30)
+                res = json.loads(out or "{}")
+                if "error" in res or "sum_received" not in res.get("end", {}):
+                    raise VpneduError(f"iperf3 from {c} failed: {res.get('error') or err.strip()[-200:] or 'no result'}")
+                per.append(res["end"]["sum_received"]["bits_per_second"] / 1e6)
             total = sum(per)
             jain = total ** 2 / (len(per) * sum(x * x for x in per)) if total else 0
             self.r.concurrency = {"clients": n, "per_client_mbit_s": [round(x, 1) for x in per],
