@@ -47,11 +47,14 @@ def test_original_destination_from_the_kernels_ipv6_control_message():
 def test_original_destination_parses_sockaddr_in6_bytes():
     # struct sockaddr_in6: family (host order), port (network order), flow info, address, scope id.
     addr = socket.inet_pton(socket.AF_INET6, "2001:db8:a::80")
-    sin6 = struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 53, 0x12345) + addr + struct.pack("=I", 0)
+    sin6 = (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 53, 0x12345) + addr
+            + struct.pack("=I", 0))
     assert tproxy.original_destination([(tproxy.SOL_IPV6, tproxy.IPV6_RECVORIGDSTADDR, sin6)]) \
         == ("2001:db8:a::80", 53)
-    sin = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 80) + socket.inet_aton("192.0.2.80") + bytes(8)
-    assert tproxy.original_destination([(socket.SOL_IP, tproxy.IP_RECVORIGDSTADDR, sin)]) == ("192.0.2.80", 80)
+    sin = (struct.pack("=H", socket.AF_INET) + struct.pack("!H", 80) + socket.inet_aton("192.0.2.80")
+           + bytes(8))
+    assert tproxy.original_destination([(socket.SOL_IP, tproxy.IP_RECVORIGDSTADDR, sin)]) \
+        == ("192.0.2.80", 80)
     # Another control message, or one cut short, is no destination.
     assert tproxy.original_destination([(tproxy.SOL_IPV6, 50, sin6)]) is None              # IPV6_PKTINFO
     assert tproxy.original_destination([(tproxy.SOL_IPV6, tproxy.IPV6_RECVORIGDSTADDR, sin6[:20])]) is None
