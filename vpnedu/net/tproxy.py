@@ -23,9 +23,10 @@ needed, for each address family:
    where the socket TPROXY chose receives them.  This is tproxy.txt's "ip rule
    add fwmark 1 lookup 100; ip route add local 0.0.0.0/0 dev lo table 100";
 3. the proxy's sockets carry ``IP_TRANSPARENT`` (``IPV6_TRANSPARENT`` on an
-   IPv6 socket; both need CAP_NET_ADMIN).  TPROXY hands packets only to sockets
-   that have it (the kernel's nft_tproxy skips any other), and it is what lets
-   a socket bind to, and send from, an address that is not the host's own
+   IPv6 socket; setting either needs CAP_NET_ADMIN or CAP_NET_RAW).  TPROXY
+   hands packets only to sockets that have it (the kernel's nft_tproxy skips
+   any other), and it is what lets a socket bind to, and send from, an address
+   that is not the host's own
    (tproxy.txt: "you'll have to modify your application to allow it to send
    datagrams _from_ non-local IP addresses").  So an accepted TCP connection's
    local address *is* the original destination (``getsockname``), a UDP
