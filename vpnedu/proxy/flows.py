@@ -24,16 +24,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..events import EventBus
-from ..flows import FlowRow
+from ..flows import FlowRow, endpoint_text
 
 Address = tuple[str, int]
 
 
 def fmt(addr: Address | None) -> str:
     """``192.0.2.80:80``, ``[2001:db8:a::80]:80`` (brackets: the address has colons of its own)."""
-    if not addr:
-        return ""
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+    return endpoint_text(*addr) if addr else ""
 
 
 @dataclass(eq=False)
