@@ -101,6 +101,7 @@ def snapshot(lab: Lab, host: str) -> dict:
         "tunnel_table": out("ip", "route", "show", "table", "51820") + out("ip", "-6", "route", "show", "table", "51820"),
         "src_valid_mark": out("sysctl", "-n", "net.ipv4.conf.all.src_valid_mark"),
         "proxy_routes": out("ip", "route", "show", "table", "7670"),
+        "proxy_routes6": out("ip", "-6", "route", "show", "table", "7670"),
         "conntrack": out("sysctl", "-n", "net.netfilter.nf_conntrack_acct", "net.netfilter.nf_conntrack_timestamp"),
     }
 

@@ -136,7 +136,8 @@ def test_the_table_undoes_every_kind_the_code_records_with_the_parameters_it_rec
     # The replaceable kinds are the ones the module docstring names, each named by parameters
     # its undo takes.
     assert {k for k, row in table.items() if row.replaceable} == {"nft-table", "sysctl", "policy-rule",
-                                                                   "local-route"}
+                                                                   "local-route", "policy-rule6",
+                                                                   "local-route6"}
     assert all(set(row.identity) <= set(inspect.signature(row.undo).parameters) for row in table.values())
 
 

@@ -1,10 +1,12 @@
 """The proxy's decisions without root: which packets it takes, what it answers a SYN with
 (connect first: refused -> RST, open -> the SYN goes on to the kernel), the flow table's events,
-and the packets it builds, checked with the Internet checksum."""
+and the packets it builds, checked with the Internet checksum -- for IPv4 and IPv6 (whose checksums
+also cover a pseudo-header: recomputed here, and by Wireshark's dissector)."""
 
 import asyncio
 import socket
 import struct
+import subprocess
 
 import pytest
 
@@ -14,6 +16,8 @@ from vpnedu.packet.ip import (TCP_ACK, TCP_RST, TCP_SYN, IPv4Packet, build_icmp_
                               build_tcp, build_tcp_reset_for, build_udp, checksum)
 from vpnedu.proxy import DEFAULT_IDLE, Proxy, parse_idle
 from vpnedu.proxy.flows import FlowTable
+
+from ..conftest import require_tool
 
 
 def tcp_checksum_ok(packet: bytes) -> bool:
@@ -276,3 +280,150 @@ def test_a_syn_retransmitted_after_the_accept_opens_no_second_upstream_connectio
     assert not taken
     assert [f.state for f in flows] == ["established"]
     assert conns == 1
+
+
+# ---------------------------------------------------------------------------- IPv6
+TUNNEL6 = "fd00:76:70::/64"
+
+
+def make_proxy6(delivered, injected, events=None):
+    return Proxy(events or EventBus(), subnet="10.0.0.0/24", subnet6=TUNNEL6,
+                 local_addresses={"203.0.113.2", "2001:db8:5::2"},
+                 deliver=delivered.append, inject=injected.append, connect_timeout=2)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+
+
+def test_the_proxy_takes_ipv6_syns_and_echo_requests_to_the_outside_only():
+    p = make_proxy6([], [])
+    client = "fd00:76:70::2"
+    ack = build_tcp(client, 40000, "2001:db8:a::80", 80, seq=5, ack=9, flags=TCP_ACK)
+    assert not p.intercept("c", ack)                                                # mid-connection
+    assert not p.intercept("c", build_udp(client, 5000, "2001:db8:a::80", 53, b"q"))  # TPROXY's
+    assert not p.intercept("c", build_icmp_echo(client, "fd00:76:70::3"))            # client to client
+    assert not p.intercept("c", build_icmp_echo(client, "2001:db8:5::2"))            # the server itself
+    assert not p.intercept("c", build_icmp_echo(client, "ff02::1"))                  # multicast
+    assert not p.intercept("c", build_icmp_echo(client, "fe80::1"))                  # link-local
+    assert not p.intercept("c", build_icmp_echo(client, "2001:db8:a::80", reply=True))   # a reply
+    assert not p.intercept("c", build_tcp(client, 1, "fd00:76:70::1", 22, flags=TCP_SYN))
+    # A proxy for an IPv4-only tunnel leaves IPv6 to the kernel (whose forward chain drops it).
+    assert not make_proxy([], []).intercept("c", build_icmp_echo(client, "2001:db8:a::80"))
+
+
+@needs_ipv6
+def test_an_ipv6_syn_to_a_closed_port_is_answered_with_an_ipv6_reset():
+    async def go():
+        delivered, injected = [], []
+        p = make_proxy6(delivered, injected)
+        with socket.socket(socket.AF_INET6) as s:   # bound, never listening: certainly closed
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+            syn = build_tcp("fd00:76:70::2", 40000, "::1", port, seq=1000, flags=TCP_SYN, window=64240)
+            assert p.intercept("client", syn)
+            await until(lambda: injected)
+        return delivered, injected, p, port
+    delivered, injected, p, port = asyncio.run(go())
+    assert delivered == []
+    [rst] = injected
+    assert rst[0] >> 4 == 6 and rst[6] == 6                         # IPv6, next header TCP
+    assert (socket.inet_ntop(socket.AF_INET6, rst[8:24]), socket.inet_ntop(socket.AF_INET6, rst[24:40])) \
+        == ("::1", "fd00:76:70::2")
+    sport, dport, seq, ack, _off, flags = struct.unpack_from("!HHIIBB", rst, 40)
+    assert (sport, dport, seq, ack, flags) == (port, 40000, 0, 1001, TCP_RST | TCP_ACK)
+    assert checksum6_ok(rst)
+    assert len(p.table) == 0
+
+
+@needs_ipv6
+def test_an_ipv6_syn_to_an_open_port_goes_on_to_the_kernel_and_the_flow_reads_bracketed():
+    async def go():
+        delivered, events = [], EventBus()
+        seen = []
+        events.subscribe(seen.append, kinds=["proxy.flow"])
+        p = make_proxy6(delivered, [], events)
+        server = await asyncio.start_server(lambda r, w: w.close(), "::1", 0)
+        port = server.sockets[0].getsockname()[1]
+        syn = build_tcp("fd00:76:70::2", 40001, "::1", port, seq=7, flags=TCP_SYN)
+        assert p.intercept("client", syn)
+        await until(lambda: delivered)
+        flows = p.flows()
+        await p.tcp.close()
+        server.close()
+        await server.wait_closed()
+        return delivered, flows, syn, port, seen
+    delivered, flows, syn, port, seen = asyncio.run(go())
+    assert delivered == [syn]
+    [f] = flows
+    assert (f.client, f.destination) == ("[fd00:76:70::2]:40001", f"[::1]:{port}")
+    assert f.state == "syn-released" and f.proxy.startswith("[::1]:")
+    assert [e.fields["destination"] for e in seen if e.kind == "proxy.flow.closed"] == [f"[::1]:{port}"]
+
+
+def checksum6_ok(packet: bytes) -> bool:
+    """An IPv6 packet's upper-layer checksum, recomputed here from RFC 8200 8.1's pseudo-header
+    (source, destination, 32-bit length, three zero bytes, next header): the sum comes to zero."""
+    length = struct.unpack_from("!H", packet, 4)[0]
+    pseudo = packet[8:40] + struct.pack("!I", length) + bytes(3) + packet[6:7]
+    return checksum(pseudo + packet[40:40 + length]) == 0
+
+
+def test_ipv6_packets_the_proxy_builds_carry_the_pseudo_header_checksum():
+    syn = build_tcp("fd00:76:70::2", 1234, "2001:db8:a::80", 81, seq=0xFFFFFFFF, flags=TCP_SYN)
+    reply = build_icmp_echo("2001:db8:a::80", "fd00:76:70::2", ident=7, seq=3, payload=b"x" * 57, reply=True)
+    unreachable = build_icmp_unreachable(syn, "2001:db8:5::2")
+    udp = build_udp("fd00:76:70::2", 5353, "2001:db8:a::80", 53, b"query")
+    for pkt in (syn, build_tcp_reset_for(syn), reply, unreachable, udp):
+        assert pkt[0] >> 4 == 6 and len(pkt) == 40 + struct.unpack_from("!H", pkt, 4)[0]
+        assert checksum6_ok(pkt), pkt.hex()
+    assert reply[6] == 58 and reply[40:42] == bytes([129, 0])            # ICMPv6 echo reply
+    assert struct.unpack_from("!HH", reply, 44) == (7, 3) and reply[48:] == b"x" * 57
+    assert build_icmp_echo("fd00:76:70::2", "2001:db8:a::80")[40] == 128  # ... and request
+    # Destination unreachable, address unreachable (type 1, code 3), from the server, to the
+    # client, quoting the whole SYN (it is far below the 1280-byte minimum MTU).
+    assert unreachable[40:42] == bytes([1, 3]) and unreachable[48:] == syn
+    assert unreachable[8:24] == socket.inet_pton(socket.AF_INET6, "2001:db8:5::2")
+    assert unreachable[24:40] == socket.inet_pton(socket.AF_INET6, "fd00:76:70::2")
+
+
+def test_ipv6_checksums_agree_with_wiresharks_dissector(tmp_path):
+    """tshark (not our code) verifies the checksums of what the proxy builds."""
+    tshark = require_tool("tshark")
+    syn = build_tcp("fd00:76:70::2", 1234, "2001:db8:a::80", 81, seq=41, flags=TCP_SYN)
+    packets = [build_tcp_reset_for(syn),
+               build_icmp_echo("2001:db8:a::80", "fd00:76:70::2", 9, 4, b"abc", reply=True),
+               build_icmp_unreachable(syn, "2001:db8:5::2"),
+               build_udp("fd00:76:70::2", 5353, "2001:db8:a::80", 53, b"query")]
+    pcap = tmp_path / "v6.pcap"
+    with open(pcap, "wb") as f:   # pcap, link type 101: raw IP packets, no link-layer header
+        f.write(struct.pack("=IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        for i, pkt in enumerate(packets):
+            f.write(struct.pack("=IIII", i, 0, len(pkt), len(pkt)) + pkt)
+    r = subprocess.run([tshark, "-r", str(pcap), "-o", "tcp.check_checksum:TRUE",
+                        "-o", "udp.check_checksum:TRUE", "-T", "fields", "-e", "tcp.checksum.status",
+                        "-e", "icmpv6.checksum.status",
+                        "-e", "udp.checksum.status", "-e", "icmpv6.type"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    # Status 1 is "Good": the reset's TCP, the echo reply's ICMPv6 (type 129), the unreachable's
+    # ICMPv6 (type 1) -- and the SYN it quotes, dissected too -- and the UDP datagram's.
+    assert rows == [["1", "", "", ""], ["", "1", "", "129"], ["1", "1", "", "1"], ["", "", "1", ""]], rows
+
+
+def test_the_icmpv6_filter_passes_only_echo_replies():
+    from vpnedu.proxy.icmp import icmp6_filter
+    words = struct.unpack("=8I", icmp6_filter(129))
+    # 256 bits, one per type, a set bit blocks: only bit 129 (word 4, bit 1) is clear.
+    assert words == (0xFFFFFFFF,) * 4 + (0xFFFFFFFD,) + (0xFFFFFFFF,) * 3
+    passing = [t for t in range(256) if not words[t >> 5] >> (t & 31) & 1]
+    assert passing == [129]

@@ -141,6 +141,8 @@ def kinds() -> dict[str, Kind]:
         "sysctl": Kind(sysctl.undo_sysctl, identity=("key",)),                # net.ipv4.ip_forward
         "policy-rule": Kind(tproxy.undo_policy_rule, identity=("fwmark", "table", "priority")),
         "local-route": Kind(tproxy.undo_local_route, identity=("table",)),    # the proxy's route
+        "policy-rule6": Kind(tproxy.undo_policy_rule6, identity=("fwmark", "table", "priority")),  # IPv6's
+        "local-route6": Kind(tproxy.undo_local_route6, identity=("table",)),  # ... rule and route
         "resolv-conf": Kind(resolver.undo_resolv_conf),   # a client's /etc/resolv.conf (DNS =)
         "resolvconf": Kind(resolver.undo_resolvconf),     # ... or its lines in resolvconf(8)
         "resolved": Kind(resolver.undo_resolved),         # ... or its link's servers in systemd-resolved

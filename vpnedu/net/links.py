@@ -37,8 +37,8 @@ def addresses() -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Inter
 
 
 def local_addresses() -> set[str]:
-    """This host's own IPv4 addresses (traffic to them is the server's, not the proxy's)."""
-    return {str(a.ip) for _, a in addresses() if a.version == 4}
+    """This host's own IPv4 and IPv6 addresses (traffic to them is the server's, not the proxy's)."""
+    return {str(a.ip) for _, a in addresses() if a.version in (4, 6)}
 
 
 def check_no_clash(wanted: list, ifname: str) -> None:

@@ -90,20 +90,34 @@ class Server(Node):
     def _setup_proxy(self) -> None:
         from ..net import links, tproxy
         from ..proxy import Proxy
-        subnet = next((str(a.network) for a in self.cfg.interface.addresses if a.version == 4), None)
+        nets = {a.version: str(a.network) for a in reversed(self.cfg.interface.addresses)}
+        subnet, subnet6 = nets.get(4), nets.get(6)
         if subnet is None:
             raise VpneduError("proxy forwarding needs an IPv4 tunnel address", "add e.g. 'Address = 10.0.0.1/24'")
-        self.proxy = Proxy(self.events, subnet=subnet, local_addresses=links.local_addresses(),
-                           deliver=self._deliver, inject=self._inject, peer_of=self._peer_label,
-                           idle=self.proxy_idle)
-        tcp_port, udp_port = self.proxy.bind()
-        text = tproxy.install(self.journal, subnet, self.ifname, tcp_port, udp_port)
-        self.changes.append(f"added nftables table {nat.table_name(self.ifname)}: TPROXY {subnet}'s TCP to "
-                            f"port {tcp_port} and UDP to port {udp_port}; drop other forwarded traffic")
-        self.changes.append(f"added policy routing: fwmark {tproxy.MARK:#x} -> table {tproxy.ROUTE_TABLE} "
-                            f"(local 0.0.0.0/0 dev lo)")
-        self.events.emit("proxy.added", None, table=nat.table_name(self.ifname), subnet=subnet,
-                         tcp_port=tcp_port, udp_port=udp_port, ruleset=text)
+        if subnet6 is not None and not os.path.exists("/proc/sys/net/ipv6"):
+            subnet6 = None   # a kernel without IPv6: the proxy serves IPv4 only
+        self.proxy = Proxy(self.events, subnet=subnet, subnet6=subnet6,
+                           local_addresses=links.local_addresses(), deliver=self._deliver,
+                           inject=self._inject, peer_of=self._peer_label, idle=self.proxy_idle)
+        ports = self.proxy.bind()
+        if subnet6 is not None:
+            # Between two clients' IPv6 addresses the kernel routes (from the TUN device back to
+            # it), as net.ipv4.ip_forward does for IPv4; TPROXY itself needs no forwarding.
+            if sysctl.set_value(self.journal, "net.ipv6.conf.all.forwarding", "1") != "1":
+                self.changes.append("enabled IPv6 forwarding (net.ipv6.conf.all.forwarding = 1)")
+        for net in (subnet, subnet6):
+            if net is None:
+                continue
+            tcp_port, udp_port = ports[6 if ":" in net else 4]
+            text = tproxy.install(self.journal, net, self.ifname, tcp_port, udp_port)
+            fam, v6, anywhere = ("ip6", "IPv6 ", "::/0") if ":" in net else ("ip", "", "0.0.0.0/0")
+            self.changes.append(f"added nftables table {fam} {nat.table_name(self.ifname)}: TPROXY {net}'s "
+                                f"TCP to port {tcp_port} and UDP to port {udp_port}; drop other forwarded "
+                                "traffic")
+            self.changes.append(f"added {v6}policy routing: fwmark {tproxy.MARK:#x} -> table "
+                                f"{tproxy.ROUTE_TABLE} (local {anywhere} dev lo)")
+            self.events.emit("proxy.added", None, table=nat.table_name(self.ifname), subnet=net,
+                             tcp_port=tcp_port, udp_port=udp_port, ruleset=text)
         self.intercept = self.proxy.intercept
 
     def _deliver(self, packet: bytes) -> None:
@@ -175,9 +189,7 @@ class Server(Node):
 
     def teardown(self) -> None:
         if self.proxy is not None:   # sockets opened by bind() but never started
-            for s in (self.proxy.tcp.sock, self.proxy.udp.sock):
-                if s is not None and s.fileno() >= 0:
-                    s.close()
+            self.proxy.close_sockets()
         super().teardown()
 
     async def status_async(self) -> dict:

@@ -67,6 +67,14 @@ def destination_address(packet: bytes) -> bytes:
     return packet[16:20] if packet[0] >> 4 == 4 else packet[24:40]
 
 
+def addresses(packet: bytes) -> tuple[str, str]:
+    """An IPv4 or IPv6 packet's (source, destination) as text, in the form sockets report them."""
+    if packet[0] >> 4 == 6:
+        return (str(ipaddress.IPv6Address(bytes(packet[8:24]))),
+                str(ipaddress.IPv6Address(bytes(packet[24:40]))))
+    return str(ipaddress.IPv4Address(bytes(packet[12:16]))), str(ipaddress.IPv4Address(bytes(packet[16:20])))
+
+
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071): one's complement of the one's complement sum."""
     if len(data) % 2:
@@ -162,6 +170,11 @@ def build_ip(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
     return build_ipv4(src, dst, protocol, payload)
 
 
+#: ICMP echo request / reply types: ICMP for IPv4 (RFC 792) and ICMPv6 (RFC 4443, 4.1 and 4.2).
+ECHO_REQUEST, ECHO_REPLY = 8, 0
+ECHO_REQUEST6, ECHO_REPLY6 = 128, 129
+
+
 def build_icmp_echo(src: str, dst: str, ident: int = 1, seq: int = 1, payload: bytes = b"vpnedu ping",
                     reply: bool = False) -> bytes:
     """An ICMP echo request (or reply): what ``ping`` sends.  Between IPv6 addresses it is
@@ -200,11 +213,11 @@ def transport_checksum(src: str, dst: str, protocol: int, segment: bytes) -> int
 
 def build_tcp(src: str, sport: int, dst: str, dport: int, *, seq: int = 0, ack: int = 0,
               flags: int = 0, window: int = 0, payload: bytes = b"") -> bytes:
-    """An IPv4/TCP segment with a correct checksum (no options)."""
+    """An IPv4/TCP or IPv6/TCP segment with a correct checksum (no options)."""
     seg = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
                       window, 0, 0) + payload
     seg = seg[:16] + struct.pack("!H", transport_checksum(src, dst, PROTO_TCP, seg)) + seg[18:]
-    return build_ipv4(src, dst, PROTO_TCP, seg)
+    return build_ip(src, dst, PROTO_TCP, seg)
 
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
@@ -213,15 +226,26 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 def build_tcp_reset_for(syn: bytes) -> bytes:
     """The RST|ACK a host sends back when a SYN reaches a closed port (RFC 9293, 3.10.7.1):
     sequence 0, acknowledging the SYN's sequence number + 1. The connecting program sees
-    ECONNREFUSED, "connection refused"."""
-    ip = IPv4Packet.parse(syn)
+    ECONNREFUSED, "connection refused".  Either family."""
+    ip = parse(syn)
     sport, dport, seq = struct.unpack("!HHI", ip.payload[:8])
     return build_tcp(str(ip.dst), dport, str(ip.src), sport, seq=0, ack=seq + 1, flags=TCP_RST | TCP_ACK)
 
 
-def build_icmp_unreachable(original: bytes, src: str, code: int = 1) -> bytes:
+def build_icmp_unreachable(original: bytes, src: str, code: int | None = None) -> bytes:
     """ICMP destination unreachable (type 3; code 1 = host unreachable) about ``original``,
-    quoting its IP header and first 8 payload bytes as RFC 792 requires, sent by ``src``."""
+    quoting its IP header and first 8 payload bytes as RFC 792 requires, sent by ``src``.
+    For an IPv6 ``original`` it is ICMPv6's (type 1; code 3 = address unreachable, which a
+    Linux program sees as EHOSTUNREACH, as code 1 for IPv4), quoting as much of the packet as
+    fits in IPv6's minimum MTU of 1280 bytes (RFC 4443, 3.1), with the pseudo-header checksum."""
+    if ip_version(original) == 6:
+        ip6 = IPv6Packet.parse(original)
+        quote = bytes(original[:ip6.total_length])[:1280 - 40 - 8]
+        icmp = struct.pack("!BBHI", 1, 3 if code is None else code, 0, 0) + quote
+        dst = str(ip6.src)
+        icmp = icmp[:2] + struct.pack("!H", transport_checksum(src, dst, PROTO_ICMPV6, icmp)) + icmp[4:]
+        return build_ipv6(src, dst, PROTO_ICMPV6, icmp)
+    code = 1 if code is None else code
     ip = IPv4Packet.parse(original)
     quote = bytes(original[:ip.header_length + 8])
     icmp = struct.pack("!BBHI", 3, code, 0, 0) + quote

@@ -6,7 +6,9 @@ tunnel.  The proxy sits in the middle, so each flow has two legs::
     client 10.0.0.2:40312  ==tunnel==>  [server]  203.0.113.2:51044  ---->  192.0.2.80:80
            (client)                      (proxy: the server's own address)   (destination)
 
-The destination only ever sees the middle address.  Each flow counts the bytes
+The destination only ever sees the middle address.  An IPv6 flow has IPv6 addresses on
+both legs (the client's ULA address in the tunnel, the server's own towards the
+destination), written in brackets as in a URL (RFC 3986): ``[fd00:1::2]:40312``.  Each flow counts the bytes
 relayed each way (``bytes_up``: client to destination), has a state, and
 closes on a clean end, a reset, a refusal, or the idle timeout.  Opening and
 closing are events (``proxy.flow.opened`` / ``proxy.flow.closed``), and the
@@ -22,13 +24,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..events import EventBus
-from ..flows import FlowRow
+from ..flows import FlowRow, endpoint_text
 
 Address = tuple[str, int]
 
 
 def fmt(addr: Address | None) -> str:
-    return f"{addr[0]}:{addr[1]}" if addr else ""
+    """``192.0.2.80:80``, ``[2001:db8:a::80]:80`` (brackets: the address has colons of its own)."""
+    return endpoint_text(*addr) if addr else ""
 
 
 @dataclass(eq=False)

@@ -15,6 +15,21 @@ Linux offers unprivileged "ping sockets" (``SOCK_DGRAM, IPPROTO_ICMP``), but
 only to groups in ``net.ipv4.ping_group_range``, which by default admits
 nobody, not even root; the server runs as root anyway, so it uses one raw ICMP
 socket and matches replies by (destination, identifier).
+
+ICMPv6 echo (``ping -6``) goes the same way, through a raw ``IPPROTO_ICMPV6``
+socket (the IPv6 ping sockets obey the same ``net.ipv4.ping_group_range``).
+Three differences from IPv4 (RFC 4443):
+
+* the types: echo request 128, echo reply 129 (IPv4's are 8 and 0);
+* the checksum covers a pseudo-header of both addresses (RFC 4443, 2.3), which
+  ICMP for IPv4 does not.  On a raw ICMPv6 socket the kernel fills it in on
+  sending and checks it on receiving (RFC 3542, 3.1), since only the kernel knows
+  the source address it will choose; the reply the relay builds for the client
+  (source: the destination, destination: the client) gets it computed here, by
+  :func:`vpnedu.packet.ip.build_icmp_echo`;
+* an IPv6 raw socket reads messages without the IP header, and every ICMPv6
+  message the host receives -- neighbour discovery too -- would be a copy for it,
+  so an ``ICMP6_FILTER`` lets only echo replies through.
 """
 
 from __future__ import annotations
@@ -25,21 +40,34 @@ import struct
 import time
 from typing import Callable
 
-from ..packet.ip import build_icmp_echo
+from ..packet.ip import ECHO_REPLY, ECHO_REPLY6, ECHO_REQUEST6, addresses, build_icmp_echo
 from .flows import Flow, FlowTable
 
 #: Remember at most this many outstanding echo requests per flow (for the RTT).
 MAX_OUTSTANDING = 64
+#: setsockopt(IPPROTO_ICMPV6, ICMP6_FILTER, ...) (linux/icmpv6.h; Python does not name it).
+ICMP6_FILTER = 1
+
+
+def icmp6_filter(*passing: int) -> bytes:
+    """A ``struct icmp6_filter`` that blocks every ICMPv6 type but ``passing``: 256 bits, one per
+    type, in eight 32-bit words of host byte order; a set bit blocks its type (glibc's
+    ``ICMP6_FILTER_SETBLOCK``: word ``type >> 5``, bit ``type & 31``)."""
+    words = [0xFFFFFFFF] * 8
+    for t in passing:
+        words[t >> 5] &= ~(1 << (t & 31)) & 0xFFFFFFFF
+    return struct.pack("=8I", *words)
 
 
 def _source_towards(dst: str) -> str:
     """The address the kernel would send from to reach ``dst`` (connecting a UDP socket sends nothing)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    six = ":" in dst
+    with socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect((dst, 9))
             return s.getsockname()[0]
         except OSError:
-            return "0.0.0.0"
+            return "::" if six else "0.0.0.0"
 
 
 class _EchoFlow:
@@ -49,28 +77,40 @@ class _EchoFlow:
 
 
 class EchoRelay:
-    def __init__(self, table: FlowTable, *, inject: Callable[[bytes], None]):
+    def __init__(self, table: FlowTable, *, inject: Callable[[bytes], None], versions=(4,)):
         self.table = table
         self.inject = inject
+        self.versions = tuple(versions)               # the IP versions to relay echo for
         self.by_client: dict[tuple, _EchoFlow] = {}   # (client ip, client id, destination) -> flow
         self.by_ours: dict[tuple, _EchoFlow] = {}     # (destination, our id) -> flow
         self._next_id = 0x7600
-        self.sock: socket.socket | None = None
+        #: The raw sockets, by IP version: ICMP (4) and ICMPv6 (6).
+        self.socks: dict[int, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def sock(self) -> socket.socket | None:
+        return self.socks.get(4)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.sock.setblocking(False)
-        self._loop.add_reader(self.sock.fileno(), self._on_readable)
+        for version in self.versions:
+            if version == 6:
+                s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+                s.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, icmp6_filter(ECHO_REPLY6))
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            s.setblocking(False)
+            self.socks[version] = s
+            self._loop.add_reader(s.fileno(), self._on_readable, version)
 
     async def close(self) -> None:
         for ef in list(self.by_client.values()):
             self._close(ef, "server stopping")
-        if self.sock is not None:
-            self._loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        for s in self.socks.values():
+            self._loop.remove_reader(s.fileno())
+            s.close()
+        self.socks = {}
 
     def _new_id(self) -> int:
         for _ in range(65536):
@@ -80,12 +120,16 @@ class EchoRelay:
         raise OSError("no free ICMP identifier")
 
     def on_echo(self, peer: str | None, packet: bytes, ihl: int) -> bool:
-        """An echo request from a client to the outside: relay it; True = consumed."""
-        if self.sock is None or len(packet) < ihl + 8:
+        """An echo request from a client to the outside (IPv4, or IPv6 with ``ihl`` 40): relay
+        it; True = consumed."""
+        version = packet[0] >> 4
+        sock = self.socks.get(version)
+        if sock is None or len(packet) < ihl + 8:
             return False
-        client, dst = socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20])
+        client, dst = addresses(packet)
         cid, seq = struct.unpack_from("!HH", packet, ihl + 4)
-        payload = bytes(packet[ihl + 8:])
+        end = 40 + int.from_bytes(packet[4:6], "big") if version == 6 else int.from_bytes(packet[2:4], "big")
+        payload = bytes(packet[ihl + 8:end])
         ef = self.by_client.get((client, cid, dst))
         if ef is None:
             flow = self.table.new("icmp", (client, cid), (dst, 0), peer)
@@ -94,9 +138,12 @@ class EchoRelay:
             self.by_ours[(dst, ef.our_id)] = ef
             flow.abort = lambda reason, ef=ef: self._close(ef, reason)
             self.table.opened(flow, (_source_towards(dst), ef.our_id), state="active")
-        echo = build_icmp_echo("0.0.0.0", dst, ident=ef.our_id, seq=seq, payload=payload)[20:]
+        if version == 6:   # checksum 0: the kernel computes it with the pseudo-header (see above)
+            echo = struct.pack("!BBHHH", ECHO_REQUEST6, 0, 0, ef.our_id, seq) + payload
+        else:
+            echo = build_icmp_echo("0.0.0.0", dst, ident=ef.our_id, seq=seq, payload=payload)[20:]
         try:
-            self.sock.sendto(echo, (dst, 0))
+            sock.sendto(echo, (dst, 0))
         except OSError:
             return True
         if len(ef.sent) >= MAX_OUTSTANDING:
@@ -105,16 +152,19 @@ class EchoRelay:
         self.table.touch(ef.flow, up=len(payload) + 8)
         return True
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, version: int = 4) -> None:
+        sock = self.socks.get(version)
         for _ in range(64):
             try:
-                data, addr = self.sock.recvfrom(65535)
+                data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
-            ihl = (data[0] & 0xF) * 4
-            if len(data) < ihl + 8 or data[ihl] != 0:   # only echo replies
+            # An IPv4 raw socket reads the IP header too; an IPv6 one only the ICMPv6 message.
+            ihl = 0 if version == 6 else (data[0] & 0xF) * 4
+            reply = ECHO_REPLY6 if version == 6 else ECHO_REPLY
+            if len(data) < ihl + 8 or data[ihl] != reply or data[ihl + 1] != 0:   # only echo replies
                 continue
             our_id, seq = struct.unpack_from("!HH", data, ihl + 4)
             ef = self.by_ours.get((addr[0], our_id))

@@ -14,8 +14,12 @@ while the proxy connects to the destination itself:
   pair the accepted socket with the waiting upstream one and relay;
 * the destination refuses  -> we answer the SYN with a RST, exactly what the
   destination did to us: the client's ``connect()`` fails with "connection refused";
-* no answer / unreachable  -> an ICMP host-unreachable, so the client fails
-  with "no route to host" instead of hanging.
+* no answer / unreachable  -> an ICMP host-unreachable (ICMPv6 address-unreachable for
+  an IPv6 client), so the client fails with "no route to host" instead of hanging.
+
+IPv6 works the same way, with a listener of its own (an ``IPV6_TRANSPARENT`` socket on
+``::``): the client's IPv6 SYN is held, the server connects from its own IPv6 address, and
+the accepted socket's local address is the original IPv6 destination.
 
 Relaying
 --------
@@ -38,8 +42,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..net.tproxy import transparent_socket
-from ..packet.ip import build_icmp_unreachable, build_tcp_reset_for
+from ..net.tproxy import listener
+from ..packet.ip import addresses, build_icmp_unreachable, build_tcp_reset_for
 from .flows import Flow, FlowTable
 
 CHUNK = 65536
@@ -72,23 +76,32 @@ class TcpRelay:
     def __init__(self, table: FlowTable, *, deliver: Callable[[bytes], None],
                  inject: Callable[[bytes], None], connect_timeout: float = 10.0):
         self.table = table
-        self.sock: socket.socket | None = None
+        #: The transparent listening sockets, by IP version (4, 6).
+        self.socks: dict[int, socket.socket] = {}
         self.deliver = deliver      # write a packet into the kernel (the TUN device)
         self.inject = inject        # send a packet to a client through the tunnel
         self.connect_timeout = connect_timeout
         self.pending: dict[tuple, _Pending] = {}
         #: Connections accepted, by (client, port, destination, port): a late SYN of theirs is the kernel's.
         self.accepted: dict[tuple, Flow] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
 
-    def bind(self, port: int = 0) -> int:
-        """Open the transparent listening socket (before the event loop runs); returns its port."""
-        self.sock = transparent_socket(socket.SOCK_STREAM, ("0.0.0.0", port))
-        return self.sock.getsockname()[1]
+    @property
+    def sock(self) -> socket.socket | None:
+        """The IPv4 listener (the IPv6 one is ``socks[6]``)."""
+        return self.socks.get(4)
+
+    def bind(self, version: int = 4, port: int = 0, prefer: int = 0) -> int:
+        """Open the transparent listening socket for IP ``version`` (before the event loop runs)
+        on ``port`` (0: any), or on ``prefer`` if that is free; returns its port."""
+        self.socks[version] = listener(socket.SOCK_STREAM, version, port, prefer)
+        return self.socks[version].getsockname()[1]
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accepted, sock=self.sock, backlog=4096, limit=CHUNK)
+        for s in self.socks.values():
+            srv = await asyncio.start_server(self._accepted, sock=s, backlog=4096, limit=CHUNK)
+            self._servers.append(srv)
 
     async def close(self) -> None:
         for p in list(self.pending.values()):
@@ -100,11 +113,12 @@ class TcpRelay:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        elif self.sock is not None:
-            self.sock.close()
+        for srv in self._servers:
+            srv.close()
+            await srv.wait_closed()
+        if not self._servers:
+            for s in self.socks.values():
+                s.close()
 
     def _spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
@@ -114,9 +128,10 @@ class TcpRelay:
 
     # ------------------------------------------------------------------ the SYN gate
     def on_syn(self, peer: str | None, packet: bytes, ihl: int) -> bool:
-        """A client's SYN to the outside: return True if we hold it back (connecting first)."""
+        """A client's SYN to the outside: return True if we hold it back (connecting first).
+        ``ihl``: where the TCP header starts (after the IPv4 header, or IPv6's 40 bytes)."""
         sport, dport = struct.unpack_from("!HH", packet, ihl)
-        src, dst = socket.inet_ntoa(packet[12:16]), socket.inet_ntoa(packet[16:20])
+        src, dst = addresses(packet)
         key = (src, sport, dst, dport)
         if key in self.accepted:
             return False  # a duplicate or late SYN of a connection we relay: the kernel answers it

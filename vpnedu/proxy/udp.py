@@ -16,6 +16,11 @@ then opens two sockets for the flow:
   the shared socket.
 
 A flow that carries nothing for the idle timeout is closed with its sockets.
+
+IPv6 is the same with IPv6 sockets: a shared ``IPV6_TRANSPARENT`` socket on ``::`` whose
+datagrams carry ``IPV6_ORIGDSTADDR`` (``IPV6_RECVORIGDSTADDR``), an upstream socket that
+leaves from the server's own IPv6 address, and a downstream one bound to the original IPv6
+destination.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import asyncio
 import socket
 from typing import Callable
 
-from ..net.tproxy import original_destination, transparent_socket
+from ..net.tproxy import ORIGDST_SPACE, listener, original_destination, transparent_socket
 from .flows import Flow, FlowTable
 
 MAX_DATAGRAM = 65535
@@ -42,31 +47,39 @@ class UdpRelay:
         self.table = table
         self.peer_of = peer_of
         self.flows: dict[tuple, _UdpFlow] = {}
-        self.sock: socket.socket | None = None
+        #: The shared transparent sockets, by IP version (4, 6).
+        self.socks: dict[int, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def bind(self, port: int = 0) -> int:
-        """Open the shared transparent socket (before the event loop runs); returns its port."""
-        self.sock = transparent_socket(socket.SOCK_DGRAM, ("0.0.0.0", port), original_destination=True)
-        return self.sock.getsockname()[1]
+    @property
+    def sock(self) -> socket.socket | None:
+        """The IPv4 shared socket (the IPv6 one is ``socks[6]``)."""
+        return self.socks.get(4)
+
+    def bind(self, version: int = 4, port: int = 0, prefer: int = 0) -> int:
+        """Open the shared transparent socket for IP ``version`` (before the event loop runs) on
+        ``port`` (0: any), or on ``prefer`` if that is free; returns its port."""
+        self.socks[version] = listener(socket.SOCK_DGRAM, version, port, prefer)
+        return self.socks[version].getsockname()[1]
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.sock.fileno(), self._on_first_datagrams)
+        for s in self.socks.values():
+            self._loop.add_reader(s.fileno(), self._on_first_datagrams, s)
 
     async def close(self) -> None:
         for uf in list(self.flows.values()):
             self._close(uf, "server stopping")
-        if self.sock is not None:
+        for s in self.socks.values():
             if self._loop is not None:
-                self._loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+                self._loop.remove_reader(s.fileno())
+            s.close()
+        self.socks = {}
 
-    def _on_first_datagrams(self) -> None:
+    def _on_first_datagrams(self, sock: socket.socket) -> None:
         for _ in range(64):
             try:
-                data, anc, _flags, client = self.sock.recvmsg(MAX_DATAGRAM, socket.CMSG_SPACE(16))
+                data, anc, _flags, client = sock.recvmsg(MAX_DATAGRAM, ORIGDST_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -87,7 +100,7 @@ class UdpRelay:
 
     def _open(self, client: tuple[str, int], dst: tuple[str, int]) -> _UdpFlow:
         flow = self.table.new("udp", client, dst, self.peer_of(client[0]))
-        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        up = socket.socket(socket.AF_INET6 if ":" in dst[0] else socket.AF_INET, socket.SOCK_DGRAM)
         down = None
         try:
             up.setblocking(False)
