@@ -79,7 +79,8 @@ EXPECT_MODE = {
                                     "check-wg-get": ["| ncat -U", "/wireguard-server/vpnedu0.sock"],
                                     "check-wg-set": ["$ wg set vpnedu0 peer"]},
              "01-tun.ipynb": {"check-tun": ["(real TUN device)"]},
-             "05-proxy.ipynb": {"check-proxy": ["your address is 203.0.113.2", "client 10.0.0.2:",
+             "05-proxy.ipynb": {"check-proxy": ["your address is 203.0.113.2", "your address is 2001:db8:5::2",
+                                                "client 10.0.0.2:",
                                                 "as 203.0.113.2:", "-> 192.0.2.80:80", "closed"]},
              "06-performance.ipynb": {"check-compare": ["wireguard-go"]}},
 }

@@ -9,13 +9,17 @@ On top of what every node does, the server
 * forwards clients' traffic to the outside world under its own address, in one
   of two ways (``--forwarding`` or ``Forwarding =`` in the config):
 
-  ``nat``    the kernel forwards the packets (``net.ipv4.ip_forward = 1``) and an
-             nftables masquerade rule rewrites their source; connection tracking
+  ``nat``    the kernel forwards the packets (``net.ipv4.ip_forward = 1``, and
+             ``net.ipv6.conf.all.forwarding`` for IPv6) and an nftables masquerade rule
+             (``ip`` and ``ip6`` tables) rewrites their source; connection tracking
              keeps the flows (``vpnedu status --flows`` lists them);
   ``proxy``  the server terminates each TCP/UDP flow and ICMP echo itself and opens
              its own towards the destination (:mod:`vpnedu.proxy`), with TPROXY
              handing it the packets (:mod:`vpnedu.net.tproxy`);
   ``none``   clients reach only the server and each other.
+
+  Both ``nat`` and ``proxy`` carry IPv4 and IPv6 alike: the app sees 203.0.113.2 or
+  2001:db8:5::2, never a client's tunnel address.
 
 After a restart it greets its clients: every peer whose authenticated endpoint it remembers
 from the previous run (:mod:`vpnedu.node.peerstate`) gets a handshake initiation at once, so a
