@@ -21,6 +21,11 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
 ``CipherSuite`` (Interface)        ``wireguard`` (default), ``aes256gcm`` or ``null-teaching``
 ``AllowNullTeaching`` (Interface)  must be ``true`` before ``null-teaching`` is accepted
 ``Forwarding`` (Interface)         a server's way out for clients: ``nat`` (default), ``proxy`` or ``none``
+``KillSwitch`` (Interface)         a client's kill switch: ``false`` (default, as wg-quick), ``true`` (nothing
+                                   leaves the host outside the tunnel) or ``lan`` (the same, but the directly
+                                   connected subnets stay reachable); see :mod:`vpnedu.net.killswitch`
+``BlockIPv6`` (Interface)          ``auto`` (default: an IPv4-only full tunnel drops IPv6 leaving outside it
+                                   instead of leaking it), ``true`` (always) or ``false`` (never)
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
@@ -67,14 +72,14 @@ _INTERFACE_KEYS = {
     "address": "Address", "dns": "DNS", "mtu": "MTU", "table": "Table",
     "preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown",
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
-    "forwarding": "Forwarding",
+    "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
 #: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
-VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding")
+VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6")
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -106,6 +111,10 @@ class InterfaceConfig:
     allow_null_teaching: bool = False
     #: A server's forwarding mode for clients' traffic to the outside (None: not set, i.e. nat).
     forwarding: str | None = None
+    #: A client's kill switch (:mod:`vpnedu.net.killswitch`): None (not set: off), "on", "off" or "lan".
+    kill_switch: str | None = None
+    #: A client's IPv6 block: None (not set: auto), "auto", "on" or "off".
+    block_ipv6: str | None = None
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
     #: wg-quick's ``Table``: None (not set: auto), "auto", "main", "off" or a table number as text.
@@ -356,6 +365,10 @@ _FIXES = {
     "CipherSuite": "choose one of: " + ", ".join(SUITES),
     "AllowNullTeaching": "use true or false",
     "Forwarding": "choose one of: nat, proxy, none",
+    "KillSwitch": "write KillSwitch = true (nothing leaves outside the tunnel), lan (the same, but the local "
+                  "network stays reachable) or false (the default)",
+    "BlockIPv6": "write BlockIPv6 = auto (the default: block IPv6 beside an IPv4-only full tunnel), true "
+                 "(always block IPv6 outside the tunnel) or false (never)",
     "Table": "write Table = off, auto, main or a number such as 1234 (names from /etc/iproute2/rt_tables "
              "are not read: write the number)",
     "FwMark": "write a number such as 0x1234 or 51820, or 'off'",
@@ -380,6 +393,24 @@ def _bool(value: str) -> bool:
     if v in ("false", "no", "off", "0"):
         return False
     raise ValueError(f"{_q(value)} is not true or false")
+
+
+#: The words a switch of vpnedu's own takes (KillSwitch, BlockIPv6): exactly these, any case.
+_ON, _OFF = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def _switch(value: str, *extra: str) -> str:
+    """``true``/``yes``/``on`` -> "on", ``false``/``no``/``off`` -> "off", or one of ``extra``
+    (``lan``, ``auto``) as it is; anything else is refused (no ``1``, no ``enabled``: a setting
+    that guards against leaks is either clearly on or refused)."""
+    v = value.lower()
+    if v in _ON:
+        return "on"
+    if v in _OFF:
+        return "off"
+    if v in extra:
+        return v
+    raise ValueError(f"{_q(value)} is not one of: {', '.join((*_ON, *_OFF, *extra))}")
 
 
 def _list(value: str) -> list[str]:
@@ -420,6 +451,10 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         if value.lower() not in ("nat", "proxy", "none"):
             raise ValueError(f"unknown forwarding mode {_q(value)}")
         itf.forwarding = value.lower()
+    elif key == "KillSwitch":
+        itf.kill_switch = _switch(value, "lan")
+    elif key == "BlockIPv6":
+        itf.block_ipv6 = _switch(value, "auto")
     elif key == "Table":
         itf.table = _table(value)
     elif key == "FwMark":
@@ -541,6 +576,10 @@ def dumps(cfg: Config) -> str:
         lines.append("AllowNullTeaching = true")
     if itf.forwarding:
         lines.append(f"Forwarding = {itf.forwarding}")
+    if itf.kill_switch in ("on", "lan"):    # off is wg-quick's default: not written
+        lines.append(f"KillSwitch = {'true' if itf.kill_switch == 'on' else 'lan'}")
+    if itf.block_ipv6 in ("on", "off"):     # auto is the default: not written
+        lines.append(f"BlockIPv6 = {'true' if itf.block_ipv6 == 'on' else 'false'}")
     for p in cfg.peers:
         lines.append("")
         lines.append("[Peer]")

@@ -64,6 +64,7 @@ CATALOGUE: dict[str, str] = {
     "route.removed": "a route was removed",
     "nat.added": "a NAT rule or table was installed",
     "nat.removed": "a NAT rule or table was removed",
+    "killswitch.added": "a client's kill switch or IPv6 block was installed: packets leaving outside the tunnel are dropped",
     "proxy.added": "the server's proxy mode was set up (TPROXY table, ports, policy routing)",
     "proxy.flow.opened": "the proxy opened a flow: client, the server's own end, destination",
     "proxy.flow.closed": "a proxied flow ended (closed, reset, refused, idle ...) with its byte counts",

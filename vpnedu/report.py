@@ -65,6 +65,10 @@ def format_status(st: dict) -> str:
         lines.append(f"  fwmark: {st['fwmark']:#x}")
     if st.get("table") not in (None, "auto"):
         lines.append(f"  routing table: {st['table']}")
+    if st.get("kill_switch"):
+        ks = st["kill_switch"]
+        lines.append(f"  kill switch: {' and '.join(ks['families'])} outside the tunnel dropped ({ks['reason']}; "
+                     f"nft list table {ks['table']})")
     lines += [f"  address: {', '.join(st['addresses'])}",
               f"  cipher suite: {st['suite']}"]
     for p in st["peers"]:

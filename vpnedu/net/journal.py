@@ -137,7 +137,7 @@ def kinds() -> dict[str, Kind]:
         "addr": Kind(links.undo_addr),                    # an address on it
         "route": Kind(routes.undo_route),                 # a client's routes (and the host route)
         "rule": Kind(routes.undo_rule),                   # a full tunnel's ip rules (each family)
-        "nft-table": Kind(nat.undo_nft_table, identity=("family", "name")),   # NAT / TPROXY table
+        "nft-table": Kind(nat.undo_nft_table, identity=("family", "name")),   # NAT / TPROXY / kill switch table
         "sysctl": Kind(sysctl.undo_sysctl, identity=("key",)),                # net.ipv4.ip_forward
         "policy-rule": Kind(tproxy.undo_policy_rule, identity=("fwmark", "table", "priority")),
         "local-route": Kind(tproxy.undo_local_route, identity=("table",)),    # the proxy's route

@@ -37,13 +37,14 @@ import ipaddress
 import os
 
 from ..errors import ConfigError, VpneduError
-from ..net import resolver, routes, sysctl
+from ..net import killswitch, resolver, routes, sysctl
 from . import wgquick
 from .base import Node
 
 
 class Client(Node):
     role = "client"
+    kill_switch: killswitch.Guard | None = None     # KillSwitch / BlockIPv6's table, once set up
 
     def __init__(self, cfg, *, handshake_timeout: float = 20.0, **kw):
         super().__init__(cfg, **kw)
@@ -93,6 +94,14 @@ class Client(Node):
                 # the same routing the marked outgoing ones do (wg-quick sets it too).
                 if sysctl.set_value(self.journal, "net.ipv4.conf.all.src_valid_mark", "1") != "1":
                     self.changes.append("enabled net.ipv4.conf.all.src_valid_mark (rp_filter honours the fwmark)")
+        # Before any route changes and the first handshake: no leak while they are made (vpnedu.net.killswitch).
+        guard = self.kill_switch = killswitch.setup(self.journal, self.ifname, itf, self.server.allowed_ips,
+                                                    self.server.endpoint, log=self.log)
+        if guard:
+            self.changes.append(guard.describe())
+            self.log(self.changes[-1])
+            self.events.emit("killswitch.added", None, table=f"inet {guard.table}", reason=guard.reason,
+                             families=", ".join(guard.status()["families"]), ruleset=guard.ruleset())
         for dst, gateway, dev in plan:
             if dst in full:
                 route = routes.add(self.journal, dst, None, dev, table=self.policy_table)
@@ -204,4 +213,5 @@ class Client(Node):
         st["routes_added"] = [self._describe(r, t) for r, t in self.added]
         st["rules"] = [str(r) for r in self.rules_added]
         st["policy_table"] = self.policy_table
+        st["kill_switch"] = self.kill_switch.status() if self.kill_switch else None
         return st

@@ -133,4 +133,9 @@ def notes(cfg: Config, ifname: str, role: str = "client") -> list[str]:
     if cfg.interface.dns and role == "server":
         out.append(f"note: DNS = {redact(', '.join(cfg.interface.dns))} in {cfg.source} is not applied: only the "
                    "vpnedu client installs DNS (see vpnedu.net.resolver); the server keeps the host's resolver")
+    if role == "server":
+        for key, value in (("KillSwitch", cfg.interface.kill_switch), ("BlockIPv6", cfg.interface.block_ipv6)):
+            if value is not None:
+                out.append(f"note: {key} in {cfg.source} is not applied: it guards a client's traffic "
+                           "(see vpnedu.net.killswitch); the server adds no such table")
     return out
