@@ -184,3 +184,19 @@ def test_ipv6_goes_through_the_tunnel_too_and_the_app_sees_the_servers_v6_addres
     lab.stop_client()
     assert lab.routes("client", 6) == before6 and not host.rules
     assert host.route_to("2001:db8:a::80").dev == "eth0"
+
+
+def test_the_kill_switch_keeps_a_bound_socket_in_while_the_server_is_down(lab):
+    """The real client's kill switch plan, as the simulated host's output filter: without it a
+    ping bound to eth0 gets out in the clear while the server is down; with it nothing leaves but
+    the tunnel's own UDP, and the filter goes with the client."""
+    lab.start_server()
+    off = lab.leak_test(kill_switch=False)
+    assert [how for _, how in off.attempts][1:] == ["answered: it got out"] * 2
+    assert off.leaked == ["IPv4 198.51.100.2 > 192.0.2.80 ICMP echo request id=32343 seq=1 len=43",
+                          "IPv6 2001:db8:c::2 > 2001:db8:a::80 ICMPv6 echo request id=32343 seq=1 len=63"]
+    on = lab.leak_test(kill_switch=True)
+    assert on.ok and on.sent and all("> 203.0.113.2:51820 UDP" in p for p in on.sent)
+    assert [how for _, how in on.attempts][1:] == ["refused on the client (kill switch)"] * 2
+    assert not lab.hosts["client"].output_filters and lab.server is not None and lab.client is None
+    assert "KillSwitch" not in (lab.dir / "client.conf").read_text()      # the config is put back

@@ -257,6 +257,61 @@ def config_changes(before: dict, after: dict) -> list[str]:
     return sorted(out)
 
 
+#: What the leak test tries while the server is down, as (label, destination, bound to eth0):
+#: a ping that follows the routing (into the tunnel: the routing already keeps it in), and two
+#: that a program bound to the LAN interface sends (``ping -I eth0``, SO_BINDTODEVICE, as WebRTC
+#: and some apps do): routing cannot stop those, only a firewall can.
+LEAK_ATTEMPTS = (("ping 192.0.2.80 (routed: into the tunnel)", "192.0.2.80", False),
+                 ("ping -I eth0 192.0.2.80 (bound to the LAN)", "192.0.2.80", True),
+                 ("ping -I eth0 2001:db8:a::80 (bound to the LAN)", "2001:db8:a::80", True))
+
+
+def write_kill_switch(path: Path, on: bool) -> None:
+    """Set (or remove) ``KillSwitch = true`` in the client's config file at ``path``."""
+    from .. import config
+    cfg = config.load(path)
+    cfg.interface.kill_switch = "on" if on else None
+    config.save(cfg, path)
+
+
+def leaked(sent: list[str], allowed) -> list[str]:
+    """The packets of ``sent`` that ``allowed(packet)`` does not let pass."""
+    return [p for p in sent if not allowed(p)]
+
+
+@dataclass
+class LeakTest:
+    """Notebook 04's leak test: the server is stopped, the client keeps trying to send, and a
+    capture of the client's outer link says what left it.  Allowed: the tunnel's own UDP to the
+    server's endpoint (handshake attempts, encrypted data) and the link's housekeeping (ARP,
+    neighbour discovery); anything else the client sent is a *leak* -- in the clear, under its
+    own address, outside the tunnel."""
+
+    kill_switch: bool
+    #: (what was tried, how it went) for each of :data:`LEAK_ATTEMPTS`.
+    attempts: list[tuple[str, str]]
+    #: Every packet the client sent on its outer link during the test, described.
+    sent: list[str]
+    #: Those of ``sent`` that were not allowed.
+    leaked: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.leaked
+
+    def __str__(self) -> str:
+        lines = [f"leak test, KillSwitch = {'true' if self.kill_switch else 'false'}, the server stopped:"]
+        lines += [f"  {what}: {how}" for what, how in self.attempts]
+        if not self.leaked:
+            lines.append("the client's outer link carried only the tunnel's own UDP (to the server) and the "
+                         "link's housekeeping: 0 leaked")
+        else:
+            lines.append(f"the client's outer link: {len(self.leaked)} packet(s) leaked, in the clear:")
+            # Without the echo identifier and sequence: they differ from one run to the next.
+            lines += [f"  LEAK: {re.sub(r',? id[ =]?[0-9].*$', '', p)}" for p in self.leaked[:6]]
+        return "\n".join(lines)
+
+
 @dataclass
 class WgSet:
     """A change sent to a daemon's configuration socket: how, what the daemon answered (its
@@ -427,6 +482,12 @@ class CourseLab(Protocol):
     def wg_set(self, host: str, *args: str) -> WgSet:
         """``wg set IFNAME ARGS...`` on the daemon on ``host`` (real: the real ``wg``; simulated:
         the ``set=1`` message those arguments become, :func:`vpnedu.uapi.wg_set_message`)."""
+        ...
+
+    def leak_test(self, kill_switch: bool = True) -> LeakTest:
+        """Start the client (``KillSwitch = true`` or not), stop the server, try
+        :data:`LEAK_ATTEMPTS` while the client's outer link is captured; then stop the client,
+        put its config back and start the server again (the client is left stopped)."""
         ...
 
     def wg_send(self, host: str, message: str) -> WgSet:

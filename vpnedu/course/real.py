@@ -36,12 +36,13 @@ from .. import uapi
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
-from ..netns_lab.demo import Demo
+from ..netns_lab.demo import Demo, housekeeping
 from ..netns_lab.topology import APP_ADDRESS, APP_ADDRESS6, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
+from ..net import killswitch
 from ..node import control
 from .feed import DaemonFeed
-from .interface import (AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow,
-                        config_changes, errno_of_message)
+from .interface import (LEAK_ATTEMPTS, AppResult, LeakTest, MarkerOnWire, PingResult, TrafficSample, TunReading,
+                        WgGet, WgSet, WgShow, config_changes, errno_of_message, leaked, write_kill_switch)
 
 #: Run by ``sh -c`` in a new mount namespace: the host's folder ($0) on /run/wireguard, then the
 #: command.  (``mkdir -p``: the mount point must exist; it is the standard, usually present, directory.)
@@ -265,6 +266,50 @@ class RealLab:
         finally:
             path = demo.stop_capture("client", cap)
         return MarkerOnWire(marker, marker.encode() in path.read_bytes())
+
+    def leak_test(self, kill_switch: bool = True) -> LeakTest:
+        """The leak test (:class:`~vpnedu.course.interface.LeakTest`) in the namespace lab:
+        tcpdump on the client's eth0, the kill switch a real nftables table."""
+        self.stop_client()
+        forwarding = self.forwarding
+        if self.split:        # the test is about a full tunnel: provision one first
+            self.stop_server()
+            self.provision(self.suite, split=False)
+        if "server" not in self.procs:
+            self.start_server(forwarding=forwarding)
+        path = self.dir / "client.conf"
+        original = path.read_bytes()
+        write_kill_switch(path, kill_switch)
+        demo = Demo(self.lab, out=lambda s: None)
+        try:
+            self.start_client()
+            self.stop_server()
+            cap = demo.capture("client")
+            attempts = []
+            try:
+                for what, dst, bound in LEAK_ATTEMPTS:
+                    refused = self._kill_switch_refusals()
+                    r = self.lab.run("client", "ping", "-n", "-c", "1", "-W", "1", *(("-I", "eth0") if bound else ()),
+                                     dst)
+                    attempts.append((what, "answered: it got out" if r.returncode == 0 else
+                                     "refused on the client (kill switch)" if self._kill_switch_refusals() > refused
+                                     else "no answer (into the tunnel, and the server is down)"))
+                time.sleep(0.3)
+            finally:
+                pcap = demo.stop_capture("client", cap)
+            sent = [p for p in demo.describe_capture("client", pcap) if _from_client(p)]
+            return LeakTest(kill_switch, attempts, sent, leaked(sent, _allowed_on_the_link))
+        finally:
+            self.stop_client()
+            path.write_bytes(original)
+            if "server" not in self.procs:
+                self.start_server(forwarding=forwarding)
+
+    def _kill_switch_refusals(self) -> int:
+        """How many packets the client's kill switch table has refused so far (the counters of
+        its reject and drop rules; 0 without the table)."""
+        r = self.lab.run("client", "nft", "list", "table", "inet", killswitch.table_name("vpnedu0"))
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", r.stdout)) if r.returncode == 0 else 0
 
     def _attack(self, mode: str) -> Event | None:
         log = EventLog(self.server_events, kinds="packet.dropped")
@@ -503,3 +548,30 @@ class RealLab:
         path = self.wg_dir(host) / f"{ifname}.sock"
         return WgSet(host, ifname, f"sent to the {host}'s real configuration socket,\n  {path}:", message, errno,
                      changes, event, why)
+
+
+#: The client's addresses on its outer link (the lab's: vpnedu.netns_lab.topology).
+_CLIENT_SOURCES = ("198.51.100.2", "2001:db8:c::2")
+
+
+def _from_client(packet: str) -> bool:
+    """A line of :meth:`Demo.describe_capture` the client sent (its addresses, its link-local or
+    the unspecified address; ARP's "tell" names the asker)."""
+    if packet.startswith("ARP"):
+        return any(f"tell {a}" in packet for a in _CLIENT_SOURCES)
+    parts = packet.split()
+    if len(parts) < 2:
+        return False
+    src = parts[1]
+    host = src.rpartition(":")[0] if src.count(".") == 3 and ":" in src else src
+    return host in _CLIENT_SOURCES or host == "::" or host.startswith("fe80:")
+
+
+def _allowed_on_the_link(packet: str) -> bool:
+    """The tunnel's own UDP to the server, ARP, or IPv6 neighbour discovery and link-local
+    housekeeping: what the leak test lets pass."""
+    if packet.startswith("UDP") and packet.endswith(f"-> {SERVER_PUBLIC}:51820"):
+        return True
+    return (packet.startswith("ARP") or housekeeping(packet) is not None
+            or any(w in packet for w in ("neighbor solicitation", "neighbor advertisement", "router solicitation")))
+

@@ -31,6 +31,7 @@ from .. import config, provision, uapi
 from ..errors import VpneduError
 from ..events import Event, EventBus, EventLog
 from ..flows import FlowRow
+from ..packet import ip as iplib
 from ..protocol import messages as msgs
 from ..report import format_wg_show
 from ..sim import FakeClock, RealClock
@@ -39,8 +40,8 @@ from ..sim.internet import SimInternet, WirePacket
 from ..sim.node import SimClient, SimServer
 from ..sim.topology import APP_ADDRESS, APP_ADDRESS6, APP_UDP_PORT, ECHO_PORT, SERVER_PUBLIC, build_hosts
 from ..sim.tun import MemoryTun
-from .interface import (AppResult, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow,
-                        config_changes)
+from .interface import (LEAK_ATTEMPTS, AppResult, LeakTest, MarkerOnWire, PingResult, TrafficSample, TunReading,
+                        WgGet, WgSet, WgShow, config_changes, leaked, write_kill_switch)
 
 
 class SimLab:
@@ -272,6 +273,40 @@ class SimLab:
         self.app_request(marker)
         client_link = [w for w in list(self.internet.wire)[mark:] if "client" in (w.source_host, w.destination_host)]
         return MarkerOnWire(marker, any(marker.encode() in w.packet for w in client_link))
+
+    def leak_test(self, kill_switch: bool = True) -> LeakTest:
+        """The leak test (:class:`~vpnedu.course.interface.LeakTest`) on the simulated hosts: the
+        client's outer link is the simulated wire, and the kill switch the client's output
+        filter (the real client's plan, :mod:`vpnedu.net.killswitch`)."""
+        self.stop_client()
+        if self.server is None:
+            self.start_server()
+        path = self.dir / "client.conf"
+        original = path.read_bytes()
+        write_kill_switch(path, kill_switch)
+        try:
+            self.start_client()
+            self.stop_server()
+            since, hops = self.clock(), self.last_hop()
+            host, attempts = self.hosts["client"], []
+            for what, dst, bound in LEAK_ATTEMPTS:
+                replies = len(host.echo_replies)
+                host.ping(dst, dev="eth0" if bound else None)
+                self.wait(0.3)
+                refused = any(h.direction == "drop" and "outside the tunnel" in h.note for h in self.trace(hops))
+                hops = self.last_hop()
+                attempts.append((what, "answered: it got out" if len(host.echo_replies) > replies else
+                                 "refused on the client (kill switch)" if refused else
+                                 "no answer (into the tunnel, and the server is down)"))
+            sent = [iplib.describe(w.packet) for w in list(self.internet.wire)
+                    if w.time >= since and w.source_host == "client"]
+            endpoint = f"> {SERVER_PUBLIC}:51820 UDP"
+            return LeakTest(kill_switch, attempts, sent, leaked(sent, lambda p: endpoint in p))
+        finally:
+            self.stop_client()
+            path.write_bytes(original)
+            if self.server is None:
+                self.start_server()
 
     # ------------------------------------------------------------------ attacks
     def _is_transport(self, w: WirePacket, src: str = "client", dst: str = "server") -> bool:

@@ -220,6 +220,29 @@ class Guard:
                         f"\t\tjump guard\n\t\t{verdict}\n\t}}\n" for hook, verdict in verdicts.items())
         return f"table inet {self.table} {{\n\tchain guard {{\n{body}\t}}\n{hooks}}}\n"
 
+    def verdict(self, dev: str, packet: bytes, mark: int = 0) -> str | None:
+        """What the table does with ``packet`` about to leave by ``dev`` with firewall mark
+        ``mark``: None (let out) or why it is refused -- the rules of :meth:`ruleset` in
+        Python, in the same order, for the simulated lab (:mod:`vpnedu.sim.node`), which has no
+        nftables.  (Neighbour discovery and DHCP do not exist in the simulation: no rule here.)"""
+        if not packet:
+            return None
+        version = packet[0] >> 4
+        if version not in self.families or dev in ("lo", self.ifname):
+            return None
+        if self.mark and mark == self.mark:
+            return None
+        dst = ipaddress.ip_address(bytes(packet[16:20] if version == 4 else packet[24:40]))
+        host, port = self.endpoint
+        header = (packet[0] & 0xF) * 4 if version == 4 else 40
+        proto = packet[9] if version == 4 else packet[6]
+        if (dst == ipaddress.ip_address(host) and proto == 17 and len(packet) >= header + 4
+                and int.from_bytes(packet[header + 2:header + 4], "big") == port):
+            return None
+        if any(dst in ipaddress.ip_network(n) for n in self.lan if ipaddress.ip_network(n).version == version):
+            return None
+        return f"{self.reason}: {_FAMILY_NAME[version]} would leave by {dev} outside the tunnel (refused)"
+
     def describe(self) -> str:
         """One line for the client's list of host changes."""
         what = " and ".join(_FAMILY_NAME[f] for f in sorted(self.families))

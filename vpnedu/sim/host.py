@@ -378,21 +378,29 @@ class SimHost:
         self.send_ip(_ip.build_udp(self.source_for(route.dev, family), sport, dst, dport, payload), mark=mark)
 
     def ping(self, destination: str, ident: int = 0x7e57, seq: int = 1, payload: bytes = b"vpnedu sim ping",
-             source: str | None = None) -> bytes:
+             source: str | None = None, dev: str | None = None) -> bytes:
         """Send one ICMP echo request (what ``ping -c 1`` sends; to an IPv6 address ICMPv6's);
         returns the packet."""
-        pkt = _ip.build_icmp_echo(source or self.source_address(destination), destination, ident, seq, payload)
-        self.send_ip(pkt)
+        family = ipaddress.ip_address(destination).version
+        source = source or (self.source_for(dev, family) if dev else self.source_address(destination))
+        pkt = _ip.build_icmp_echo(source, destination, ident, seq, payload)
+        self.send_ip(pkt, dev=dev)
         return pkt
 
     # ------------------------------------------------------------------ the datapath
-    def send_ip(self, packet: bytes, forwarded: bool = False, in_dev: str | None = None, mark: int = 0) -> None:
-        """Output (or forward) a packet: route it, masquerade it if a rule says so, transmit it."""
+    def send_ip(self, packet: bytes, forwarded: bool = False, in_dev: str | None = None, mark: int = 0,
+                dev: str | None = None) -> None:
+        """Output (or forward) a packet: route it, masquerade it if a rule says so, transmit it.
+        ``dev``: sent by a socket bound to that interface (``SO_BINDTODEVICE``, ``ping -I eth0``):
+        it leaves there, whatever the routing rules say -- by that interface's routes only."""
         dst = ipaddress.ip_address(_ip.destination_address(packet))
         if self.own(dst) and not forwarded:
             self.receive(packet, "lo")
             return
-        route = self.lookup(dst, mark)
+        if dev is not None:
+            route = _longest([r for r in self.routes if r.dev == dev], dst)
+        else:
+            route = self.lookup(dst, mark)
         if route is None:
             self._drop(packet, in_dev or "-", f"no route to {dst}")
             return

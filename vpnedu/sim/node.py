@@ -168,7 +168,7 @@ class SimClient(SimNode, Client):
         other prefixes as routes in the main table, for IPv4 and IPv6 alike."""
         import ipaddress
 
-        from ..net import routes
+        from ..net import killswitch, routes
         host = self.host
         self.routes_before = host.table() + host.table(6)
         table = self.cfg.interface.route_table
@@ -190,6 +190,17 @@ class SimClient(SimNode, Client):
                 self._undo.append(lambda route=route: host.remove_route(route, table))
         self.routes_after = host.table() + host.table(6)
         self.report_route_change()
+        # KillSwitch / BlockIPv6: the real client's plan (vpnedu.net.killswitch), as an output
+        # filter of the simulated host instead of an nftables table.
+        guard = self.kill_switch = killswitch.plan(
+            self.ifname, self.cfg.interface, self.server.allowed_ips, self.server.endpoint, ipv6=True,
+            lan=lambda fam: [str(a.network) for a in host.addresses.get("eth0", []) if a.version == fam])
+        if guard:
+            host.output_filters.append(guard.verdict)
+            self._undo.append(lambda: host.output_filters.remove(guard.verdict))
+            self.changes.append(guard.describe() + " (simulated nftables table)")
+            self.events.emit("killswitch.added", None, table=f"inet {guard.table}", reason=guard.reason,
+                             families=", ".join(guard.status()["families"]), ruleset=guard.ruleset())
 
     def start(self) -> None:
         """What :meth:`Client.after_start` does first: send the handshake initiation."""
