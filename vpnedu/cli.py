@@ -607,6 +607,10 @@ def conf_check(path) -> None:
                    + meaning.get(itf.table, f"the client's routes go into table {itf.table}, none into main"))
     if itf.fwmark:
         click.echo(f"  FwMark = {itf.fwmark:#x}: the tunnel's UDP packets carry this mark")
+    if itf.mtu:
+        click.echo(f"  MTU = {itf.mtu}: the tunnel device's MTU (without it the daemon measures the path)")
+    if not itf.clamp_mss:
+        click.echo("  ClampMSS = false: a server in nat mode leaves the MSS of forwarded TCP as it is")
     if itf.dns:
         from .net.resolver import split
         servers, domains = split(itf.dns)
