@@ -31,10 +31,12 @@ pads every packet to a multiple of 16, capped at the *sender's* MTU (paper 5.4.6
 :mod:`vpnedu.protocol.transport`).  Two wg-quick peers on 1500-byte paths both have 1420, and the
 cap keeps every datagram within 1500.  Measured MTUs differ from peer to peer: a client behind a
 1280-byte link takes 1280 - 60 = 1220, its server 1420, and the server pads each full-size
-1220-byte packet for that client to 1232 -- a 1292-byte datagram for a 1280-byte link.  Dropped
-where the path narrows, with the ICMP that would say so (a firewall that filters ICMP), that is a
-download that stalls.  A multiple of 16 pads to itself: 1216 fits whatever the peer's MTU.  So the
-familiar 1500 - 80 = 1420 becomes 1408 (a dual-stack server on Ethernet); 1440 stays 1440.
+1220-byte packet for that client to 1232 -- a 1292-byte datagram for a 1280-byte link.  An IPv4
+router may fragment it (vpnedu's datagrams carry no DF, :func:`vpnedu.net.udp.clear_df`); an IPv6
+router never does: it drops it and answers "packet too big", which a firewall that filters ICMP
+drops in turn -- a download that stalls.  A multiple of 16 pads to itself: 1216 fits whatever the
+peer's MTU.  So the familiar 1500 - 80 = 1420 becomes 1408 (a dual-stack server on Ethernet);
+1440 stays 1440.
 
 Last, WireGuard's range: at least 1280 when the tunnel carries IPv6, the smallest MTU IPv6
 allows (RFC 8200 section 5) -- Linux takes IPv6 off a device whose MTU is below it; over a
