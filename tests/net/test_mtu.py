@@ -159,3 +159,17 @@ def test_measure_reads_the_kernels_routes(tmp_path):
         assert choose([Path(**p) for p in got[4]], ipv6_inside=True).mtu == 1328   # 1400 - 60, down to 16
     finally:
         subprocess.run(["ip", "netns", "del", ns])
+
+
+def test_the_tunnels_ipv4_socket_sends_without_df():
+    """IP_MTU_DISCOVER = IP_PMTUDISC_DONT on the IPv4 socket (vpnedu.net.udp.clear_df): routers may
+    fragment the tunnel's datagrams, as they may the kernel WireGuard's."""
+    import socket
+
+    from vpnedu.net import udp
+    socks = udp.open_port(0, pktinfo=False)
+    try:
+        assert socks[4].getsockopt(socket.IPPROTO_IP, udp.IP_MTU_DISCOVER) == udp.IP_PMTUDISC_DONT
+    finally:
+        for s in socks.values():
+            s.close()
