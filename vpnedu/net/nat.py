@@ -118,8 +118,8 @@ def ruleset(subnet: str, ifname: str, clamp_mss: bool = False) -> str:
     fam, match = _family(subnet)
     forward = ""
     if clamp_mss:
-        # The proxy's forward chain is declared the same way (vpnedu.net.tproxy): a table left by
-        # a crashed server in the other mode is refilled in place, never redeclared.
+        # Declared exactly as the proxy's forward chain (vpnedu.net.tproxy): a table a crashed
+        # server left in proxy mode is refilled in place with no clash of chain declarations.
         forward = ("  chain forward {\n"
                    "    type filter hook forward priority filter; policy accept;\n"
                    + "".join(f"    {r}\n" for r in clamp_rules(ifname))
