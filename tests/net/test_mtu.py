@@ -109,10 +109,11 @@ def test_the_clamp_is_in_the_masquerade_table_both_directions():
     text = nat.ruleset("10.0.0.0/24", "vpnedu0", clamp_mss=True)
     assert 'iifname "vpnedu0" tcp flags syn tcp option maxseg size set rt mtu' in text
     assert 'oifname "vpnedu0" tcp flags syn tcp option maxseg size set rt mtu' in text
-    assert "type filter hook forward priority filter" in text and text.startswith("table ip vpnedu_vpnedu0 {")
+    assert "chain mss {\n    type filter hook forward priority mangle" in text
+    assert text.startswith("table ip vpnedu_vpnedu0 {") and "mss" in nat.CHAINS
     assert nat.ruleset("fd00::/64", "vpnedu0", clamp_mss=True).startswith("table ip6 vpnedu_vpnedu0 {")
     off = nat.ruleset("10.0.0.0/24", "vpnedu0")
-    assert "maxseg" not in off and "forward" not in off and "masquerade" in off
+    assert "maxseg" not in off and "chain mss" not in off and "masquerade" in off
 
 
 @pytest.mark.root

@@ -16,11 +16,11 @@ that cannot touch anybody else's rules::
         }
     }
 
-In the same table, unless ``ClampMSS = false``, a ``forward`` chain clamps the MSS of the TCP
-connections the server forwards (see :func:`clamp_rules`)::
+In the same table, unless ``ClampMSS = false``, a chain in the forward hook clamps the MSS of
+the TCP connections the server forwards (see :func:`clamp_rules`)::
 
-        chain forward {
-            type filter hook forward priority filter; policy accept;
+        chain mss {
+            type filter hook forward priority mangle; policy accept;
             iifname "vpnedu0" tcp flags syn tcp option maxseg size set rt mtu
             oifname "vpnedu0" tcp flags syn tcp option maxseg size set rt mtu
         }
@@ -63,9 +63,9 @@ def table_name(ifname: str) -> str:
     return "vpnedu_" + ifname.replace("-", "_")
 
 
-#: Every chain vpnedu puts in its table, in any forwarding mode (nat: postrouting; proxy:
-#: prerouting and forward, see :mod:`vpnedu.net.tproxy`).
-CHAINS = ("postrouting", "prerouting", "forward")
+#: Every chain vpnedu puts in its table, in any forwarding mode (nat: postrouting, and mss unless
+#: ``ClampMSS = false``; proxy: prerouting and forward, see :mod:`vpnedu.net.tproxy`).
+CHAINS = ("postrouting", "mss", "prerouting", "forward")
 
 
 def run_nft(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -116,20 +116,21 @@ def clamp_rules(ifname: str) -> list[str]:
 
 def ruleset(subnet: str, ifname: str, clamp_mss: bool = False) -> str:
     fam, match = _family(subnet)
-    forward = ""
+    mss = ""
     if clamp_mss:
-        # Declared exactly as the proxy's forward chain (vpnedu.net.tproxy): a table a crashed
-        # server left in proxy mode is refilled in place with no clash of chain declarations.
-        forward = ("  chain forward {\n"
-                   "    type filter hook forward priority filter; policy accept;\n"
-                   + "".join(f"    {r}\n" for r in clamp_rules(ifname))
-                   + "  }\n")
+        # A chain of its own, not the proxy's "forward" (vpnedu.net.tproxy): after a crash in the
+        # other mode, replace_table deletes the chains the new mode does not use and makes the
+        # others afresh, so the table ends up as a fresh start makes it.
+        mss = ("  chain mss {\n"
+               "    type filter hook forward priority mangle; policy accept;\n"
+               + "".join(f"    {r}\n" for r in clamp_rules(ifname))
+               + "  }\n")
     return (f"table {fam} {table_name(ifname)} {{\n"
             f"  chain postrouting {{\n"
             f"    type nat hook postrouting priority srcnat; policy accept;\n"
             f"    {match} saddr {subnet} oifname != \"{ifname}\" masquerade\n"
             f"  }}\n"
-            f"{forward}"
+            f"{mss}"
             f"}}\n")
 
 
@@ -150,7 +151,7 @@ def install_masquerade(journal: Journal, subnet: str, ifname: str, clamp_mss: bo
     else:
         if journal.claim("nft-table", family=fam, name=name) is None:
             journal.record("nft-table", family=fam, name=name)
-        script = replace_table(name, text, ("postrouting", "forward") if clamp_mss else ("postrouting",), fam)
+        script = replace_table(name, text, ("postrouting", "mss") if clamp_mss else ("postrouting",), fam)
     r = run_nft("-f", "-", input=script)
     if r.returncode != 0:
         raise VpneduError(f"nft refused the NAT table: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}",
