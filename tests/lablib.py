@@ -15,10 +15,11 @@ def vpnedu(*args: str) -> list[str]:
     return [sys.executable, "-m", "vpnedu", *args]
 
 
-def provision(lab: Lab, clients=("client",), suite: str = "wireguard") -> None:
+def provision(lab: Lab, clients=("client",), suite: str = "wireguard", ipv4_only: bool = False) -> None:
     d = lab.dir
     subprocess.run(vpnedu("server", "init", "-c", f"{d}/server.conf", "--endpoint", SERVER_PUBLIC,
-                          "--suite", suite, "--force"), check=True, capture_output=True)
+                          "--suite", suite, "--force", *(["--ipv4-only"] if ipv4_only else [])),
+                   check=True, capture_output=True)
     for c in clients:
         subprocess.run(vpnedu("server", "add-client", c, "-c", f"{d}/server.conf"), check=True,
                        capture_output=True)

@@ -447,16 +447,32 @@ def _lab_options(f):
 @click.option("--dup", type=click.FloatRange(0, 100), default=0, help="Percent it sends twice.")
 @click.option("--reorder", type=click.FloatRange(0, 100), default=0, help="Percent it holds back (reordering).")
 @click.option("--delay", default="0ms", help="Delay added to each VPN datagram, e.g. 20ms.")
-def lab_up(prefix, clients, verbose, loss, dup, reorder, delay) -> None:
+@click.option("--mtu", "mtus", multiple=True, metavar="LINK=N",
+              help="The MTU of one of the router's links: client (the clients' LAN), server or app, "
+                   "e.g. --mtu server=1280 (the others: 1500).")
+@click.option("--pmtu-black-hole", is_flag=True,
+              help="The router drops ICMP 'fragmentation needed' / 'packet too big', as many firewalls do.")
+def lab_up(prefix, clients, verbose, loss, dup, reorder, delay, mtus, pmtu_black_hole) -> None:
     """Create the lab's namespaces, cables, addresses and app server (optionally a bad network)."""
     from .netns_lab.topology import Lab
     try:
         delay_ms = float(delay[:-2]) if delay.endswith("ms") else float(delay) * 1000
     except ValueError:
         raise VpneduError(f"--delay {delay!r} is not a time", "write e.g. 20ms or 0.02") from None
-    lb = Lab(prefix=prefix, clients=clients, verbose=verbose, log=click.echo)
+    link_mtu = {}
+    for m in mtus:
+        link, _, n = m.partition("=")
+        if not n.isdigit():
+            raise VpneduError(f"--mtu {m!r} is not LINK=N", "write e.g. --mtu server=1280")
+        link_mtu[link.strip()] = int(n)
+    lb = Lab(prefix=prefix, clients=clients, verbose=verbose, log=click.echo, link_mtu=link_mtu)
     lb.up()
     click.echo(f"lab up: namespaces {', '.join(lb.ns(h) for h in lb.hosts())}")
+    for link, n in link_mtu.items():
+        click.echo(f"the {link} link's MTU is {n}")
+    if pmtu_black_hole:
+        lb.pmtu_black_hole()
+        click.echo("the internet router drops ICMP 'fragmentation needed' and 'packet too big' (a PMTU black hole)")
     if loss or dup or reorder or delay_ms:
         lb.impair(loss, dup, reorder, delay_ms)
         click.echo(f"the internet router now impairs UDP port 51820: {loss:g}% loss, {dup:g}% duplicated, "
@@ -609,6 +625,10 @@ def conf_check(path) -> None:
                    + meaning.get(itf.table, f"the client's routes go into table {itf.table}, none into main"))
     if itf.fwmark:
         click.echo(f"  FwMark = {itf.fwmark:#x}: the tunnel's UDP packets carry this mark")
+    if itf.mtu:
+        click.echo(f"  MTU = {itf.mtu}: the tunnel device's MTU (without it the daemon measures the path)")
+    if not itf.clamp_mss:
+        click.echo("  ClampMSS = false: a server in nat mode leaves the MSS of forwarded TCP as it is")
     if itf.dns:
         from .net.resolver import split
         servers, domains = split(itf.dns)

@@ -26,6 +26,8 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
                                    connected subnets stay reachable); see :mod:`vpnedu.net.killswitch`
 ``BlockIPv6`` (Interface)          ``auto`` (default: an IPv4-only full tunnel drops IPv6 leaving outside it
                                    instead of leaking it), ``true`` (always) or ``false`` (never)
+``ClampMSS`` (Interface)           ``true`` (default): a server in ``nat`` mode lowers the MSS of forwarded
+                                   TCP connections to the path's MTU (:mod:`vpnedu.net.nat`); ``false``: not
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
@@ -48,6 +50,9 @@ accepted and then ignored:
 ``DNS``            name servers (IP addresses) and search domains (anything else), as
                    wg-quick; the client installs them while it runs (:mod:`vpnedu.net.resolver`);
                    an entry that is neither is refused by name
+``MTU``            the tunnel device's MTU; without it the daemons measure the path as wg-quick
+                   does, minus 60 over IPv4 or 80 over IPv6 (:mod:`vpnedu.net.mtu`); at least
+                   1280 when the tunnel carries IPv6
 
 Every error names the file, the line, what is wrong and how to fix it.
 """
@@ -66,20 +71,24 @@ from .protocol import keys as _keys
 from .protocol.suites import SUITES, get_suite
 
 DEFAULT_PORT = 51820
+#: The range of ``MTU =``: 576, the datagram every IPv4 host accepts (RFC 791), to 65535 (a
+#: tunnel that carries IPv6 needs 1280, checked with the addresses; see vpnedu.net.mtu).
+MIN_MTU, MAX_MTU = 576, 65535
+MIN_MTU_IPV6 = 1280
 
 _INTERFACE_KEYS = {
     "privatekey": "PrivateKey", "listenport": "ListenPort", "fwmark": "FwMark",
     "address": "Address", "dns": "DNS", "mtu": "MTU", "table": "Table",
     "preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown",
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
-    "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6",
+    "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6", "clampmss": "ClampMSS",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
 #: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
-VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6")
+VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS")
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -115,6 +124,8 @@ class InterfaceConfig:
     kill_switch: str | None = None
     #: A client's IPv6 block: None (not set: auto), "auto", "on" or "off".
     block_ipv6: str | None = None
+    #: A server's MSS clamp for forwarded TCP in nat mode (``ClampMSS``; on unless ``false``).
+    clamp_mss: bool = True
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
     #: wg-quick's ``Table``: None (not set: auto), "auto", "main", "off" or a table number as text.
@@ -205,6 +216,7 @@ def loads(text: str, source: str = "<config>") -> Config:
     pending_name: str | None = None
     key_lines: dict[int, int] = {}       # id(peer) -> line of its PublicKey
     private_line = 0
+    mtu_line = 0
 
     def err(lineno: int, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{source}:{lineno}: {problem}", fix)
@@ -274,6 +286,8 @@ def loads(text: str, source: str = "<config>") -> Config:
                 _set_interface(cfg.interface, canon, value)
                 if canon == "PrivateKey":
                     private_line = lineno
+                elif canon == "MTU":
+                    mtu_line = lineno
             else:
                 _set_peer(peer, canon, value)
                 if canon == "PublicKey":
@@ -285,6 +299,12 @@ def loads(text: str, source: str = "<config>") -> Config:
     finish_peer()
     if not seen_interface:
         raise ConfigError(f"{source}: no [Interface] section", "start the file with [Interface] and a PrivateKey")
+    v6 = next((a for a in cfg.interface.addresses if a.version == 6), None)
+    if cfg.interface.mtu is not None and cfg.interface.mtu < MIN_MTU_IPV6 and v6 is not None:
+        raise err(mtu_line, f"MTU: {cfg.interface.mtu} is too small for a tunnel that carries IPv6 (Address "
+                            f"{v6}): IPv6 needs an MTU of at least {MIN_MTU_IPV6} (RFC 8200), and Linux takes "
+                            "IPv6 off a smaller device",
+                  f"use MTU = {MIN_MTU_IPV6} or more, or remove the line (vpnedu then measures the path)")
     own_private = cfg.interface.private_key
     own_public = cfg.interface.public_key
     first_line: dict[bytes, int] = {}
@@ -358,7 +378,7 @@ def looks_like_server(cfg: Config) -> bool:
 _FIXES = {
     "Address": "write addresses with a prefix length, e.g. 'Address = 10.0.0.2/24'",
     "ListenPort": "use a UDP port number from 1 to 65535, e.g. 51820",
-    "MTU": "use a number from 576 to 65535, e.g. 1420",
+    "MTU": "use a number from 576 to 65535, e.g. 1420, or remove the line: vpnedu then measures the path",
     "AllowedIPs": "write prefixes separated by commas, e.g. 'AllowedIPs = 10.0.0.0/24, 0.0.0.0/0'",
     "Endpoint": "write host:port, e.g. 'Endpoint = 203.0.113.1:51820' or '[2001:db8::1]:51820'",
     "PersistentKeepalive": "use seconds from 1 to 65535, or 'off'",
@@ -369,6 +389,7 @@ _FIXES = {
                   "network stays reachable) or false (the default)",
     "BlockIPv6": "write BlockIPv6 = auto (the default: block IPv6 beside an IPv4-only full tunnel), true "
                  "(always block IPv6 outside the tunnel) or false (never)",
+    "ClampMSS": "use true (the default: clamp the MSS of forwarded TCP to the path) or false",
     "Table": "write Table = off, auto, main or a number such as 1234 (names from /etc/iproute2/rt_tables "
              "are not read: write the number)",
     "FwMark": "write a number such as 0x1234 or 51820, or 'off'",
@@ -429,8 +450,11 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
     elif key == "ListenPort":
         itf.listen_port = _port(value)
     elif key == "MTU":
-        if not value.isdigit() or not 576 <= int(value) <= 65535:
-            raise ValueError(f"{_q(value)} is not a valid MTU")
+        if not re.fullmatch(r"[0-9]+", value):
+            raise ValueError(f"{_q(value)} is not a number")
+        if not MIN_MTU <= int(value) <= MAX_MTU:
+            raise ValueError(f"{int(value)} is {'too small' if int(value) < MIN_MTU else 'too large'} "
+                             f"for an MTU ({MIN_MTU} to {MAX_MTU})")
         itf.mtu = int(value)
     elif key == "DNS":
         for d in _list(value):
@@ -455,6 +479,11 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         itf.kill_switch = _switch(value, "lan")
     elif key == "BlockIPv6":
         itf.block_ipv6 = _switch(value, "auto")
+    elif key == "ClampMSS":
+        # Strictly true or false (a new key: no yes/on/1 to carry along).
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"{_q(value)} is not true or false")
+        itf.clamp_mss = value.lower() == "true"
     elif key == "Table":
         itf.table = _table(value)
     elif key == "FwMark":
@@ -580,6 +609,8 @@ def dumps(cfg: Config) -> str:
         lines.append(f"KillSwitch = {'true' if itf.kill_switch == 'on' else 'lan'}")
     if itf.block_ipv6 in ("on", "off"):     # auto is the default: not written
         lines.append(f"BlockIPv6 = {'true' if itf.block_ipv6 == 'on' else 'false'}")
+    if not itf.clamp_mss:
+        lines.append("ClampMSS = false")
     for p in cfg.peers:
         lines.append("")
         lines.append("[Peer]")

@@ -71,6 +71,8 @@ def format_status(st: dict) -> str:
                      f"nft list table {ks['table']})")
     lines += [f"  address: {', '.join(st['addresses'])}",
               f"  cipher suite: {st['suite']}"]
+    if st.get("mtu"):
+        lines.append(f"  mtu: {st['mtu']}" + (f" ({st['mtu_source']})" if st.get("mtu_source") else ""))
     for p in st["peers"]:
         lines.append("")
         lines.append(f"peer: {p['public_key']}" + (f" ({p['name']})" if p.get("name") else ""))

@@ -84,12 +84,38 @@ def test_vpnedu_keys_and_null_teaching_gate():
     ("PrivateKey = x\n", 1, "outside any section"),
     (f"[Interface]\nPrivateKey = {PRIV}\nCipherSuite = rot13\n", 3, "unknown cipher suite"),
     (f"[Interface]\nPrivateKey = {PRIV}\nForwarding = socks\n", 3, "choose one of: nat, proxy, none"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nMTU = 100\n", 3, "MTU: 100 is too small for an MTU (576 to 65535)"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nMTU = 70000\n", 3, "MTU: 70000 is too large"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nMTU = abc\n", 3, "MTU: 'abc' is not a number; use a number from 576"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nMTU = 1000\nAddress = 10.0.0.2/24, fd00::2/64\n", 3,
+     "MTU: 1000 is too small for a tunnel that carries IPv6 (Address fd00::2/64)"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nClampMSS = maybe\n", 3,
+     "ClampMSS: 'maybe' is not true or false; use true (the default"),
 ])
 def test_errors_name_file_line_problem_and_fix(text, line, words):
     with pytest.raises(ConfigError) as e:
         config.loads(text, "bad.conf")
     msg = str(e.value)
     assert msg.startswith(f"bad.conf:{line}: ") and words in msg and "; " in msg and "\n" not in msg
+
+
+def test_mtu_and_clamp_mss_are_read_and_written_back_only_when_set():
+    cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.1/24\n")
+    assert cfg.interface.mtu is None and cfg.interface.clamp_mss is True
+    text = config.dumps(cfg)
+    assert "MTU" not in text and "ClampMSS" not in text          # an exported wg-quick file stays clean
+    cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\nMTU = 1280\nclampmss = False\n")
+    assert cfg.interface.mtu == 1280 and cfg.interface.clamp_mss is False
+    text = config.dumps(cfg)
+    assert "MTU = 1280" in text and "ClampMSS = false" in text and "ClampMSS" not in config.dumps_wg(cfg)
+    assert config.loads(text).interface.clamp_mss is False
+    assert config.loads(f"[Interface]\nPrivateKey = {PRIV}\nClampMSS = true\n").interface.clamp_mss is True
+    for loose in ("yes", "1", "on", ""):
+        with pytest.raises(ConfigError, match="ClampMSS: .* is not true or false"):
+            config.loads(f"[Interface]\nPrivateKey = {PRIV}\nClampMSS = {loose}\n", "x.conf")
+    assert "ClampMSS" in config.VPNEDU_KEYS     # a QR code of a file with it warns: WireGuard's apps refuse it
+    # IPv6 inside: 1280 is the floor, and it is allowed.
+    assert config.loads(f"[Interface]\nAddress = fd00::2/64\nMTU = 1280\n").interface.mtu == 1280
 
 
 def test_missing_interface_and_duplicate_peer():
@@ -200,6 +226,9 @@ def test_conf_check_says_what_each_wg_quick_key_will_do(tmp_path):
     why = "writable by group (mode 0620)" if os.geteuid() == 0 else "hooks run only when vpnedu runs as root"
     assert why in r.stdout, r.stdout
     assert "DNS = 10.0.0.1: the client uses the name server(s) 10.0.0.1 while it runs" in r.stdout
+    path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nMTU = 1300\nClampMSS = false\n")
+    r = run_cli("conf", "check", str(path))
+    assert "MTU = 1300: the tunnel device's MTU" in r.stdout and "ClampMSS = false: a server in nat mode" in r.stdout
 
 
 def test_a_servers_clients_must_match_its_families_and_not_overlap():
@@ -220,3 +249,22 @@ def test_a_servers_clients_must_match_its_families_and_not_overlap():
     with pytest.raises(ConfigError, match="overlap"):
         config.check_server(server(("a", "10.0.0.0/24, 10.0.0.7/32"), ("b", "10.0.0.5/32")))
     assert config.looks_like_server(server(("a", "10.0.0.2/32")))
+
+
+@pytest.mark.parametrize("line,words", [
+    ("MTU = 100", "MTU: 100 is too small"), ("MTU = abc", "MTU: 'abc' is not a number"),
+    ("ClampMSS = maybe", "ClampMSS: 'maybe' is not true or false"),
+])
+def test_the_daemons_refuse_a_bad_mtu_or_clamp_in_one_line(tmp_path, line, words):
+    """Before any change: the config is read before the daemon touches the host (the lab test
+    tests/lab/test_mtu.py compares the host before and after)."""
+    from ..conftest import run_cli
+    path = tmp_path / "bad.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.1/24\n{line}\n")
+    path.chmod(0o600)
+    for cmd in ("server", "client"):
+        r = run_cli(cmd, "-c", str(path))
+        assert r.returncode == 1, (cmd, r.returncode, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"vpnedu: error: {path}:4: {words}"), r.stderr
+        assert "Traceback" not in r.stderr + r.stdout

@@ -71,6 +71,7 @@ SPOILED = {
     "in FwMark": f"PrivateKey = {GOOD}\nFwMark = {B64}",
     "in CipherSuite": f"PrivateKey = {GOOD}\nCipherSuite = {B64}",
     "in Forwarding": f"PrivateKey = {GOOD}\nForwarding = {B64}",
+    "in ClampMSS": f"PrivateKey = {GOOD}\nClampMSS = {B64}",
     "in SaveConfig": f"PrivateKey = {GOOD}\nSaveConfig = {B64}",
     "PSK in [Interface]": f"PrivateKey = {GOOD}\nPresharedKey = {B64}",
     "in Endpoint": f"PrivateKey = {GOOD}\n[Peer]\nPublicKey = {PEER}\nEndpoint = {B64}:51820",

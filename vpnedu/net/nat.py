@@ -16,6 +16,15 @@ that cannot touch anybody else's rules::
         }
     }
 
+In the same table, unless ``ClampMSS = false``, a chain in the forward hook clamps the MSS of
+the TCP connections the server forwards (see :func:`clamp_rules`)::
+
+        chain mss {
+            type filter hook forward priority mangle; policy accept;
+            iifname "vpnedu0" tcp flags syn tcp option maxseg size set rt mtu
+            oifname "vpnedu0" tcp flags syn tcp option maxseg size set rt mtu
+        }
+
 The table is installed with :func:`replace_table`: one ``nft -f`` script that
 declares the table, empties it and fills it again, which the kernel applies as
 one transaction (nftables commits a whole batch of changes at once, or none of
@@ -54,9 +63,9 @@ def table_name(ifname: str) -> str:
     return "vpnedu_" + ifname.replace("-", "_")
 
 
-#: Every chain vpnedu puts in its table, in any forwarding mode (nat: postrouting; proxy:
-#: prerouting and forward, see :mod:`vpnedu.net.tproxy`).
-CHAINS = ("postrouting", "prerouting", "forward")
+#: Every chain vpnedu puts in its table, in any forwarding mode (nat: postrouting, and mss unless
+#: ``ClampMSS = false``; proxy: prerouting and forward, see :mod:`vpnedu.net.tproxy`).
+CHAINS = ("postrouting", "mss", "prerouting", "forward")
 
 
 def run_nft(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -85,32 +94,64 @@ def _family(subnet: str) -> tuple[str, str]:
     return ("ip6", "ip6") if ":" in subnet else ("ip", "ip")
 
 
-def ruleset(subnet: str, ifname: str) -> str:
+def clamp_rules(ifname: str) -> list[str]:
+    """The MSS clamp: each TCP SYN and SYN-ACK forwarded into or out of the tunnel gets its MSS
+    option lowered to what the route allows (``rt mtu``: the kernel's ``NFT_RT_TCPMSS``, the smaller
+    of the MTUs of the routes toward the packet's destination and back toward its source, minus
+    40 for IPv4 or 60 for IPv6 -- IP and TCP headers); an MSS already smaller stays as it is.
+
+    Why: a client's TCP announces an MSS from its own tunnel's MTU, and the far end sends segments
+    that big.  When the server's side of the path is narrower (its uplink, or its tunnel device's
+    MTU), those segments do not fit; path MTU discovery would say so with ICMP "fragmentation
+    needed" / "packet too big", but firewalls that drop ICMP are common, and then the handshake
+    works, small pages load and large ones hang (RFC 2923, "PMTUD black holes").  A clamped MSS
+    makes both ends send segments that fit from the first one.
+
+    Only ``nat`` mode needs it.  In ``proxy`` mode the server terminates each TCP connection
+    itself: its own kernel announces an MSS from the tunnel device's MTU toward the client and from
+    the uplink's toward the destination, so there is nothing to clamp."""
+    rule = "tcp flags syn tcp option maxseg size set rt mtu"
+    return [f'iifname "{ifname}" {rule}', f'oifname "{ifname}" {rule}']
+
+
+def ruleset(subnet: str, ifname: str, clamp_mss: bool = False) -> str:
     fam, match = _family(subnet)
+    mss = ""
+    if clamp_mss:
+        # A chain of its own, not the proxy's "forward" (vpnedu.net.tproxy): after a crash in the
+        # other mode, replace_table deletes the chains the new mode does not use and makes the
+        # others afresh, so the table ends up as a fresh start makes it.
+        mss = ("  chain mss {\n"
+               "    type filter hook forward priority mangle; policy accept;\n"
+               + "".join(f"    {r}\n" for r in clamp_rules(ifname))
+               + "  }\n")
     return (f"table {fam} {table_name(ifname)} {{\n"
             f"  chain postrouting {{\n"
             f"    type nat hook postrouting priority srcnat; policy accept;\n"
             f"    {match} saddr {subnet} oifname != \"{ifname}\" masquerade\n"
             f"  }}\n"
+            f"{mss}"
             f"}}\n")
 
 
-def install_masquerade(journal: Journal, subnet: str, ifname: str) -> str:
-    """Install (or replace, see above) the masquerade table; returns the ruleset text (for
-    display).  A second subnet of the same start adds its rule to the table; an IPv6 subnet's
+def install_masquerade(journal: Journal, subnet: str, ifname: str, clamp_mss: bool = False) -> str:
+    """Install (or replace, see above) the masquerade table, with the MSS clamp of
+    :func:`clamp_rules` if ``clamp_mss``; returns the ruleset text (for display).  A second
+    subnet of the same family and start adds its masquerade rule to the table (the clamp is
+    there already: it is per table, not per subnet); an IPv6 subnet's
     rule goes into the ``ip6`` table of the same name (IPv6 masquerading: RFC 6296 calls NAT66
     a bad idea in general, but here it is the point -- the application sees the server's IPv6
     address, not the client's ULA one, which it could not even answer)."""
     nft_path()
     name = table_name(ifname)
     fam, match = _family(subnet)
-    text = ruleset(subnet, ifname)
+    text = ruleset(subnet, ifname, clamp_mss)
     if journal.has("nft-table", family=fam, name=name):
         script = f'add rule {fam} {name} postrouting {match} saddr {subnet} oifname != "{ifname}" masquerade\n'
     else:
         if journal.claim("nft-table", family=fam, name=name) is None:
             journal.record("nft-table", family=fam, name=name)
-        script = replace_table(name, text, ("postrouting",), fam)
+        script = replace_table(name, text, ("postrouting", "mss") if clamp_mss else ("postrouting",), fam)
     r = run_nft("-f", "-", input=script)
     if r.returncode != 0:
         raise VpneduError(f"nft refused the NAT table: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}",

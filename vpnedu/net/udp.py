@@ -144,6 +144,25 @@ def stale_source(err: OSError) -> bool:
     return err.errno in (errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH)
 
 
+#: ``IP_MTU_DISCOVER`` and its ``IP_PMTUDISC_DONT`` (linux/in.h; Python's socket module lacks them).
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+
+
+def clear_df(sock: socket.socket) -> None:
+    """Send this IPv4 socket's datagrams without DF ("don't fragment"), as the kernel's WireGuard
+    does (its ``send4`` builds the outer header with ``df = 0``): a router before a narrower link
+    then fragments a datagram too big for it, where with DF it would drop it and ask the sender by
+    ICMP "fragmentation needed" for smaller ones -- an answer that a firewall filtering ICMP never
+    lets through (a PMTU black hole: the tunnel's large packets vanish, its small ones pass).
+    Datagrams are too big when the tunnel's MTU is larger than the path allows: 1280 at least for a
+    tunnel that carries IPv6, a peer's larger MTU (vpnedu.net.mtu), an ``MTU =`` that says more.
+    Without it Linux sets DF on a datagram that fits the path MTU it knows (``IP_PMTUDISC_WANT``,
+    the default) but not on a UDP GSO batch, which is larger: the same tunnel's datagrams were
+    fragmented in one send and dropped in the next.  (IPv6 has no DF: its routers never fragment,
+    and the sender fragments what exceeds the path MTU it knows.)"""
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+
+
 def family_of(endpoint) -> int:
     """6 for an IPv6 endpoint (its host has a colon), else 4."""
     return 6 if ":" in endpoint[0] else 4
@@ -188,6 +207,8 @@ def open_port(port: int, *, buffer: int = 4 << 20, fwmark: int = 0,
                         s.setsockopt(socket.SOL_SOCKET, force, buffer)
                     except OSError:
                         s.setsockopt(socket.SOL_SOCKET, opt, buffer)
+                if fam == 4:
+                    clear_df(s)
                 if pktinfo:    # only for a reader that makes room for it (sticky sources)
                     enable_pktinfo(s)
                 if fwmark:

@@ -30,6 +30,12 @@ falls on a peer sending one datagram per packet and hardly on one that sends UDP
 burst crosses veth-to-veth forwarding as one large packet), which is not what a benchmark
 should weigh.
 
+Every cable is a veth pair with an MTU of 1500, unless ``Lab(link_mtu={"server": 1280})`` says
+otherwise for one of the router's links -- ``client`` (the clients' LAN: each client's cable and
+the bridge), ``server`` or ``app`` -- both ends alike, as on a real link.  With
+:meth:`Lab.pmtu_black_hole` the router also drops the ICMP messages that path MTU discovery lives
+on, as many firewalls do: a narrow link then swallows every packet too big for it, in silence.
+
 All addresses are documentation ranges (RFC 5737), and every command runs
 inside the lab's own namespaces (``ip -n NS ...`` / ``ip netns exec NS ...``),
 so the host's own interfaces and routes are never touched.  Every command the
@@ -67,6 +73,11 @@ APP_ADDRESS6 = f"{APP_NET6}::80"
 APP_PORT = 80
 #: Where the tunnels' own addresses live (vpnedu's 10.0.0.0/24, OpenVPN's 10.8.0.0/24).
 TUNNEL_NETS = "10.0.0.0/8"
+
+#: The router's links whose MTU ``Lab(link_mtu=...)`` sets (see the module docstring).
+LINKS = ("client", "server", "app")
+#: The router's nftables table of :meth:`Lab.pmtu_black_hole`.
+BLACK_HOLE = "lab_pmtu_black_hole"
 
 #: The lab's topologies, and what measuring across each means (the benchmark prints it).
 TOPOLOGIES = {
@@ -112,6 +123,9 @@ class Lab:
     #: ``router`` (client -- router -- server, with the app server) or ``direct`` (a cable per
     #: client straight into the server, nothing else): see :data:`TOPOLOGIES`.
     topology: str = "router"
+    #: The MTU of some of the router's links (see the module docstring): ``{"server": 1280}``;
+    #: the others keep veth's 1500.
+    link_mtu: dict[str, int] = field(default_factory=dict)
     _procs: dict[str, int] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- naming
@@ -186,7 +200,8 @@ class Lab:
     def _save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "lab.json").write_text(json.dumps({"prefix": self.prefix, "clients": self.clients,
-                                                       "topology": self.topology, "procs": self._procs}))
+                                                       "topology": self.topology, "link_mtu": self.link_mtu,
+                                                       "procs": self._procs}))
 
     @classmethod
     def load(cls, prefix: str = "vpnedu-", **kw) -> "Lab":
@@ -196,6 +211,7 @@ class Lab:
             d = json.loads(p.read_text())
             lab.clients = d.get("clients", 1)
             lab.topology = d.get("topology", "router")
+            lab.link_mtu = d.get("link_mtu", {})
             lab._procs = d.get("procs", {})
         return lab
 
@@ -209,6 +225,16 @@ class Lab:
             raise VpneduError(f"unknown lab topology {self.topology!r}", "choose from: " + ", ".join(TOPOLOGIES))
         if self.exists():
             raise VpneduError(f"the lab '{self.prefix}' is already up", "run 'vpnedu lab down' first")
+        if self.link_mtu and self.topology != "router":
+            raise VpneduError(f"the {self.topology} topology has no router links to set an MTU on",
+                              "use the router topology (the default)")
+        wrong = sorted(set(self.link_mtu) - set(LINKS))
+        if wrong:
+            raise VpneduError(f"the lab has no link {wrong[0]!r} to set an MTU on", "choose from: " + ", ".join(LINKS))
+        for host, mtu in self.link_mtu.items():
+            if not 1280 <= mtu <= 65535:
+                raise VpneduError(f"MTU {mtu} for the {host} link is out of range",
+                                  "use 1280 (IPv6's minimum: the lab is dual stack) to 65535")
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save()
         try:
@@ -230,6 +256,8 @@ class Lab:
             port = f"c{i}"
             self._ip("-n", inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", self.ns(c))
             self._ip("-n", inet, "link", "set", port, "master", "br0", "up")
+            if "client" in self.link_mtu:
+                self._set_mtu("client", (inet, port), (self.ns(c), "eth0"))
             self._ip("-n", self.ns(c), "addr", "add", f"{self.client_address(c)}/24", "dev", "eth0")
             self._ip("-n", self.ns(c), "link", "set", "eth0", "up")
             self._ip("-n", self.ns(c), "route", "add", "default", "via", f"{CLIENT_NET}.1")
@@ -238,12 +266,17 @@ class Lab:
             self._ip("-n", self.ns(c), "addr", "add", f"{self.client_address6(c)}/64", "dev", "eth0", "nodad")
             self._ip("-n", self.ns(c), "-6", "route", "add", "default", "via", f"{CLIENT_NET6}::1")
         self._ip("-n", inet, "addr", "add", f"{CLIENT_NET6}::1/64", "dev", "br0", "nodad")
+        if "client" in self.link_mtu:
+            self._set_mtu("client", (inet, "br0"))
         for port, host, net, addr, net6, addr6 in (("s0", server, SERVER_NET, SERVER_PUBLIC, SERVER_NET6, SERVER_PUBLIC6),
                                                    ("a0", app, APP_NET, APP_ADDRESS, APP_NET6, APP_ADDRESS6)):
             self._ip("-n", inet, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host)
             self._ip("-n", inet, "addr", "add", f"{net}.1/24", "dev", port)
             self._ip("-n", inet, "addr", "add", f"{net6}::1/64", "dev", port, "nodad")
             self._ip("-n", inet, "link", "set", port, "up")
+            name = "server" if port == "s0" else "app"
+            if name in self.link_mtu:
+                self._set_mtu(name, (inet, port), (host, "eth0"))
             self._ip("-n", host, "addr", "add", f"{addr}/24", "dev", "eth0")
             self._ip("-n", host, "addr", "add", f"{addr6}/64", "dev", "eth0", "nodad")
             self._ip("-n", host, "link", "set", "eth0", "up")
@@ -256,6 +289,33 @@ class Lab:
         self.spawn("app", "app", sys.executable, "-m", "vpnedu.netns_lab.app", "serve", "--port", str(APP_PORT),
                    "--log", str(self.dir / "app-access.log"))
         self.wait_for_port("app", APP_PORT)
+
+    def _set_mtu(self, link: str, *devices: tuple[str, str]) -> None:
+        """``ip link set DEV mtu N`` on each (namespace, device) end of one of the router's links."""
+        for ns, dev in devices:
+            self._ip("-n", ns, "link", "set", dev, "mtu", str(self.link_mtu[link]))
+
+    def pmtu_black_hole(self) -> None:
+        """Make the router drop ICMP "fragmentation needed" and ICMPv6 "packet too big" -- those
+        it forwards and those it sends itself -- as firewalls that filter all ICMP do (RFC 2923,
+        "PMTUD black holes"): a host that sends packets too big for a narrow link is never told.
+        The table's counters say how many were dropped (:meth:`black_hole_drops`)."""
+        if self.topology != "router":
+            raise VpneduError(f"the {self.topology} topology has no router to drop ICMP on",
+                              "use the router topology (the default)")
+        rules = ("    icmp type destination-unreachable icmp code frag-needed counter drop\n"
+                 "    icmpv6 type packet-too-big counter drop\n")
+        self.run("internet", "nft", "-f", "-", check=True, input=(
+            f"table inet {BLACK_HOLE} {{\n"
+            + "".join(f"  chain {hook} {{\n    type filter hook {hook} priority filter; policy accept;\n"
+                      f"{rules}  }}\n" for hook in ("forward", "output"))
+            + "}\n"))
+
+    def black_hole_drops(self) -> int:
+        """How many ICMP messages :meth:`pmtu_black_hole` has dropped so far."""
+        import re
+        out = self.run("internet", "nft", "list", "table", "inet", BLACK_HOLE, check=True).stdout
+        return sum(int(n) for n in re.findall(r"counter packets (\d+)", out))
 
     def _build_direct(self) -> None:
         """A cable per client straight into the server (see the module docstring): no router, no

@@ -47,6 +47,7 @@ from ..errors import ConfigError, VpneduError
 from ..events import EventBus
 from ..net import journal as _journal
 from ..net import links
+from ..net import mtu as _mtu
 from ..net import udp as _udp
 from ..net.tun import Tun
 from ..protocol.device import Device
@@ -170,6 +171,10 @@ class Node:
                              allow_insecure=cfg.interface.allow_null_teaching, events=self.events,
                              timers=timers, mtu=cfg.interface.mtu or 1420, name=ifname,
                              wall_offset=time.time() - clock() if wall_offset is None else wall_offset)
+        #: Why the tunnel device has its MTU, in one line (set-up logs it, the status shows it):
+        #: ``MTU =`` in the config, else what :meth:`choose_mtu` measured at set-up.
+        self.mtu_source = (f"MTU = {cfg.interface.mtu} in {cfg.source}" if cfg.interface.mtu else
+                           f"not measured: the usual {self.device.mtu} ({_mtu.GUESS} - {_mtu.OVERHEAD[6]})")
         for p in cfg.peers:
             self.device.add_peer(p.public_key, preshared_key=p.preshared_key, endpoint=self._resolve(p.endpoint),
                                  persistent_keepalive=p.persistent_keepalive, allowed_ips=p.allowed_ips,
@@ -266,6 +271,7 @@ class Node:
         for s in self.sockets.values():
             wgquick.set_fwmark(s, self.cfg.interface.fwmark)
         links.check_no_clash(self.cfg.interface.addresses, self.ifname)
+        self.choose_mtu()
         self.journal.start()
         self.journal.record("link", ifname=self.ifname)
         opts = self.datapath_options
@@ -279,6 +285,19 @@ class Node:
         self.setup_role()
         self.journal.settle(self.log)
         hooks.run("PostUp")
+
+    def choose_mtu(self) -> None:
+        """The TUN device's MTU: ``MTU =`` if the config has one, else measured on the routes the
+        tunnel's datagrams take, as wg-quick(8) does (:mod:`vpnedu.net.mtu`: the route toward each
+        peer's endpoint, or a server's default routes, minus 60 over IPv4 or 80 over IPv6).  Before
+        the device exists, so that no route of ours is measured; logged, and in the status."""
+        itf = self.cfg.interface
+        paths = [] if itf.mtu else _mtu.measure(
+            [p.endpoint[0] for p in self.device.peers.values() if p.endpoint is not None], fwmark=itf.fwmark)
+        choice = _mtu.choose(paths, ipv6_inside=any(a.version == 6 for a in itf.addresses),
+                             configured=itf.mtu, where=self.cfg.source)
+        self.device.mtu, self.mtu_source = choice.mtu, choice.source
+        self.log(f"tunnel MTU {choice.mtu}: {choice.source}")
 
     def _limit_tso(self, size: int) -> None:
         """Cap the TSO super-packets of our TUN device (gso_max_size; gone with the device)."""
@@ -586,6 +605,7 @@ class Node:
             "listen_port": self.listen_port,
             "addresses": [str(a) for a in self.cfg.interface.addresses],
             "mtu": self.device.mtu,
+            "mtu_source": self.mtu_source,
             "fwmark": self.cfg.interface.fwmark,
             "datapath": self.datapath_options.describe(),
             "datapath_stats": dict(self.datapath.stats) if self.datapath else {},

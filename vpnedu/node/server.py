@@ -12,7 +12,8 @@ On top of what every node does, the server
   ``nat``    the kernel forwards the packets (``net.ipv4.ip_forward = 1``, and
              ``net.ipv6.conf.all.forwarding`` for IPv6) and an nftables masquerade rule
              (``ip`` and ``ip6`` tables) rewrites their source; connection tracking
-             keeps the flows (``vpnedu status --flows`` lists them);
+             keeps the flows (``vpnedu status --flows`` lists them); the same table
+             clamps forwarded TCP's MSS to the path (``ClampMSS``, :func:`vpnedu.net.nat.clamp_rules`);
   ``proxy``  the server terminates each TCP/UDP flow and ICMP echo itself and opens
              its own towards the destination (:mod:`vpnedu.proxy`), with TPROXY
              handing it the packets (:mod:`vpnedu.net.tproxy`);
@@ -75,11 +76,13 @@ class Server(Node):
             old6 = sysctl.set_value(self.journal, "net.ipv6.conf.all.forwarding", "1")
             if old6 != "1":
                 self.changes.append("enabled IPv6 forwarding (net.ipv6.conf.all.forwarding = 1)")
+        clamp = self.cfg.interface.clamp_mss      # ClampMSS (proxy mode needs none: see nat.clamp_rules)
         for a in self.cfg.interface.addresses:
             if a.version in (4, 6):
-                text = nat.install_masquerade(self.journal, str(a.network), self.ifname)
+                text = nat.install_masquerade(self.journal, str(a.network), self.ifname, clamp_mss=clamp)
                 self.changes.append(f"added nftables table {nat.table_name(self.ifname)}: masquerade "
-                                    f"{a.network} leaving any interface but {self.ifname}")
+                                    f"{a.network} leaving any interface but {self.ifname}"
+                                    + ("; clamp forwarded TCP's MSS to the route's MTU" if clamp else ""))
                 self.events.emit("nat.added", None, table=nat.table_name(self.ifname), subnet=str(a.network),
                                  ruleset=text)
         # Let connection tracking count bytes and note start times, for the flow table.
@@ -212,6 +215,7 @@ class Server(Node):
     def status(self) -> dict:
         st = super().status()
         st["forwarding"] = self.forwarding
+        st["clamp_mss"] = self.forwarding == "nat" and self.cfg.interface.clamp_mss
         if self.proxy is not None:
             st["flows"] = [r.to_dict() for r in self.proxy.flows()]
             st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}

@@ -130,6 +130,9 @@ def notes(cfg: Config, ifname: str, role: str = "client") -> list[str]:
     if role == "server" and table and table.isdigit():
         out.append(f"note: Table = {table} in {cfg.source} has nothing to hold: the server adds no routes of "
                    "its own (its tunnel subnet's route is the kernel's, in the main table)")
+    if not cfg.interface.clamp_mss and role == "client":
+        out.append(f"note: ClampMSS = false in {cfg.source} changes nothing here: only a server in nat mode "
+                   "clamps the MSS of the TCP it forwards")
     if cfg.interface.dns and role == "server":
         out.append(f"note: DNS = {redact(', '.join(cfg.interface.dns))} in {cfg.source} is not applied: only the "
                    "vpnedu client installs DNS (see vpnedu.net.resolver); the server keeps the host's resolver")
