@@ -14,7 +14,7 @@ import time
 import pytest
 
 from vpnedu.netns_lab.demo import Demo
-from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC
+from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC, SERVER_PUBLIC6
 from vpnedu.protocol import keys
 
 from ..lablib import ping, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
@@ -53,6 +53,7 @@ def test_the_seed_demo_every_step(lab_factory):
         assert http and http[0].client.startswith("10.0.0.2:"), (mode, res.flows[mode])
         assert http[0].proxy.startswith(SERVER_PUBLIC + ":")
         assert res.app_source_by_mode[mode] == SERVER_PUBLIC
+        assert res.app_source6_by_mode[mode] == SERVER_PUBLIC6          # IPv6 through the tunnel too
     text = "\n".join(lines)
     assert "flows: 1 via nat" in text or "via nat" in text
     assert "nat and proxy side by side:" in text

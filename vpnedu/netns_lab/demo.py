@@ -17,7 +17,7 @@ from typing import Callable
 from .. import report
 from ..errors import VpneduError
 from ..flows import FlowRow
-from .topology import APP_ADDRESS, APP_PORT, SERVER_PUBLIC, Lab, require_tool, stop_process
+from .topology import APP_ADDRESS, APP_ADDRESS6, APP_PORT, SERVER_PUBLIC, SERVER_PUBLIC6, Lab, require_tool, stop_process
 
 
 @dataclass
@@ -43,6 +43,8 @@ class DemoResult:
     flows: dict[str, list[FlowRow]] = field(default_factory=dict)
     #: The source address the app logged, per forwarding mode.
     app_source_by_mode: dict[str, str] = field(default_factory=dict)
+    #: The same over IPv6 (a fetch of http://[2001:db8:a::80]/), per forwarding mode.
+    app_source6_by_mode: dict[str, str] = field(default_factory=dict)
     ok: bool = False
 
 
@@ -242,6 +244,7 @@ class Demo:
             res.app_source_by_mode[self.modes[0]] = res.app_sources[0] if res.app_sources else ""
             self.show(f"app's log: request from {', '.join(res.app_sources) or 'nobody'} "
                       f"(the server's public address, not the client's)")
+            self.fetch6(self.modes[0])
             res.outer_packets = self.describe_capture("client", files["client"])
             res.marker_in_client_capture = res.marker.encode() in files["client"].read_bytes()
             res.marker_in_server_capture = res.marker.encode() in files["server"].read_bytes()
@@ -263,6 +266,7 @@ class Demo:
                 src = [line.split()[0] for line in lab.app_log() if marker in line]
                 res.app_source_by_mode["proxy"] = src[0] if src else ""
                 self.show(f"client got: {r.stdout.strip() or r.stderr.strip()}")
+                self.fetch6("proxy")
                 self.side_by_side()
 
             self.step("9. Stop the client and the server: every change is undone")
@@ -275,6 +279,7 @@ class Demo:
                       and res.app_sources == [SERVER_PUBLIC] and res.routes_after == res.routes_before
                       and hidden and res.marker_in_server_capture
                       and all(res.app_source_by_mode.get(m) == SERVER_PUBLIC for m in self.modes)
+                      and all(res.app_source6_by_mode.get(m) == SERVER_PUBLIC6 for m in self.modes)
                       and all(any(f.destination == f"{APP_ADDRESS}:{APP_PORT}" for f in res.flows.get(m, []))
                               for m in self.modes))
             self.out("")
@@ -284,6 +289,17 @@ class Demo:
             self.stop()
             if not self.keep:
                 lab.down()
+
+    def fetch6(self, mode: str) -> None:
+        """The same request over IPv6: the tunnel carries both families (AllowedIPs ::/0 too),
+        and the app sees the server's IPv6 address, not the client's."""
+        marker = f"{self.result.marker}-{mode}-v6"
+        r = self.lab.run("client", *self.lab.python("-m", "vpnedu.netns_lab.app", "fetch",
+                                                    f"http://[{APP_ADDRESS6}]:{APP_PORT}/{marker}"))
+        src = [line.split()[0] for line in self.lab.app_log() if marker in line]
+        self.result.app_source6_by_mode[mode] = src[0] if src else ""
+        self.show(f"the same over IPv6 (http://[{APP_ADDRESS6}]/): "
+                  + (f"app's log: request from {src[0]}" if src else f"failed: {r.stderr.strip()[-200:]}"))
 
     def start_vpn(self, forwarding: str) -> dict:
         d, lab = self.lab.dir, self.lab
