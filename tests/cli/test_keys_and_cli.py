@@ -78,7 +78,9 @@ def test_course_commands_show_what_the_notebooks_show():
     for words in ("SIMULATED MODE", "handshake.initiation.sent", "session.established",
                   "ping 192.0.2.80 from 10.0.0.2: 3 packets transmitted, 3 received, 0% packet loss",
                   "the app server logged the request from 203.0.113.2", "reason=bad-mac", "reason=replay",
-                  "the journey of one ping:", "masquerade: source 10.0.0.2"):
+                  "the journey of one ping:", "masquerade: source 10.0.0.2",
+                  "+ ip -6 rule priority 32765 not fwmark 0xca6c table 51820",
+                  "the app server logged the request from 2001:db8:5::2"):
         assert words in r.stdout, words
     r = run_cli("course", "tun", "--sim", "--json")
     assert r.returncode == 0, r.stderr

@@ -86,9 +86,15 @@ def course_sim(suite: str, split: bool) -> None:
     click.echo("\nclient routes:")
     for r in sorted(set(before) | set(after), key=(before + after).index):
         click.echo(("  - " if r not in after else "  + " if r not in before else "    ") + r)
-    for dst in ("10.0.0.1", "192.0.2.80"):
+    st = lab.status("client")
+    if st["rules"]:
+        click.echo("  the main table keeps its default route; policy routing sends the rest into the tunnel:")
+        for line in st["routes_added"] + st["rules"]:
+            click.echo(f"  + {line}")
+    for dst in ("10.0.0.1", "192.0.2.80", "2001:db8:a::80"):
         click.echo(str(lab.ping("client", dst)))
     click.echo(str(lab.app_request()))
+    click.echo(str(lab.app_request(family=6)))
     click.echo("\nflow table (server's NAT):")
     for line in report.flow_table(lab.flows()):
         click.echo(line)
