@@ -61,6 +61,11 @@ def test_dual_stack_nat_full_tunnel_and_ipv6_endpoint(lab):
         assert f"{SERVER_PUBLIC} GET /v4" in log and f"{SERVER_PUBLIC6} GET /v6" in log, log
         r = lab.run("client", "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "-I", "vpnedu0", APP_ADDRESS6)
         assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+        # The server's flow table (conntrack, one family at a time) lists the IPv6 flows too.
+        flows = status(lab, "server")["flows"]
+        v6 = [f for f in flows if f["destination"].startswith(f"[{APP_ADDRESS6}]")]
+        assert {f["proto"] for f in v6} >= {"tcp", "icmpv6"}, flows
+        assert all(f["client"].startswith("[fd") and f["proxy"].startswith(f"[{SERVER_PUBLIC6}]:") for f in v6), v6
         # The kernel's own answer: the app through table 51820 and the tunnel device, for each
         # family; the tunnel's own (marked) UDP to the endpoint by the LAN.
         get6 = lab.run("client", "ip", "-6", "route", "get", APP_ADDRESS6).stdout

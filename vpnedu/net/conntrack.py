@@ -24,7 +24,8 @@ from pyroute2 import Conntrack
 
 from ..flows import FlowRow, endpoint_text
 
-_PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp"}
+_PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
+          socket.IPPROTO_ICMPV6: "icmpv6"}
 #: enum tcp_conntrack in linux/netfilter/nf_conntrack_tcp.h
 TCP_STATES = ("none", "syn-sent", "syn-recv", "established", "fin-wait", "close-wait", "last-ack",
               "time-wait", "close", "syn-sent2")
@@ -38,8 +39,8 @@ def _tuple(attr) -> tuple[str, int, str, int, int] | None:
     src = ip.get_attr("CTA_IP_V4_SRC") or ip.get_attr("CTA_IP_V6_SRC")
     dst = ip.get_attr("CTA_IP_V4_DST") or ip.get_attr("CTA_IP_V6_DST")
     proto = pr.get_attr("CTA_PROTO_NUM")
-    if proto == socket.IPPROTO_ICMP:
-        sport = pr.get_attr("CTA_PROTO_ICMP_ID") or 0
+    if proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+        sport = pr.get_attr("CTA_PROTO_ICMP_ID") or pr.get_attr("CTA_PROTO_ICMPV6_ID") or 0
         dport = 0
     else:
         sport, dport = pr.get_attr("CTA_PROTO_SRC_PORT") or 0, pr.get_attr("CTA_PROTO_DST_PORT") or 0
@@ -52,11 +53,13 @@ def _bytes(msg, name: str) -> int:
 
 
 def flows(subnet: str) -> list[FlowRow]:
-    """Conntrack entries whose original source lies in ``subnet``, as flow-table rows."""
+    """Conntrack entries whose original source lies in ``subnet``, as flow-table rows.  The
+    kernel keeps a table per family and dumps the one the request names (``nfgen_family``):
+    AF_INET6 for an IPv6 subnet."""
     net = ipaddress.ip_network(subnet, strict=False)
     now_ns = time.clock_gettime_ns(time.CLOCK_REALTIME)
     out = []
-    with Conntrack() as ct:
+    with Conntrack(nfgen_family=socket.AF_INET6 if net.version == 6 else socket.AF_INET) as ct:
         for msg in ct.dump():
             orig, reply = msg.get_attr("CTA_TUPLE_ORIG"), msg.get_attr("CTA_TUPLE_REPLY")
             o = _tuple(orig) if orig is not None else None
@@ -75,7 +78,7 @@ def flows(subnet: str) -> list[FlowRow]:
             ts = msg.get_attr("CTA_TIMESTAMP")
             if ts is not None and ts.get_attr("CTA_TIMESTAMP_START"):
                 age = round((now_ns - ts.get_attr("CTA_TIMESTAMP_START")) / 1e9, 3)
-            proxy_port = r[3] if o[4] != socket.IPPROTO_ICMP else r[1]
+            proxy_port = r[3] if o[4] not in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6) else r[1]
             out.append(FlowRow(_PROTO[o[4]], endpoint_text(o[0], o[1]), endpoint_text(r[2], proxy_port),
                                    endpoint_text(o[2], o[3]), state,
                                bytes_up=_bytes(msg, "CTA_COUNTERS_ORIG"),

@@ -203,10 +203,12 @@ class Server(Node):
         st = self.status()
         if self.forwarding == "nat":
             from ..net import conntrack
-            subnet = next((str(a.network) for a in self.cfg.interface.addresses if a.version == 4), None)
-            if subnet:
+            subnets = [str(a.network) for a in self.cfg.interface.addresses]
+            if subnets:
                 try:
-                    rows = await asyncio.get_running_loop().run_in_executor(None, conntrack.flows, subnet)
+                    loop, rows = asyncio.get_running_loop(), []
+                    for subnet in subnets:        # IPv4's, then IPv6's (conntrack dumps one family at a time)
+                        rows += await loop.run_in_executor(None, conntrack.flows, subnet)
                     st["flows"] = [r.to_dict() for r in rows]
                 except Exception as e:  # conntrack unavailable: say so rather than fail the status
                     st["flows_error"] = f"{type(e).__name__}: {e}"
