@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 from ..errors import VpneduError
@@ -160,5 +161,22 @@ def install_masquerade(journal: Journal, subnet: str, ifname: str, clamp_mss: bo
 
 
 def undo_nft_table(family: str, name: str) -> None:
+    """Delete a table we made (the journal's undo of ``nft-table``).  A table that is already
+    gone is fine (its undo ran before a crash); one that nft fails to delete -- netlink can answer
+    EBUSY while another transaction runs -- is tried again, and still there after that is an
+    error the journal reports, never a silent leftover."""
     nft = shutil.which("nft") or "/usr/sbin/nft"
-    subprocess.run([nft, "delete", "table", family, name], capture_output=True, start_new_session=True)
+    err = ""
+    for attempt in range(5):
+        r = subprocess.run([nft, "delete", "table", family, name], capture_output=True, text=True,
+                           start_new_session=True)
+        if r.returncode == 0:
+            return
+        err = r.stderr.strip().splitlines()[0] if r.stderr.strip() else f"exit status {r.returncode}"
+        gone = subprocess.run([nft, "list", "table", family, name], capture_output=True,
+                              start_new_session=True).returncode != 0
+        if gone:
+            return
+        time.sleep(0.05 * (attempt + 1))
+    raise VpneduError(f"could not delete nftables table {family} {name}: {err}",
+                      f"delete it by hand: nft delete table {family} {name}")
