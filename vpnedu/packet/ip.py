@@ -86,17 +86,22 @@ def checksum(data: bytes) -> int:
 
 
 @dataclass(slots=True)
-class IPv4Packet:
-    """A decoded IPv4 packet."""
+class IPPacket:
+    """A decoded IP packet: what :class:`IPv4Packet` and :class:`IPv6Packet` both give."""
 
-    src: ipaddress.IPv4Address
-    dst: ipaddress.IPv4Address
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     protocol: int
     ttl: int
     ident: int
     header_length: int
     total_length: int
     payload: bytes
+
+
+@dataclass(slots=True)
+class IPv4Packet(IPPacket):
+    """A decoded IPv4 packet."""
 
     @classmethod
     def parse(cls, packet: bytes) -> "IPv4Packet":
@@ -114,19 +119,10 @@ class IPv4Packet:
 
 
 @dataclass(slots=True)
-class IPv6Packet:
+class IPv6Packet(IPPacket):
     """A decoded IPv6 packet, with the same fields as :class:`IPv4Packet` (``protocol`` is the
     Next Header, ``ttl`` the Hop Limit; there is no identification field, so ``ident`` is 0).
     Extension headers are not followed: the simulation and the course send none."""
-
-    src: ipaddress.IPv6Address
-    dst: ipaddress.IPv6Address
-    protocol: int
-    ttl: int
-    ident: int
-    header_length: int
-    total_length: int
-    payload: bytes
 
     @classmethod
     def parse(cls, packet: bytes) -> "IPv6Packet":
