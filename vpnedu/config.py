@@ -82,7 +82,7 @@ _INTERFACE_KEYS = {
     "preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown",
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
     "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6", "clampmss": "ClampMSS",
-    "socksport": "SocksPort", "proxyuser": "ProxyUser",
+    "socksport": "SocksPort", "httpproxyport": "HTTPProxyPort", "proxyuser": "ProxyUser",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
@@ -90,9 +90,10 @@ _PEER_KEYS = {
 }
 #: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
 VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS",
-               "SocksPort", "ProxyUser")
-#: The SOCKS5 service's port on the server's tunnel addresses when ``SocksPort`` is not set.
-DEFAULT_SOCKS_PORT = 1080
+               "SocksPort", "HTTPProxyPort", "ProxyUser")
+#: The explicit proxies' ports on the server's tunnel addresses when ``SocksPort`` /
+#: ``HTTPProxyPort`` are not set.
+DEFAULT_SOCKS_PORT, DEFAULT_HTTP_PROXY_PORT = 1080, 3128
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -132,6 +133,8 @@ class InterfaceConfig:
     clamp_mss: bool = True
     #: A server's SOCKS5 port on its tunnel addresses (``SocksPort``): None (not set: 1080), 0 (off).
     socks_port: int | None = None
+    #: A server's HTTP proxy port on its tunnel addresses (``HTTPProxyPort``): None (3128), 0 (off).
+    http_proxy_port: int | None = None
     #: A server's proxy users (``ProxyUser = NAME:PASSWORD``, repeatable), in file order.  The
     #: passwords are secrets in clear, like the private key beside them: the file is already
     #: written 0600 and refused when others can read it (see :func:`load`).  None configured:
@@ -407,6 +410,7 @@ _FIXES = {
     "SaveConfig": "remove the line or write SaveConfig = false",
     "DNS": "write name server addresses (and search domains) separated by commas, e.g. 'DNS = 10.0.0.1'",
     "SocksPort": "write SocksPort = 1080 (the default), another TCP port, or off",
+    "HTTPProxyPort": "write HTTPProxyPort = 3128 (the default), another TCP port, or off",
     "ProxyUser": "write ProxyUser = NAME:PASSWORD, one line per user (no '#' in the password: it starts a comment)",
 }
 
@@ -499,6 +503,8 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         itf.clamp_mss = value.lower() == "true"
     elif key == "SocksPort":
         itf.socks_port = 0 if value.lower() == "off" else _proxy_port(value)
+    elif key == "HTTPProxyPort":
+        itf.http_proxy_port = 0 if value.lower() == "off" else _proxy_port(value)
     elif key == "ProxyUser":
         itf.proxy_users.append(_proxy_user(value, itf.proxy_users))
     elif key == "Table":
@@ -650,6 +656,8 @@ def dumps(cfg: Config) -> str:
         lines.append("ClampMSS = false")
     if itf.socks_port is not None and itf.socks_port != DEFAULT_SOCKS_PORT:
         lines.append(f"SocksPort = {itf.socks_port or 'off'}")
+    if itf.http_proxy_port is not None and itf.http_proxy_port != DEFAULT_HTTP_PROXY_PORT:
+        lines.append(f"HTTPProxyPort = {itf.http_proxy_port or 'off'}")
     for name, password in itf.proxy_users:
         lines.append(f"ProxyUser = {name}:{password}")
     for p in cfg.peers:

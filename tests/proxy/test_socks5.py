@@ -275,8 +275,13 @@ def test_config_keys():
     assert _conf("SocksPort = off").interface.socks_port == 0
     assert "SocksPort = off" in config.dumps(_conf("SocksPort = off"))
     assert "SocksPort" not in config.dumps(_conf("SocksPort = 1080"))
-    assert {"SocksPort", "ProxyUser"} <= set(config.VPNEDU_KEYS)
+    assert {"SocksPort", "HTTPProxyPort", "ProxyUser"} <= set(config.VPNEDU_KEYS)
+    c = _conf("HTTPProxyPort = 8080")
+    assert c.interface.http_proxy_port == 8080 and "HTTPProxyPort = 8080" in config.dumps(c)
+    assert _conf("httpproxyport = OFF").interface.http_proxy_port == 0
+    assert "HTTPProxyPort" not in config.dumps(_conf("HTTPProxyPort = 3128"))
     for body, words in (("SocksPort = 99999", "SocksPort: '99999' is not a port"), ("SocksPort = on", "SocksPort"),
+                        ("HTTPProxyPort = 0", "HTTPProxyPort: '0' is not a port"),
                         ("ProxyUser = alice", "NAME:PASSWORD"), ("ProxyUser = :pw", "NAME:PASSWORD"),
                         ("ProxyUser = a:b\nProxyUser = a:c", "already defined"),
                         ("ProxyUser = a:" + "x" * 256, "255 bytes")):

@@ -1,5 +1,5 @@
-"""SOCKS5 on the server's tunnel address, with curl as the client (issue 18, item 1), in the
-namespace lab, with the server forwarding in each mode (nat and proxy):
+"""SOCKS5 and the HTTP proxy on the server's tunnel address, with curl as the client (issue 18,
+items 1 and 2), in the namespace lab, with the server forwarding in each mode (nat and proxy):
 
 * ``curl --socks5-hostname 10.0.0.1:1080`` fetches 4 MB from the app server by a name only the
   *server* can resolve (socks5h: the client never looks it up), over IPv4 and IPv6 both to the
@@ -10,8 +10,11 @@ namespace lab, with the server forwarding in each mode (nat and proxy):
   is refused (no listener there: ``ss`` on the server shows only the tunnel addresses);
 * a connection from a source outside every peer's AllowedIPs (the server's own 10.0.0.1) is
   closed with a ``proxy.refused`` event;
+* ``curl -x http://10.0.0.1:3128`` fetches the same 4 MB as a forwarded request (absolute URI)
+  and through ``CONNECT`` (``--proxytunnel``), the app's log showing the server's address;
 * with ``ProxyUser = alice:...`` in the server's file: ``curl -x socks5://alice:pw@10.0.0.1:1080``
-  works, a wrong password gets RFC 1929's status 01 (and curl fails), no login gets ``05 FF``.
+  works, a wrong password gets RFC 1929's status 01 (and curl fails), no login gets ``05 FF``;
+  the HTTP proxy answers 407 with ``Proxy-Authenticate: Basic`` without the right login.
 """
 
 import json
@@ -83,7 +86,9 @@ def env(request):
         probe = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], 1080), timeout=5)\n"
                  "    print('connected')\nexcept OSError as e:\n    print(type(e).__name__)")
         e.probes = [lab.run("client", *lab.python("-c", probe, a)).stdout.strip() for a in (SERVER_PUBLIC, SERVER_PUBLIC6)]
+        e.probes += [lab.run("client", *lab.python("-c", probe.replace("1080", "3128"), SERVER_PUBLIC)).stdout.strip()]
         e.listening = lab.run("server", "ss", "-Htln", "sport = :1080").stdout
+        e.listening_http = lab.run("server", "ss", "-Htln", "sport = :3128").stdout
         e.client = start_client(lab)
         yield e
         stop(e.client)
@@ -95,9 +100,26 @@ def env(request):
 
 def test_public_address_has_no_listener(env):
     assert env.public.returncode == 7 and env.public6.returncode == 7, (env.public, env.public6)
-    assert env.probes == ["ConnectionRefusedError", "ConnectionRefusedError"]
-    local = sorted(line.split()[3] for line in env.listening.splitlines())
-    assert local == sorted(["10.0.0.1:1080", f"[{env.tunnel6()}]:1080"]), env.listening
+    assert env.probes == ["ConnectionRefusedError"] * 3
+    for text, port in ((env.listening, 1080), (env.listening_http, 3128)):
+        local = sorted(line.split()[3] for line in text.splitlines())
+        assert local == sorted([f"10.0.0.1:{port}", f"[{env.tunnel6()}]:{port}"]), text
+
+
+def test_http_proxy_forward_and_connect(env):
+    want = random_sha256(SIZE)
+    before = len(env.lab.app_log())
+    assert env.fetch_sha("-x", "http://10.0.0.1:3128", f"http://{NAME}/random/{SIZE}") == want
+    assert env.fetch_sha("--proxytunnel", "-x", "http://10.0.0.1:3128", f"http://{APP_ADDRESS}/random/{SIZE}") == want
+    assert env.fetch_sha("-x", f"http://[{env.tunnel6()}]:3128", f"http://[{APP_ADDRESS6}]/random/{SIZE}") == want
+    log = env.lab.app_log()[before:]
+    assert [line.split()[0] for line in log] == [SERVER_PUBLIC, SERVER_PUBLIC, SERVER_PUBLIC6], log
+    closed = env.events("proxy.flow.closed")
+    assert {"http", "http-connect"} <= {e["proto"] for e in closed if e["bytes_down"] > SIZE}, closed
+    r = env.curl("-x", "http://10.0.0.1:3128", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1/")
+    assert r.stdout == "403", r                       # the server's own loopback is not for the proxy
+    r = env.curl("-x", "http://10.0.0.1:3128", "-o", "/dev/null", "-w", "%{http_code}", f"http://{APP_ADDRESS}:9/")
+    assert r.stdout == "502", r                       # refused by the app host
 
 
 def test_socks5_hostname_fetch_ipv4_and_ipv6(env):
@@ -172,6 +194,10 @@ def test_login(env):
         assert raw.stdout.split() == ["05020101", "eof"], raw.stdout + raw.stderr     # RFC 1929: 01 = failure
         raw = env.lab.run("client", *env.lab.python("-c", RAW, "050100", "2"))
         assert raw.stdout.split() == ["05ff", "eof"], raw.stdout + raw.stderr       # no login: no method
+        for login in ("", "-U alice:wrong"):
+            r = env.curl(*login.split(), "-x", "http://10.0.0.1:3128", "-D", "-", "-o", "/dev/null", url)
+            assert r.stdout.startswith("HTTP/1.1 407 ") and "Proxy-Authenticate: Basic" in r.stdout, r
+        assert env.fetch_sha("-U", "alice:s3cret:x", "-x", "http://10.0.0.1:3128", url) == random_sha256(SIZE)
     finally:
         stop(env.server)
         conf.write_text(text)
