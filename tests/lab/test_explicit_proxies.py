@@ -30,7 +30,7 @@ from vpnedu.netns_lab.app import random_sha256
 from vpnedu.netns_lab.topology import APP_ADDRESS, APP_ADDRESS6, SERVER_PUBLIC, SERVER_PUBLIC6, Lab
 
 from ..conftest import require_tool
-from ..lablib import provision, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 SIZE = 4 * 1024 * 1024
@@ -200,5 +200,25 @@ def test_login(env):
         assert env.fetch_sha("-U", "alice:s3cret:x", "-x", "http://10.0.0.1:3128", url) == random_sha256(SIZE)
     finally:
         stop(env.server)
+        conf.write_text(text)
+        env.server = start_server(env.lab, "--forwarding", env.mode)
+
+
+def test_port_in_use_is_one_line_naming_the_key(env):
+    # SocksPort on the HTTP proxy's port: the second listener finds it taken.  The start stops in
+    # one line naming the key, and what the set-up had changed already is put back.
+    conf = env.lab.dir / "server.conf"
+    text = conf.read_text()
+    stop(env.server)
+    conf.write_text(text.replace("[Peer]", "SocksPort = 3128\n\n[Peer]", 1))
+    try:
+        before = snapshot(env.lab, "server")
+        r = env.lab.run("server", *vpnedu("server", "-c", str(conf), "--forwarding", env.mode), timeout=40)
+        assert r.returncode == 1, r.stdout + r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("vpnedu: error: cannot listen on 10.0.0.1:3128 for the HTTPProxyPort service"), last
+        assert "'HTTPProxyPort = PORT'" in last
+        assert snapshot(env.lab, "server") == before
+    finally:
         conf.write_text(text)
         env.server = start_server(env.lab, "--forwarding", env.mode)

@@ -256,6 +256,7 @@ def test_explicit_off():
 # ---------------------------------------------------------------------------- the config keys
 def _conf(body: str):
     import os as _os
+
     from vpnedu import config
     from vpnedu.protocol import keys
     return config.loads(f"[Interface]\nPrivateKey = {keys.encode(_os.urandom(32))}\nAddress = 10.0.0.1/24\n{body}\n",
