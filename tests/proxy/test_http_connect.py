@@ -55,6 +55,8 @@ def test_forwarded_head_drops_hop_by_hop():
                       b"Keep-Alive: 5\r\nTE: trailers\r\nAccept: */*\r\n\r\n")
     out = hc.forwarded_head(h).decode()
     assert out == "GET /p HTTP/1.1\r\nHost: a:8080\r\nUser-Agent: t\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    h = hc.parse_head(b"GET http://[2001:db8::80]/ HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n")
+    assert hc.forwarded_head(h) == b"GET / HTTP/1.1\r\nHost: [2001:db8::80]\r\nConnection: close\r\n\r\n"
 
 
 def test_basic_credentials():
@@ -128,7 +130,7 @@ def test_service(monkeypatch):
         assert out.startswith(b"HTTP/1.1 400 ")
         monkeypatch.setattr(hc, "HEAD_TIMEOUT", 0.3)
         out = await _ask(port, b"GET http://a/")
-        assert out.startswith(b"HTTP/1.1 400 ")
+        assert out.startswith(b"HTTP/1.1 408 ")
         for _ in range(50):
             if not table.flows:
                 break

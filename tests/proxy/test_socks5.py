@@ -231,9 +231,14 @@ def test_outsider_and_slow_client(monkeypatch):
         h.server.peer_of = lambda a: "p1"
         r, w = await asyncio.open_connection("127.0.0.1", h.port)
         w.write(b"\x05")                                     # one byte, then nothing
-        assert await asyncio.wait_for(r.read(), 5) == s5.reply(s5.GENERAL_FAILURE)
+        assert await asyncio.wait_for(r.read(), 5) == b"\x05\xff"    # the greeting's refusal
         w.close()
-        assert "not done in 0.5 s" in h.refused[-1]["reason"]
+        assert "greeting not done in 0.5 s" in h.refused[-1]["reason"]
+        r, w = await asyncio.open_connection("127.0.0.1", h.port)
+        w.write(b"\x05\x01\x00\x05\x01")                         # a greeting, half a request
+        assert await asyncio.wait_for(r.read(), 5) == b"\x05\x00" + s5.reply(s5.GENERAL_FAILURE)
+        w.close()
+        assert "request not done" in h.refused[-1]["reason"]
         await h.server.close()
     run(main())
 

@@ -22,7 +22,8 @@ request it cannot read, 403 for a destination it will not reach (the server's ow
 multicast, link-local), 405 for a method on a non-``http`` URI... 407 (with
 ``Proxy-Authenticate: Basic``) when users are configured and the request has no right
 ``Proxy-Authorization: Basic`` (RFC 7617), 502 when the destination refuses or the name does not
-resolve, 504 when it does not answer in time.
+resolve, 504 when it does not answer in time, 408 when the request head itself does not arrive
+within :data:`HEAD_TIMEOUT` (a client sending a byte a second).
 
 As for :mod:`.socks5`, parsing is pure (:func:`parse_head`) and the IO is in :class:`HttpProxy`.
 """
@@ -50,7 +51,8 @@ HEAD_TIMEOUT = 10.0
 HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
               "te", "trailer", "upgrade"}
 REASONS = {200: "Connection established", 400: "Bad Request", 403: "Forbidden",
-           405: "Method Not Allowed", 407: "Proxy Authentication Required", 502: "Bad Gateway",
+           405: "Method Not Allowed", 407: "Proxy Authentication Required", 408: "Request Timeout",
+           502: "Bad Gateway",
            504: "Gateway Timeout"}
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -150,13 +152,14 @@ def basic_credentials(value: str | None) -> tuple[bytes, bytes] | None:
 
 def forwarded_head(head: Head) -> bytes:
     """The request as the origin server gets it: origin form, hop-by-hop headers removed (and
-    those ``Connection`` names), ``Host`` kept or added, ``Connection: close``."""
+    those ``Connection`` names), ``Connection: close``, and ``Host`` made from the URI's
+    authority, whatever the client's ``Host`` said (RFC 9112 section 3.2.2: a proxy MUST
+    generate it from the target URI rather than forward the received one)."""
     named = {t.strip().lower() for t in (head.header("connection") or "").split(",") if t.strip()}
-    drop = HOP_BY_HOP | named
-    lines = [f"{head.method} {head.path} {head.version}"]
-    if head.header("host") is None:
-        lines.append("Host: " + (f"[{head.host}]" if ":" in head.host else head.host)
-                     + (f":{head.port}" if head.port != 80 else ""))
+    drop = HOP_BY_HOP | named | {"host"}
+    lines = [f"{head.method} {head.path} {head.version}",
+             "Host: " + (f"[{head.host}]" if ":" in head.host else head.host)
+             + (f":{head.port}" if head.port != 80 else "")]
     lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in drop]
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
@@ -238,7 +241,7 @@ class HttpProxy:
             return self._refuse(writer, client, e.reason, response(e.status, e.reason))
         except asyncio.TimeoutError:
             return self._refuse(writer, client, f"request head not done in {HEAD_TIMEOUT:g} s",
-                                response(400, "request head too slow"))
+                                response(408, f"the request head did not arrive within {HEAD_TIMEOUT:g} s"))
         except (EOFError, OSError):
             return self._refuse(writer, client, "closed before a request")
         if self.users:

@@ -322,15 +322,19 @@ class Socks5Server:
         peer = self.peer_of(client[0])
         if peer is None:
             return self._refuse(writer, client, "source outside every peer's AllowedIPs")
+        stage = ["greeting"]
         try:
-            req = await asyncio.wait_for(self._negotiate(reader, writer), HANDSHAKE_TIMEOUT)
+            req = await asyncio.wait_for(self._negotiate(reader, writer, stage), HANDSHAKE_TIMEOUT)
         except Socks5Error as e:
             if e.reply:
                 writer.write(e.reply)
             return self._refuse(writer, client, e.reason)
         except asyncio.TimeoutError:
-            writer.write(reply(GENERAL_FAILURE))   # RFC 1928 has no "too slow": 01 at least says no
-            return self._refuse(writer, client, f"negotiation not done in {HANDSHAKE_TIMEOUT:g} s")
+            # Neither RFC has a "too slow"; each stage's own refusal at least says no in a form the
+            # client is waiting for: 05 FF, RFC 1929's 01 01, or reply 01.
+            writer.write({"greeting": bytes([VERSION, NO_ACCEPTABLE]), "login": bytes([AUTH_VERSION, AUTH_FAILED]),
+                          "request": reply(GENERAL_FAILURE)}[stage[0]])
+            return self._refuse(writer, client, f"{stage[0]} not done in {HANDSHAKE_TIMEOUT:g} s")
         except (EOFError, OSError):
             return self._refuse(writer, client, "closed during negotiation")
         flow = self.table.new(self.proto, client, (req.host, req.port), peer)
@@ -358,7 +362,8 @@ class Socks5Server:
         writer.close()       # a FIN after the reply: the client reads the code, then end of file
         self.table.close(flow, f"reply {code:#04x} {REPLY_TEXT[code]}")
 
-    async def _negotiate(self, reader, writer) -> Request:
+    async def _negotiate(self, reader, writer, stage: list[str]) -> Request:
+        """The three exchanges; ``stage[0]`` says which one is under way (for a timeout's answer)."""
         buf = bytearray()
         offered = await read_message(reader, buf, parse_greeting)
         method = choose_method(offered, bool(self.users))
@@ -367,11 +372,13 @@ class Socks5Server:
                               + (" (users are configured: username/password is required)" if self.users else ""),
                               bytes([VERSION, NO_ACCEPTABLE]))
         writer.write(bytes([VERSION, method]))
+        stage[0] = "login" if method == USERPASS else "request"
         if method == USERPASS:
             user, password = await read_message(reader, buf, parse_login)
             if not check_login(self.users, user, password):
                 raise Socks5Error("wrong username or password", bytes([AUTH_VERSION, AUTH_FAILED]))
             writer.write(bytes([AUTH_VERSION, AUTH_OK]))
+            stage[0] = "request"
         req = await read_message(reader, buf, parse_request)
         if req.command != CONNECT:
             name = {BIND: "BIND", UDP_ASSOCIATE: "UDP ASSOCIATE"}.get(req.command, f"command {req.command}")
