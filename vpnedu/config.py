@@ -82,13 +82,18 @@ _INTERFACE_KEYS = {
     "preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown",
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
     "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6", "clampmss": "ClampMSS",
+    "socksport": "SocksPort", "httpproxyport": "HTTPProxyPort", "proxyuser": "ProxyUser",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
 #: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
-VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS")
+VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS",
+               "SocksPort", "HTTPProxyPort", "ProxyUser")
+#: The explicit proxies' ports on the server's tunnel addresses when ``SocksPort`` /
+#: ``HTTPProxyPort`` are not set.
+DEFAULT_SOCKS_PORT, DEFAULT_HTTP_PROXY_PORT = 1080, 3128
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -126,6 +131,15 @@ class InterfaceConfig:
     block_ipv6: str | None = None
     #: A server's MSS clamp for forwarded TCP in nat mode (``ClampMSS``; on unless ``false``).
     clamp_mss: bool = True
+    #: A server's SOCKS5 port on its tunnel addresses (``SocksPort``): None (not set: 1080), 0 (off).
+    socks_port: int | None = None
+    #: A server's HTTP proxy port on its tunnel addresses (``HTTPProxyPort``): None (3128), 0 (off).
+    http_proxy_port: int | None = None
+    #: A server's proxy users (``ProxyUser = NAME:PASSWORD``, repeatable), in file order.  The
+    #: passwords are secrets in clear, like the private key beside them: the file is already
+    #: written 0600 and refused when others can read it (see :func:`load`).  None configured:
+    #: the proxies ask for no login (the tunnel has already authenticated the peer).
+    proxy_users: list[tuple[str, str]] = field(default_factory=list, repr=False)
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
     #: wg-quick's ``Table``: None (not set: auto), "auto", "main", "off" or a table number as text.
@@ -395,6 +409,9 @@ _FIXES = {
     "FwMark": "write a number such as 0x1234 or 51820, or 'off'",
     "SaveConfig": "remove the line or write SaveConfig = false",
     "DNS": "write name server addresses (and search domains) separated by commas, e.g. 'DNS = 10.0.0.1'",
+    "SocksPort": "write SocksPort = 1080 (the default), another TCP port, or off",
+    "HTTPProxyPort": "write HTTPProxyPort = 3128 (the default), another TCP port, or off",
+    "ProxyUser": "write ProxyUser = NAME:PASSWORD, one line per user (no '#' in the password: it starts a comment)",
 }
 
 
@@ -484,6 +501,12 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         if value.lower() not in ("true", "false"):
             raise ValueError(f"{_q(value)} is not true or false")
         itf.clamp_mss = value.lower() == "true"
+    elif key == "SocksPort":
+        itf.socks_port = 0 if value.lower() == "off" else _proxy_port(value)
+    elif key == "HTTPProxyPort":
+        itf.http_proxy_port = 0 if value.lower() == "off" else _proxy_port(value)
+    elif key == "ProxyUser":
+        itf.proxy_users.append(_proxy_user(value, itf.proxy_users))
     elif key == "Table":
         itf.table = _table(value)
     elif key == "FwMark":
@@ -496,6 +519,26 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
                              "and vpnedu never rewrites the file it runs from")
     else:  # pragma: no cover - every key in _INTERFACE_KEYS has a branch above
         raise ValueError(f"{key} is not supported")
+
+
+def _proxy_port(value: str) -> int:
+    try:
+        return _port(value)
+    except ValueError:
+        raise ValueError(f"{_q(value)} is not a port number (1-65535) or 'off'") from None
+
+
+def _proxy_user(value: str, have: list[tuple[str, str]]) -> tuple[str, str]:
+    """``NAME:PASSWORD`` for the explicit proxies (RFC 1929 carries each in at most 255 bytes;
+    the password may hold colons, the name may not).  The value is never quoted in an error."""
+    name, sep, password = value.partition(":")
+    if not sep or not name or not password:
+        raise ValueError("the value is not NAME:PASSWORD (both non-empty; the value is not shown)")
+    if len(name.encode()) > 255 or len(password.encode()) > 255:
+        raise ValueError("NAME and PASSWORD must be at most 255 bytes each (RFC 1929; value not shown)")
+    if any(n == name for n, _ in have):
+        raise ValueError(f"user {_q(name)} is already defined")
+    return name, password
 
 
 def is_domain(name: str) -> bool:
@@ -611,6 +654,12 @@ def dumps(cfg: Config) -> str:
         lines.append(f"BlockIPv6 = {'true' if itf.block_ipv6 == 'on' else 'false'}")
     if not itf.clamp_mss:
         lines.append("ClampMSS = false")
+    if itf.socks_port is not None and itf.socks_port != DEFAULT_SOCKS_PORT:
+        lines.append(f"SocksPort = {itf.socks_port or 'off'}")
+    if itf.http_proxy_port is not None and itf.http_proxy_port != DEFAULT_HTTP_PROXY_PORT:
+        lines.append(f"HTTPProxyPort = {itf.http_proxy_port or 'off'}")
+    for name, password in itf.proxy_users:
+        lines.append(f"ProxyUser = {name}:{password}")
     for p in cfg.peers:
         lines.append("")
         lines.append("[Peer]")

@@ -68,6 +68,8 @@ CATALOGUE: dict[str, str] = {
     "proxy.added": "the server's proxy mode was set up (TPROXY table, ports, policy routing)",
     "proxy.flow.opened": "the proxy opened a flow: client, the server's own end, destination",
     "proxy.flow.closed": "a proxied flow ended (closed, reset, refused, idle ...) with its byte counts",
+    "proxy.refused": "an explicit proxy (SOCKS5, HTTP) closed a connection: a source outside every peer's AllowedIPs, "
+                     "a malformed or unsupported request, a wrong password, too slow",
     "device.up": "a TUN device was created and configured",
     "device.down": "a TUN device was removed",
     "config.set": "the configuration changed through the wg(8) configuration socket (wg set, setconf, syncconf)",

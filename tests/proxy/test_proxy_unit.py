@@ -164,6 +164,7 @@ async def _relay_pair(app_handler):
     """A relayed flow on loopback: (relay, flow, task, the client's end, the proxy's upstream writer,
     the app server); the test holds the client's end, ``app_handler`` the application's."""
     from vpnedu.proxy.tcp import TcpRelay
+    from vpnedu.proxy.tcp import relay as relay_flow
     app = await asyncio.start_server(app_handler, "127.0.0.1", 0)
     relay = TcpRelay(FlowTable(EventBus()), deliver=lambda p: None, inject=lambda p: None)
     u_r, u_w = await asyncio.open_connection(*app.sockets[0].getsockname()[:2])
@@ -174,7 +175,7 @@ async def _relay_pair(app_handler):
     front.close()
     flow = relay.table.new("tcp", ("10.0.0.2", 40000), ("192.0.2.80", 80))
     relay.table.opened(flow, u_w.get_extra_info("sockname")[:2])
-    task = asyncio.ensure_future(relay._relay(flow, c_r, c_w, u_r, u_w))
+    task = asyncio.ensure_future(relay_flow(relay.table, flow, c_r, c_w, u_r, u_w))
     return relay, flow, task, client, u_w, app
 
 

@@ -57,10 +57,17 @@ class Server(Node):
             raise VpneduError(f"unknown forwarding mode {self.forwarding!r}", "choose nat, proxy or none")
         self.proxy_idle = proxy_idle
         self.proxy = None
+        self.explicit = None       # SOCKS5 on the tunnel addresses (vpnedu.proxy.explicit)
         self.peer_memory: PeerMemory | None = None
         self._greet_handle = None
 
     def setup_role(self) -> None:
+        self._setup_forwarding()
+        if self.forwarding != "none":
+            from ..proxy.explicit import start_for
+            self.explicit = start_for(self, peer_of=self._peer_label)
+
+    def _setup_forwarding(self) -> None:
         if self.forwarding == "none":
             return
         old = sysctl.set_value(self.journal, "net.ipv4.ip_forward", "1")
@@ -146,6 +153,8 @@ class Server(Node):
     async def start_services(self) -> None:
         if self.proxy is not None:
             await self.proxy.start()
+        if self.explicit is not None:
+            await self.explicit.start()
 
     async def stop_services(self) -> None:
         if self._greet_handle is not None:
@@ -153,6 +162,8 @@ class Server(Node):
         if self.peer_memory is not None:
             self.peer_memory.update()   # what a deferred update had not written yet
             self.peer_memory.close()
+        if self.explicit is not None:
+            await self.explicit.close()
         if self.proxy is not None:
             await self.proxy.close()
 
@@ -197,6 +208,8 @@ class Server(Node):
     def teardown(self) -> None:
         if self.proxy is not None:   # sockets opened by bind() but never started
             self.proxy.close_sockets()
+        if self.explicit is not None:
+            self.explicit.close_sockets()
         super().teardown()
 
     async def status_async(self) -> dict:
@@ -209,7 +222,7 @@ class Server(Node):
                     loop, rows = asyncio.get_running_loop(), []
                     for subnet in subnets:        # IPv4's, then IPv6's (conntrack dumps one family at a time)
                         rows += await loop.run_in_executor(None, conntrack.flows, subnet)
-                    st["flows"] = [r.to_dict() for r in rows]
+                    st["flows"] = [r.to_dict() for r in rows] + st.get("flows", [])
                 except Exception as e:  # conntrack unavailable: say so rather than fail the status
                     st["flows_error"] = f"{type(e).__name__}: {e}"
         return st
@@ -221,4 +234,6 @@ class Server(Node):
         if self.proxy is not None:
             st["flows"] = [r.to_dict() for r in self.proxy.flows()]
             st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}
+        elif self.explicit is not None:
+            st["flows"] = [r.to_dict() for r in self.explicit.flows()]
         return st

@@ -28,6 +28,9 @@ from ..flows import FlowRow, endpoint_text
 
 Address = tuple[str, int]
 
+#: The explicit proxies' flows (:mod:`.socks5`) ride on TCP: they take TCP's idle timeout.
+TRANSPORT = {"socks5": "tcp", "http-connect": "tcp", "http": "tcp"}
+
 
 def fmt(addr: Address | None) -> str:
     """``192.0.2.80:80``, ``[2001:db8:a::80]:80`` (brackets: the address has colons of its own)."""
@@ -37,7 +40,7 @@ def fmt(addr: Address | None) -> str:
 @dataclass(eq=False)
 class Flow:
     id: int
-    proto: str                      # "tcp", "udp" or "icmp" (for ICMP the "port" is the echo identifier)
+    proto: str                      # "tcp", "udp", "icmp" (the "port": the echo identifier), "socks5"
     client: Address
     destination: Address
     peer: str | None = None
@@ -101,7 +104,8 @@ class FlowTable:
     def idle(self, limits: dict[str, float]) -> list[Flow]:
         """Flows that have been silent longer than their protocol's idle timeout."""
         now = self.clock()
-        return [f for f in self.flows.values() if now - f.last > limits.get(f.proto, 60.0)]
+        return [f for f in self.flows.values()
+                if now - f.last > limits.get(f.proto, limits.get(TRANSPORT.get(f.proto, ""), 60.0))]
 
     def snapshot(self) -> list[FlowRow]:
         """The live flows as rows, oldest first."""

@@ -210,82 +210,85 @@ class TcpRelay:
             else:
                 up = p.upstream
             self.table.opened(flow, up[1].get_extra_info("sockname")[:2])
-            await self._relay(flow, reader, writer, *up)
+            await relay(self.table, flow, reader, writer, *up)
         finally:
             if self.accepted.get(key) is flow:
                 del self.accepted[key]
 
-    async def _relay(self, flow: Flow, c_r, c_w, u_r, u_w) -> None:
-        up = asyncio.ensure_future(self._pump(flow, c_r, u_w, up=True))
-        down = asyncio.ensure_future(self._pump(flow, u_r, c_w, up=False))
-        why = {"reason": "closed"}
 
-        def abort(reason: str) -> None:
-            why["reason"] = reason
-            up.cancel()
-            down.cancel()
-        flow.abort = abort
-        failed = None     # "client" or "upstream": the side whose connection was reset
-        try:
-            waiting = {up, down}
-            while waiting and failed is None:
-                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    if not t.cancelled() and t.exception() is None and t.result() != "eof":
-                        failed = failed or t.result()
-            # A reset ends both directions: the other pump may be waiting on a side that stays silent.
-            for t in waiting:
-                t.cancel()
-            if waiting:
-                await asyncio.wait(waiting)
-        except asyncio.CancelledError:
-            up.cancel()
-            down.cancel()
-            for w in (c_w, u_w):
-                w.transport.abort()
-            self.table.close(flow, why["reason"] if why["reason"] != "closed" else "server stopping")
-            raise
-        finally:
-            flow.abort = None
-        if failed is not None:
-            # One side reset: tell the other side the same way.
-            _reset(u_w if failed == "client" else c_w)
-            why["reason"] = "reset"
-        for w in (c_w, u_w):
-            w.close()
-        for w in (c_w, u_w):
-            try:
-                await w.wait_closed()
-            except (OSError, asyncio.CancelledError):
-                pass
-        self.table.close(flow, why["reason"])
+async def relay(table: FlowTable, flow: Flow, c_r, c_w, u_r, u_w) -> None:
+    """Relay an accepted client connection (``c_r``/``c_w``) and its upstream one until both ends
+    are done, counting bytes in ``flow`` and closing it in ``table`` with the reason.  The
+    transparent relay and the explicit proxies (:mod:`.socks5`, :mod:`.http_connect`) share it."""
+    up = asyncio.ensure_future(_pump(table, flow, c_r, u_w, up=True))
+    down = asyncio.ensure_future(_pump(table, flow, u_r, c_w, up=False))
+    why = {"reason": "closed"}
 
-    async def _pump(self, flow: Flow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    up: bool) -> str:
-        """Copy one direction until end-of-file; returns "eof", or the side that was reset
-        ("client" or "upstream"): an error reading is the source's, writing the destination's."""
-        table = self.table
-        source, destination = ("client", "upstream") if up else ("upstream", "client")
-        while True:
-            try:
-                data = await reader.read(CHUNK)
-            except OSError:      # ConnectionResetError and the like
-                return source
-            if not data:
-                break
-            try:
-                writer.write(data)
-                if up:
-                    table.touch(flow, up=len(data))
-                else:
-                    table.touch(flow, down=len(data))
-                await writer.drain()
-            except OSError:      # BrokenPipeError, ConnectionResetError ...
-                return destination
-        flow.state = "half-closed" if flow.state == "established" else flow.state
+    def abort(reason: str) -> None:
+        why["reason"] = reason
+        up.cancel()
+        down.cancel()
+    flow.abort = abort
+    failed = None     # "client" or "upstream": the side whose connection was reset
+    try:
+        waiting = {up, down}
+        while waiting and failed is None:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is None and t.result() != "eof":
+                    failed = failed or t.result()
+        # A reset ends both directions: the other pump may be waiting on a side that stays silent.
+        for t in waiting:
+            t.cancel()
+        if waiting:
+            await asyncio.wait(waiting)
+    except asyncio.CancelledError:
+        up.cancel()
+        down.cancel()
+        for w in (c_w, u_w):
+            w.transport.abort()
+        table.close(flow, why["reason"] if why["reason"] != "closed" else "server stopping")
+        raise
+    finally:
+        flow.abort = None
+    if failed is not None:
+        # One side reset: tell the other side the same way.
+        _reset(u_w if failed == "client" else c_w)
+        why["reason"] = "reset"
+    for w in (c_w, u_w):
+        w.close()
+    for w in (c_w, u_w):
         try:
-            if writer.can_write_eof() and not writer.is_closing():
-                writer.write_eof()
-        except OSError:
+            await w.wait_closed()
+        except (OSError, asyncio.CancelledError):
+            pass
+    table.close(flow, why["reason"])
+
+async def _pump(table: FlowTable, flow: Flow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                up: bool) -> str:
+    """Copy one direction until end-of-file; returns "eof", or the side that was reset
+    ("client" or "upstream"): an error reading is the source's, writing the destination's."""
+    source, destination = ("client", "upstream") if up else ("upstream", "client")
+    while True:
+        try:
+            data = await reader.read(CHUNK)
+        except OSError:      # ConnectionResetError and the like
+            return source
+        if not data:
+            break
+        try:
+            writer.write(data)
+            if up:
+                table.touch(flow, up=len(data))
+            else:
+                table.touch(flow, down=len(data))
+            await writer.drain()
+        except OSError:      # BrokenPipeError, ConnectionResetError ...
             return destination
-        return "eof"
+    flow.state = "half-closed" if flow.state == "established" else flow.state
+    try:
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()
+    except OSError:
+        return destination
+    return "eof"
