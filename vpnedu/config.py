@@ -28,6 +28,8 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
                                    instead of leaking it), ``true`` (always) or ``false`` (never)
 ``ClampMSS`` (Interface)           ``true`` (default): a server in ``nat`` mode lowers the MSS of forwarded
                                    TCP connections to the path's MTU (:mod:`vpnedu.net.nat`); ``false``: not
+``DNSForwarder`` (Interface)       ``true`` (default): a server answers DNS on port 53 of its tunnel addresses
+                                   for its peers (:mod:`vpnedu.proxy.dns`); ``false``: not
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
@@ -82,13 +84,15 @@ _INTERFACE_KEYS = {
     "preup": "PreUp", "postup": "PostUp", "predown": "PreDown", "postdown": "PostDown",
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
     "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6", "clampmss": "ClampMSS",
+    "dnsforwarder": "DNSForwarder",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
     "endpoint": "Endpoint", "persistentkeepalive": "PersistentKeepalive",
 }
 #: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
-VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS")
+VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS",
+               "DNSForwarder")
 #: wg-quick's hooks, in the order wg-quick runs them (wg-quick(8), "PreUp, PostUp, PreDown, PostDown").
 HOOKS = ("PreUp", "PostUp", "PreDown", "PostDown")
 #: Kernel routing tables a numbered ``Table`` may not name: 0 is "unspecified", 253 "default",
@@ -126,6 +130,8 @@ class InterfaceConfig:
     block_ipv6: str | None = None
     #: A server's MSS clamp for forwarded TCP in nat mode (``ClampMSS``; on unless ``false``).
     clamp_mss: bool = True
+    #: A server's DNS forwarder on its tunnel addresses (``DNSForwarder``; on unless ``false``).
+    dns_forwarder: bool = True
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
     #: wg-quick's ``Table``: None (not set: auto), "auto", "main", "off" or a table number as text.
@@ -390,6 +396,7 @@ _FIXES = {
     "BlockIPv6": "write BlockIPv6 = auto (the default: block IPv6 beside an IPv4-only full tunnel), true "
                  "(always block IPv6 outside the tunnel) or false (never)",
     "ClampMSS": "use true (the default: clamp the MSS of forwarded TCP to the path) or false",
+    "DNSForwarder": "use true (the default: answer the peers' DNS on the tunnel addresses, port 53) or false",
     "Table": "write Table = off, auto, main or a number such as 1234 (names from /etc/iproute2/rt_tables "
              "are not read: write the number)",
     "FwMark": "write a number such as 0x1234 or 51820, or 'off'",
@@ -484,6 +491,10 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         if value.lower() not in ("true", "false"):
             raise ValueError(f"{_q(value)} is not true or false")
         itf.clamp_mss = value.lower() == "true"
+    elif key == "DNSForwarder":
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"{_q(value)} is not true or false")
+        itf.dns_forwarder = value.lower() == "true"
     elif key == "Table":
         itf.table = _table(value)
     elif key == "FwMark":
@@ -611,6 +622,8 @@ def dumps(cfg: Config) -> str:
         lines.append(f"BlockIPv6 = {'true' if itf.block_ipv6 == 'on' else 'false'}")
     if not itf.clamp_mss:
         lines.append("ClampMSS = false")
+    if not itf.dns_forwarder:
+        lines.append("DNSForwarder = false")
     for p in cfg.peers:
         lines.append("")
         lines.append("[Peer]")

@@ -261,3 +261,32 @@ def test_a_taken_port_is_one_line_naming_the_key():
         assert fw.sockets() == [] or all(x.fileno() < 0 for x in fw.sockets())
     finally:
         s.close()
+
+
+def test_an_ipv6_listener_answers_too(upstream_port):
+    """recvfrom on an IPv6 socket gives (host, port, flowinfo, scope_id): the flow takes host and port."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def main():
+        up = FakeUpstream()
+        await up.start()
+        upstream_port(up.port)
+        fw = dns.DnsForwarder(FlowTable(EventBus()), addresses=["::1"], servers=["127.0.0.1"],
+                              allowed=lambda a: "alice", port=0, timeout=1.0)
+        try:
+            fw.bind()
+        except Exception as e:
+            pytest.skip(f"no ::1 here: {e}")
+        await fw.start()
+        loop = asyncio.get_running_loop()
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setblocking(False)
+        s.connect(("::1", fw.udp[0].getsockname()[1]))
+        q = query(0x6666)
+        s.send(q)
+        assert await asyncio.wait_for(loop.sock_recv(s, 65535), 3) == answer(q)
+        s.close()
+        await fw.close()
+        up.close()
+    run(main())

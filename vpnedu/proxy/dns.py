@@ -254,6 +254,7 @@ class DnsForwarder:
                 return
             except OSError:
                 return
+            client = client[:2]       # an IPv6 address comes with flow info and scope id
             ok, peer = self._admit(client, data, "udp")
             if not ok:
                 continue
