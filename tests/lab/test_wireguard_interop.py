@@ -130,7 +130,7 @@ def test_vpnedu_client_with_wireguard_go_server(lab_factory):
         wg.down()
 
 
-def test_wireguard_go_client_from_an_unchanged_add_client_file(lab_factory):
+def test_wireguard_go_client_from_an_add_client_file(lab_factory):
     lab = lab_factory()
     provision(lab)
     # Our timers, shortened: keys expire after 20 s (not 180 s) and are renewed after 4 s (not
@@ -143,7 +143,10 @@ def test_wireguard_go_client_from_an_unchanged_add_client_file(lab_factory):
     ifname = lab.prefix.rstrip("-")
     conf = f"/tmp/{ifname}.conf"
     with open(conf, "w") as f:
-        f.write((lab.dir / "client.conf").read_text())
+        # Without the DNS = line add-client writes: wg-quick hands DNS = to resolvconf(8), which
+        # the lab does not install (vpnedu's client writes the namespace's resolver file itself).
+        f.write("".join(ln for ln in (lab.dir / "client.conf").read_text().splitlines(True)
+                        if not ln.startswith("DNS = ")))
     try:
         r = wg_quick(lab, "client", "up", conf)
         assert r.returncode == 0, r.stderr

@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -147,3 +146,49 @@ def test_port_taken_is_one_line_and_false_turns_it_off(fw_lab):
     finally:
         squat.send_signal(signal.SIGKILL)
         squat.wait(10)
+
+
+def test_the_dns_line_add_client_writes_resolves_through_the_tunnel(fw_lab):
+    lab = fw_lab
+    provision(lab)
+    conf = (lab.dir / "client.conf").read_text()
+    v6 = _tunnel6(lab)
+    assert f"DNS = 10.0.0.1, {v6}\n" in conf
+    server = start_server(lab)
+    client = start_client(lab)
+    seen = lab.run("client", "cat", "/etc/resolv.conf").stdout
+    assert "nameserver 10.0.0.1" in seen and "198.51.100.1" not in seen, seen
+    # The default resolver: getent (the C library) and dig without @, both through the tunnel.
+    r = lab.run("client", "getent", "hosts", "app.lab.test", timeout=30)
+    assert r.returncode == 0 and r.stdout.split()[0] == APP_ADDRESS, r.stdout + r.stderr
+    assert dig(lab, "client") == [APP_ADDRESS]
+    sources = _queries(lab)
+    assert len(sources) >= 2 and set(sources) == {SERVER_PUBLIC}, sources
+    assert status(lab, "server")["dns_forwarder"]["answered"] >= 2
+    assert stop(client) == 0
+    assert "198.51.100.1" in lab.run("client", "cat", "/etc/resolv.conf").stdout     # put back
+    assert stop(server) == 0
+
+
+def test_the_lab_gives_each_namespace_its_own_resolver_file():
+    """A lab client with add-client's DNS = changes its namespace's file, never the host's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    host_before = _host_resolv()
+    lab = Lab(prefix="h18r-", log=lambda s: None)
+    try:
+        lab.up()
+        for h in lab.hosts():
+            assert (Path("/etc/netns") / lab.ns(h) / "resolv.conf").read_bytes() == Path("/etc/resolv.conf").read_bytes()
+        provision(lab)
+        server = start_server(lab)
+        client = start_client(lab)
+        mine = Path("/etc/netns") / lab.ns("client") / "resolv.conf"
+        assert b"nameserver 10.0.0.1" in mine.read_bytes()
+        assert _host_resolv() == host_before
+        assert stop(client) == 0 and stop(server) == 0
+        assert mine.read_bytes() == Path("/etc/resolv.conf").read_bytes()
+    finally:
+        lab.down()
+    assert not any((Path("/etc/netns") / lab.ns(h)).exists() for h in lab.hosts())
+    assert _host_resolv() == host_before
