@@ -11,7 +11,7 @@ import pytest
 from vpnedu import capture as cap
 from vpnedu import config
 from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC
-from vpnedu.netns_lab.wireguard_go import WireGuardGo, wg_quick
+from vpnedu.netns_lab.wireguard_go import WireGuardGo, for_wg_quick, wg_quick
 from vpnedu.protocol.keys import encode
 
 from ..conftest import require_tool
@@ -143,10 +143,7 @@ def test_wireguard_go_client_from_an_add_client_file(lab_factory):
     ifname = lab.prefix.rstrip("-")
     conf = f"/tmp/{ifname}.conf"
     with open(conf, "w") as f:
-        # Without the DNS = line add-client writes: wg-quick hands DNS = to resolvconf(8), which
-        # the lab does not install (vpnedu's client writes the namespace's resolver file itself).
-        f.write("".join(ln for ln in (lab.dir / "client.conf").read_text().splitlines(True)
-                        if not ln.startswith("DNS = ")))
+        f.write(for_wg_quick((lab.dir / "client.conf").read_text()))   # without DNS = unless resolvconf is there
     try:
         r = wg_quick(lab, "client", "up", conf)
         assert r.returncode == 0, r.stderr
