@@ -205,12 +205,14 @@ def server_init(config_path, endpoint, port, subnet, ipv6_prefix, ipv4_only, sui
 @click.option("--endpoint", help="HOST[:PORT] of the server, if 'server init' was not told.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write NAME.conf.")
 @click.option("--split", is_flag=True, help="Route only the tunnel subnet through the VPN (split tunnel).")
-@click.option("--dns", multiple=True, help="DNS server (or search domain) for the client config.")
+@click.option("--dns", multiple=True, help="DNS server (or search domain) for the client config "
+              "(default: the server's tunnel addresses, when its DNSForwarder is on).")
+@click.option("--no-dns", "no_dns", is_flag=True, help="Write no DNS = line into the client config.")
 @click.option("--qr", "qr_terminal", is_flag=True,
               help="Also print NAME.conf as a QR code, for WireGuard's phone apps to scan.")
 @click.option("--qr-png", "qr_png", type=click.Path(dir_okay=False),
               help="Also write NAME.conf as a QR code into this PNG file (mode 0600: it holds the private key).")
-def server_add_client(name, config_path, endpoint, out_dir, split, dns, qr_terminal, qr_png) -> None:
+def server_add_client(name, config_path, endpoint, out_dir, split, dns, no_dns, qr_terminal, qr_png) -> None:
     """Add a client: next free address, fresh keys, NAME.conf written."""
     from .node import control
     from .provision import add_client
@@ -218,7 +220,10 @@ def server_add_client(name, config_path, endpoint, out_dir, split, dns, qr_termi
     if qr_png:
         from .qr import check_png_path
         check_png_path(qr_png)       # before anything is written: a bad path changes nothing
-    path, peer, _ = add_client(config_path, name, out_dir=out_dir, endpoint=ep, split=split, dns=list(dns))
+    if no_dns and dns:
+        raise VpneduError("--dns and --no-dns contradict each other", "give one of them")
+    path, peer, _ = add_client(config_path, name, out_dir=out_dir, endpoint=ep, split=split,
+                               dns=[] if no_dns else (list(dns) or None))
     client_cfg = _load_config(str(path), False)
     addresses = client_cfg.interface.addresses
     what = " and ".join(str(a.ip) for a in addresses)

@@ -28,6 +28,8 @@ starts a comment.  vpnedu adds a few keys of its own under clear names:
                                    instead of leaking it), ``true`` (always) or ``false`` (never)
 ``ClampMSS`` (Interface)           ``true`` (default): a server in ``nat`` mode lowers the MSS of forwarded
                                    TCP connections to the path's MTU (:mod:`vpnedu.net.nat`); ``false``: not
+``DNSForwarder`` (Interface)       ``true`` (default): a server answers DNS on port 53 of its tunnel addresses
+                                   for its peers (:mod:`vpnedu.proxy.dns`); ``false``: not
 ``# Name = ...`` (Peer)            a comment line, so wg ignores it; vpnedu names the peer
 ``# PublicEndpoint = ...`` (Interface)  a server's note of where clients reach it (for add-client)
 
@@ -83,6 +85,7 @@ _INTERFACE_KEYS = {
     "saveconfig": "SaveConfig", "ciphersuite": "CipherSuite", "allownullteaching": "AllowNullTeaching",
     "forwarding": "Forwarding", "killswitch": "KillSwitch", "blockipv6": "BlockIPv6", "clampmss": "ClampMSS",
     "socksport": "SocksPort", "httpproxyport": "HTTPProxyPort", "proxyuser": "ProxyUser",
+    "dnsforwarder": "DNSForwarder",
 }
 _PEER_KEYS = {
     "publickey": "PublicKey", "presharedkey": "PresharedKey", "allowedips": "AllowedIPs",
@@ -90,7 +93,7 @@ _PEER_KEYS = {
 }
 #: vpnedu's own [Interface] keys: wg-quick and WireGuard's apps do not know them (see the table above).
 VPNEDU_KEYS = ("CipherSuite", "AllowNullTeaching", "Forwarding", "KillSwitch", "BlockIPv6", "ClampMSS",
-               "SocksPort", "HTTPProxyPort", "ProxyUser")
+               "SocksPort", "HTTPProxyPort", "ProxyUser", "DNSForwarder")
 #: The explicit proxies' ports on the server's tunnel addresses when ``SocksPort`` /
 #: ``HTTPProxyPort`` are not set.
 DEFAULT_SOCKS_PORT, DEFAULT_HTTP_PROXY_PORT = 1080, 3128
@@ -140,6 +143,8 @@ class InterfaceConfig:
     #: written 0600 and refused when others can read it (see :func:`load`).  None configured:
     #: the proxies ask for no login (the tunnel has already authenticated the peer).
     proxy_users: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    #: A server's DNS forwarder on its tunnel addresses (``DNSForwarder``; on unless ``false``).
+    dns_forwarder: bool = True
     #: Where clients reach this server (a server's own note, written as a comment line).
     public_endpoint: tuple[str, int] | None = None
     #: wg-quick's ``Table``: None (not set: auto), "auto", "main", "off" or a table number as text.
@@ -404,6 +409,7 @@ _FIXES = {
     "BlockIPv6": "write BlockIPv6 = auto (the default: block IPv6 beside an IPv4-only full tunnel), true "
                  "(always block IPv6 outside the tunnel) or false (never)",
     "ClampMSS": "use true (the default: clamp the MSS of forwarded TCP to the path) or false",
+    "DNSForwarder": "use true (the default: answer the peers' DNS on the tunnel addresses, port 53) or false",
     "Table": "write Table = off, auto, main or a number such as 1234 (names from /etc/iproute2/rt_tables "
              "are not read: write the number)",
     "FwMark": "write a number such as 0x1234 or 51820, or 'off'",
@@ -507,6 +513,10 @@ def _set_interface(itf: InterfaceConfig, key: str, value: str) -> None:
         itf.http_proxy_port = 0 if value.lower() == "off" else _proxy_port(value)
     elif key == "ProxyUser":
         itf.proxy_users.append(_proxy_user(value, itf.proxy_users))
+    elif key == "DNSForwarder":
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"{_q(value)} is not true or false")
+        itf.dns_forwarder = value.lower() == "true"
     elif key == "Table":
         itf.table = _table(value)
     elif key == "FwMark":
@@ -660,6 +670,8 @@ def dumps(cfg: Config) -> str:
         lines.append(f"HTTPProxyPort = {itf.http_proxy_port or 'off'}")
     for name, password in itf.proxy_users:
         lines.append(f"ProxyUser = {name}:{password}")
+    if not itf.dns_forwarder:
+        lines.append("DNSForwarder = false")
     for p in cfg.peers:
         lines.append("")
         lines.append("[Peer]")

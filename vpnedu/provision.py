@@ -100,7 +100,11 @@ def add_client(server_conf: str | Path, name: str, *, out_dir: str | Path | None
     """Add a client to the server's config and write its own config file: the next free address
     of each family the server has (``10.0.0.2/24, fdXX::2/64``; the server routes ``/32`` and
     ``/128`` to it), and in the client's file ``AllowedIPs = 0.0.0.0/0, ::/0`` (full tunnel) or
-    the tunnel's subnets (``split``)."""
+    the tunnel's subnets (``split``).
+
+    ``dns``: the client's ``DNS =``; None (not given) means the server's tunnel addresses when its
+    DNS forwarder is on (``DNSForwarder``, :mod:`vpnedu.proxy.dns`), so the client's lookups go
+    through the tunnel to the server; ``[]``: no ``DNS =`` line."""
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise VpneduError(f"client name {name!r} is not usable as a file name",
                           "use letters, digits, '-', '_' or '.'")
@@ -128,6 +132,8 @@ def add_client(server_conf: str | Path, name: str, *, out_dir: str | Path | None
             raise VpneduError(f"no free address left in {a.network}", "use a larger subnet")
         mine.append((ipaddress.ip_interface(f"{free}/{a.network.prefixlen}"),
                      ipaddress.ip_network(f"{free}/{free.max_prefixlen}")))
+    if dns is None:
+        dns = [str(a.ip) for a in (addr, addr6) if a is not None] if itf.dns_forwarder else []
     priv, psk = keys.generate_private_key(), keys.generate_psk()
     peer = PeerConfig(public_key=keys.public_key(priv), preshared_key=psk,
                       allowed_ips=[route for _, route in mine], name=name)

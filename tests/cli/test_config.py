@@ -118,6 +118,21 @@ def test_mtu_and_clamp_mss_are_read_and_written_back_only_when_set():
     assert config.loads(f"[Interface]\nAddress = fd00::2/64\nMTU = 1280\n").interface.mtu == 1280
 
 
+def test_dns_forwarder_is_on_by_default_and_written_only_when_off():
+    cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.1/24\n")
+    assert cfg.interface.dns_forwarder is True and "DNSForwarder" not in config.dumps(cfg)
+    cfg = config.loads(f"[Interface]\nPrivateKey = {PRIV}\ndnsforwarder = False\n")
+    assert cfg.interface.dns_forwarder is False
+    text = config.dumps(cfg)
+    assert "DNSForwarder = false" in text and "DNSForwarder" not in config.dumps_wg(cfg)
+    assert config.loads(text).interface.dns_forwarder is False
+    for loose in ("yes", "1", "off", ""):
+        with pytest.raises(ConfigError, match="x.conf:3: DNSForwarder: .* is not true or false") as e:
+            config.loads(f"[Interface]\nPrivateKey = {PRIV}\nDNSForwarder = {loose}\n", "x.conf")
+        assert "\n" not in str(e.value) and "true" in e.value.fix
+    assert "DNSForwarder" in config.VPNEDU_KEYS     # WireGuard's apps refuse it: a QR code warns
+
+
 def test_missing_interface_and_duplicate_peer():
     with pytest.raises(ConfigError, match="no \\[Interface\\]"):
         config.loads(f"[Peer]\nPublicKey = {PUB}\n", "x.conf")

@@ -36,6 +36,28 @@ def test_init_and_add_clients(tmp_path):
     # The client file is plain wg-quick: no vpnedu-only keys for the default suite.
     text = (tmp_path / "alice.conf").read_text()
     assert "CipherSuite" not in text and "PublicEndpoint" not in text
+    # The server's DNS forwarder is on (the default): the client asks the server's tunnel addresses.
+    server_ips = [str(a.ip) for a in s.interface.addresses]
+    assert config.load(tmp_path / "alice.conf").interface.dns == server_ips
+    assert f"DNS = {server_ips[0]}, {server_ips[1]}\n" in text
+
+
+def test_add_client_dns_line(tmp_path):
+    sc = tmp_path / "server.conf"
+    assert run_cli("server", "init", "-c", str(sc), "--endpoint", "203.0.113.2", "--ipv4-only").returncode == 0
+    assert run_cli("server", "add-client", "a", "-c", str(sc)).returncode == 0
+    assert config.load(tmp_path / "a.conf").interface.dns == ["10.0.0.1"]
+    assert run_cli("server", "add-client", "b", "-c", str(sc), "--dns", "192.0.2.1").returncode == 0
+    assert config.load(tmp_path / "b.conf").interface.dns == ["192.0.2.1"]          # --dns wins
+    assert run_cli("server", "add-client", "c", "-c", str(sc), "--no-dns").returncode == 0
+    assert "DNS" not in (tmp_path / "c.conf").read_text()
+    r = run_cli("server", "add-client", "d", "-c", str(sc), "--no-dns", "--dns", "192.0.2.1")
+    assert r.returncode == 1 and "contradict" in r.stderr and not (tmp_path / "d.conf").exists()
+    # DNSForwarder = false on the server: nothing answers on its tunnel address, so no DNS line.
+    sc.write_text(sc.read_text().replace("[Interface]\n", "[Interface]\nDNSForwarder = false\n", 1))
+    assert run_cli("server", "add-client", "e", "-c", str(sc)).returncode == 0
+    assert "DNS" not in (tmp_path / "e.conf").read_text()
+    assert "DNSForwarder = false" in sc.read_text()      # kept when the server file is rewritten
 
 
 def test_provisioning_errors(tmp_path):

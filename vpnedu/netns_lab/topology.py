@@ -238,10 +238,34 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._save()
         try:
+            self._resolver_files()
             self._build_direct() if self.topology == "direct" else self._build()
         except BaseException:
             self.down()
             raise
+
+    def _resolver_files(self) -> None:
+        """Give each namespace a resolver file of its own, ``/etc/netns/NS/resolv.conf``, which
+        ``ip netns exec`` bind-mounts over ``/etc/resolv.conf`` (ip-netns(8)): a client whose
+        config has ``DNS =`` (what ``add-client`` writes) then changes that file, never the
+        host's.  It starts as a copy of the host's; :meth:`down` removes it."""
+        try:
+            text = Path("/etc/resolv.conf").read_bytes()
+        except OSError:
+            text = b""
+        for h in self.hosts():
+            d = Path("/etc/netns") / self.ns(h)
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "resolv.conf").write_bytes(text)
+
+    @staticmethod
+    def _remove_resolver_file(ns: str) -> None:
+        d = Path("/etc/netns") / ns
+        (d / "resolv.conf").unlink(missing_ok=True)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
     def _build(self) -> None:
         inet, server, app = self.ns("internet"), self.ns("server"), self.ns("app")
@@ -420,6 +444,7 @@ class Lab:
                     pass
             self._forget_state(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            self._remove_resolver_file(ns)
         self._procs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -9,6 +9,7 @@ missing, as on these machines).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -67,6 +68,16 @@ class WireGuardGo:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def for_wg_quick(text: str) -> str:
+    """A config file for ``wg-quick`` in the lab: without its ``DNS =`` lines when resolvconf(8)
+    is not installed.  wg-quick hands ``DNS =`` to resolvconf and fails without it (vpnedu's
+    client writes the namespace's resolver file itself); ``add-client`` writes ``DNS =`` while
+    the server's DNS forwarder is on."""
+    if shutil.which("resolvconf"):
+        return text
+    return "".join(ln for ln in text.splitlines(True) if not ln.strip().lower().replace(" ", "").startswith("dns="))
 
 
 def wg_quick(lab: Lab, host: str, action: str, conf: str | Path) -> subprocess.CompletedProcess:

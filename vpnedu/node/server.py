@@ -58,10 +58,12 @@ class Server(Node):
         self.proxy_idle = proxy_idle
         self.proxy = None
         self.explicit = None       # SOCKS5 on the tunnel addresses (vpnedu.proxy.explicit)
+        self.dns = None           # the DNS forwarder on the tunnel addresses (DNSForwarder, vpnedu.proxy.dns)
         self.peer_memory: PeerMemory | None = None
         self._greet_handle = None
 
     def setup_role(self) -> None:
+        self._setup_dns()
         self._setup_forwarding()
         if self.forwarding != "none":
             from ..proxy.explicit import start_for
@@ -134,6 +136,26 @@ class Server(Node):
                              tcp_port=tcp_port, udp_port=udp_port, ruleset=text)
         self.intercept = self.proxy.intercept
 
+    def _setup_dns(self) -> None:
+        """Port 53 on the tunnel addresses, for the peers (in every forwarding mode: the server
+        itself asks its resolvers).  Bound here, before the event loop, so a taken port stops the
+        start in one line."""
+        if not self.cfg.interface.dns_forwarder:
+            return
+        from ..proxy.dns import DnsForwarder, upstreams
+        from ..proxy.flows import FlowTable
+        ipv6 = os.path.exists("/proc/sys/net/ipv6")
+        addresses = [str(a.ip) for a in self.cfg.interface.addresses if a.version == 4 or ipv6]
+        servers = upstreams(skip=addresses)
+        if not servers:
+            self.log("note: /etc/resolv.conf names no resolver but the tunnel itself: the DNS forwarder "
+                     "will answer SERVFAIL")
+        self.dns = DnsForwarder(FlowTable(self.events), addresses=addresses, servers=servers,
+                                allowed=self._peer_label)
+        self.dns.bind()
+        self.changes.append(f"DNS forwarder on {', '.join(addresses)} port 53 (UDP and TCP), for the peers, "
+                            f"asking {', '.join(servers) or 'no resolver'}")
+
     def _deliver(self, packet: bytes) -> None:
         """Hand a packet from a client to the kernel, as if it had just come out of the tunnel."""
         try:
@@ -155,6 +177,10 @@ class Server(Node):
             await self.proxy.start()
         if self.explicit is not None:
             await self.explicit.start()
+        if self.dns is not None:
+            if self.proxy is not None:
+                self.dns.table = self.proxy.table    # the DNS flows in the proxy's flow table too
+            await self.dns.start()
 
     async def stop_services(self) -> None:
         if self._greet_handle is not None:
@@ -166,6 +192,8 @@ class Server(Node):
             await self.explicit.close()
         if self.proxy is not None:
             await self.proxy.close()
+        if self.dns is not None:
+            await self.dns.close()
 
     # ------------------------------------------------------------------ after a restart
     async def after_start(self) -> None:
@@ -210,6 +238,8 @@ class Server(Node):
             self.proxy.close_sockets()
         if self.explicit is not None:
             self.explicit.close_sockets()
+        if self.dns is not None:
+            self.dns.close_sockets()
         super().teardown()
 
     async def status_async(self) -> dict:
@@ -231,6 +261,7 @@ class Server(Node):
         st = super().status()
         st["forwarding"] = self.forwarding
         st["clamp_mss"] = self.forwarding == "nat" and self.cfg.interface.clamp_mss
+        st["dns_forwarder"] = self.dns.status() if self.dns is not None else None
         if self.proxy is not None:
             st["flows"] = [r.to_dict() for r in self.proxy.flows()]
             st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}
