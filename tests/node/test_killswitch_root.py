@@ -62,6 +62,8 @@ def test_the_table_is_there_first_and_gone_after_every_exit(lab_factory):
     # then gives up (exit 1) and restores the host.
     p = spawn_client(lab, ks, "cli-timeout", "--handshake-timeout", "4", "--show", "handshake.initiation.sent")
     wait_for(lambda: TABLE in tables(lab), what="the kill switch table", proc=p)
+    # (The routes and rules follow the table a moment later: wait for the rules, the last of them.)
+    wait_for(lambda: "rule" in [e["kind"] for e in journal_entries(lab)], what="the rules", proc=p)
     # In the journal the table comes before every route and rule: it was made first.
     kinds = [e["kind"] for e in journal_entries(lab)]
     assert kinds.index("nft-table") < kinds.index("route") < kinds.index("rule"), kinds
