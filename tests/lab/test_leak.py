@@ -37,12 +37,16 @@ FIELDS = ("frame.time_epoch", "eth.src", "eth.type", "ip.src", "ip.dst", "ipv6.s
 ND = {"133", "134", "135", "136"}
 
 
+_labs = [0]
+
+
 @pytest.fixture
 def lab():
     require_tool("tcpdump")
     require_tool("tshark")
     require_tool("curl")
-    lab = Lab(prefix=f"leak{os.getpid() % 1000}-", log=lambda s: None)
+    _labs[0] += 1       # a name of its own per test: a namespace of the last test may still be going away
+    lab = Lab(prefix=f"leak{os.getpid() % 1000}x{_labs[0]}-", log=lambda s: None)
     try:
         lab.up()
         yield lab
