@@ -34,13 +34,11 @@ import asyncio
 import base64
 import binascii
 import re
-import socket
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .flows import FlowTable
 from .socks5 import check_login, open_upstream
-from .tcp import CHUNK, relay
+from .service import ExplicitService
+from .tcp import relay
 
 DEFAULT_PORT = 3128
 #: The request line and headers must fit in this many bytes, and arrive within HEAD_TIMEOUT.
@@ -174,43 +172,11 @@ def response(status: int, reason: str = "", extra: tuple[str, ...] = ()) -> byte
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-class HttpProxy:
-    """The HTTP proxy service (same arguments as :class:`.socks5.Socks5Server`)."""
+class HttpProxy(ExplicitService):
+    """The HTTP proxy service (the arguments of :class:`.service.ExplicitService`)."""
 
-    def __init__(self, table: FlowTable, sockets: list[socket.socket], *,
-                 peer_of: Callable[[str], str | None], users: dict[bytes, bytes] | None = None,
-                 connect_timeout: float = 10.0):
-        self.table, self.socks, self.peer_of = table, sockets, peer_of
-        self.users = dict(users or {})
-        self.connect_timeout = connect_timeout
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        for s in self.socks:
-            self._servers.append(await asyncio.start_server(self._serve, sock=s, limit=CHUNK, backlog=1024))
-
-    async def close(self) -> None:
-        for srv in self._servers:
-            srv.close()
-        for f in [f for f in self.table.flows.values() if f.proto in ("http-connect", "http")]:
-            if f.abort:
-                f.abort("server stopping")
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for srv in self._servers:
-            await srv.wait_closed()
-
-    def _refuse(self, writer, client, reason: str, answer: bytes = b"") -> None:
-        self.table.events.emit("proxy.refused", None, proto="http", client=f"{client[0]}:{client[1]}",
-                               reason=reason)
-        if answer:
-            writer.write(answer)
-            writer.close()
-        else:
-            writer.transport.abort()
+    proto = "http"
+    flow_protos = ("http-connect", "http")
 
     @staticmethod
     async def _read_head(reader: asyncio.StreamReader) -> Head:
@@ -227,27 +193,20 @@ class HttpProxy:
             raise HttpError(400, "no end of the request head")
         return head
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        client = writer.get_extra_info("peername")[:2]
-        peer = self.peer_of(client[0])
-        if peer is None:
-            return self._refuse(writer, client, "source outside every peer's AllowedIPs")
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client, peer: str) -> None:
         try:
             head = await asyncio.wait_for(self._read_head(reader), HEAD_TIMEOUT)
         except HttpError as e:
-            return self._refuse(writer, client, e.reason, response(e.status, e.reason))
+            return self.refuse(writer, client, e.reason, response(e.status, e.reason))
         except asyncio.TimeoutError:
-            return self._refuse(writer, client, f"request head not done in {HEAD_TIMEOUT:g} s",
+            return self.refuse(writer, client, f"request head not done in {HEAD_TIMEOUT:g} s",
                                 response(408, f"the request head did not arrive within {HEAD_TIMEOUT:g} s"))
         except (EOFError, OSError):
-            return self._refuse(writer, client, "closed before a request")
+            return self.refuse(writer, client, "closed before a request")
         if self.users:
             cred = basic_credentials(head.header("proxy-authorization"))
             if cred is None or not check_login(self.users, *cred):
-                return self._refuse(writer, client, "no or wrong Proxy-Authorization",
+                return self.refuse(writer, client, "no or wrong Proxy-Authorization",
                                     response(407, "this proxy needs a username and password",
                                              ('Proxy-Authenticate: Basic realm="vpnedu"',)))
         proto = "http-connect" if head.method == "CONNECT" else "http"

@@ -62,7 +62,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
-from .flows import FlowTable
+from .service import ExplicitService
 from .tcp import CHUNK, relay
 
 VERSION = 5
@@ -273,7 +273,7 @@ async def open_upstream(host: str, port: int, timeout: float):
     raise last
 
 
-class Socks5Server:
+class Socks5Server(ExplicitService):
     """The SOCKS5 service on the tunnel's addresses.
 
     ``sockets``: listening sockets already bound (:func:`.explicit.bind_listeners`);
@@ -282,61 +282,24 @@ class Socks5Server:
     ``users``: username -> password (empty: no authentication)."""
 
     proto = "socks5"
+    flow_protos = ("socks5",)
 
-    def __init__(self, table: FlowTable, sockets: list[socket.socket], *,
-                 peer_of: Callable[[str], str | None], users: dict[bytes, bytes] | None = None,
-                 connect_timeout: float = 10.0):
-        self.table, self.socks, self.peer_of = table, sockets, peer_of
-        self.users = dict(users or {})
-        self.connect_timeout = connect_timeout
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        for s in self.socks:
-            self._servers.append(await asyncio.start_server(self._serve, sock=s, limit=CHUNK, backlog=1024))
-
-    async def close(self) -> None:
-        for srv in self._servers:
-            srv.close()
-        for f in [f for f in self.table.flows.values() if f.proto == self.proto]:
-            if f.abort:
-                f.abort("server stopping")
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for srv in self._servers:
-            await srv.wait_closed()
-
-    def _refuse(self, writer, client, reason: str) -> None:
-        self.table.events.emit("proxy.refused", None, proto=self.proto, client=f"{client[0]}:{client[1]}",
-                               reason=reason)
-        writer.transport.abort()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        client = writer.get_extra_info("peername")[:2]
-        peer = self.peer_of(client[0])
-        if peer is None:
-            return self._refuse(writer, client, "source outside every peer's AllowedIPs")
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client, peer: str) -> None:
         stage = ["greeting"]
         try:
             req = await asyncio.wait_for(self._negotiate(reader, writer, stage), HANDSHAKE_TIMEOUT)
         except Socks5Error as e:
             if e.reply:
                 writer.write(e.reply)
-            return self._refuse(writer, client, e.reason)
+            return self.refuse(writer, client, e.reason)
         except asyncio.TimeoutError:
             # Neither RFC has a "too slow"; each stage's own refusal at least says no in a form the
             # client is waiting for: 05 FF, RFC 1929's 01 01, or reply 01.
             writer.write({"greeting": bytes([VERSION, NO_ACCEPTABLE]), "login": bytes([AUTH_VERSION, AUTH_FAILED]),
                           "request": reply(GENERAL_FAILURE)}[stage[0]])
-            return self._refuse(writer, client, f"{stage[0]} not done in {HANDSHAKE_TIMEOUT:g} s")
+            return self.refuse(writer, client, f"{stage[0]} not done in {HANDSHAKE_TIMEOUT:g} s")
         except (EOFError, OSError):
-            return self._refuse(writer, client, "closed during negotiation")
+            return self.refuse(writer, client, "closed during negotiation")
         flow = self.table.new(self.proto, client, (req.host, req.port), peer)
         flow.state = "connecting"
         try:
