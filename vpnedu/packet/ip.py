@@ -169,6 +169,8 @@ def build_ip(src: str, dst: str, protocol: int, payload: bytes) -> bytes:
 #: ICMP echo request / reply types: ICMP for IPv4 (RFC 792) and ICMPv6 (RFC 4443, 4.1 and 4.2).
 ECHO_REQUEST, ECHO_REPLY = 8, 0
 ECHO_REQUEST6, ECHO_REPLY6 = 128, 129
+#: (request, reply) per IP version.
+ECHO_TYPES = {4: (ECHO_REQUEST, ECHO_REPLY), 6: (ECHO_REQUEST6, ECHO_REPLY6)}
 
 
 def build_icmp_echo(src: str, dst: str, ident: int = 1, seq: int = 1, payload: bytes = b"vpnedu ping",
@@ -177,10 +179,10 @@ def build_icmp_echo(src: str, dst: str, ident: int = 1, seq: int = 1, payload: b
     ICMPv6's (RFC 4443, section 4: type 128 request, 129 reply), whose checksum, unlike
     ICMPv4's, covers the pseudo-header too (section 2.3)."""
     if ipaddress.ip_address(src).version == 6:
-        icmp = struct.pack("!BBHHH", 129 if reply else 128, 0, 0, ident, seq) + payload
+        icmp = struct.pack("!BBHHH", ECHO_REPLY6 if reply else ECHO_REQUEST6, 0, 0, ident, seq) + payload
         icmp = icmp[:2] + struct.pack("!H", transport_checksum(src, dst, PROTO_ICMPV6, icmp)) + icmp[4:]
         return build_ipv6(src, dst, PROTO_ICMPV6, icmp)
-    icmp = struct.pack("!BBHHH", 0 if reply else 8, 0, 0, ident, seq) + payload
+    icmp = struct.pack("!BBHHH", ECHO_REPLY if reply else ECHO_REQUEST, 0, 0, ident, seq) + payload
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return build_ipv4(src, dst, PROTO_ICMP, icmp)
 
@@ -250,36 +252,22 @@ def build_icmp_unreachable(original: bytes, src: str, code: int | None = None) -
 
 
 def describe(packet: bytes) -> str:
-    """A one-line, tcpdump-like description of an IP packet."""
+    """A one-line, tcpdump-like description of an IPv4 or IPv6 packet."""
     v = ip_version(packet)
-    if v == 4:
-        try:
-            p = IPv4Packet.parse(packet)
-        except MessageError as e:
-            return f"malformed IPv4 ({e})"
-        proto = PROTO_NAMES.get(p.protocol, f"proto {p.protocol}")
-        extra = ""
-        if p.protocol == PROTO_ICMP and len(p.payload) >= 8:
-            t, _, _, ident, seq = struct.unpack("!BBHHH", p.payload[:8])
-            kind = {8: "echo request", 0: "echo reply"}.get(t, f"type {t}")
-            extra = f" {kind} id={ident} seq={seq}"
-        elif p.protocol in (PROTO_TCP, PROTO_UDP) and len(p.payload) >= 4:
-            sport, dport = struct.unpack("!HH", p.payload[:4])
-            return f"IPv4 {p.src}:{sport} > {p.dst}:{dport} {proto} len={p.total_length}"
-        return f"IPv4 {p.src} > {p.dst} {proto}{extra} len={p.total_length}"
-    if v == 6:
-        try:
-            p6 = IPv6Packet.parse(packet)
-        except MessageError as e:
-            return f"malformed IPv6 ({e})"
-        proto = PROTO_NAMES.get(p6.protocol, f"next-header {p6.protocol}")
-        extra = ""
-        if p6.protocol == PROTO_ICMPV6 and len(p6.payload) >= 8:
-            t, _, _, ident, seq = struct.unpack("!BBHHH", p6.payload[:8])
-            kind = {128: "echo request", 129: "echo reply"}.get(t)
-            extra = f" {kind} id={ident} seq={seq}" if kind else f" type {t}"
-        elif p6.protocol in (PROTO_TCP, PROTO_UDP) and len(p6.payload) >= 4:
-            sport, dport = struct.unpack("!HH", p6.payload[:4])
-            return f"IPv6 [{p6.src}]:{sport} > [{p6.dst}]:{dport} {proto} len={p6.total_length}"
-        return f"IPv6 {p6.src} > {p6.dst} {proto}{extra} len={p6.total_length}"
-    return f"not an IP packet ({len(packet)} bytes)"
+    if v not in (4, 6):
+        return f"not an IP packet ({len(packet)} bytes)"
+    try:
+        p = parse(packet)
+    except MessageError as e:
+        return f"malformed IPv{v} ({e})"
+    proto = PROTO_NAMES.get(p.protocol, f"proto {p.protocol}" if v == 4 else f"next-header {p.protocol}")
+    if p.protocol in (PROTO_TCP, PROTO_UDP) and len(p.payload) >= 4:
+        sport, dport = struct.unpack("!HH", p.payload[:4])
+        src, dst = (f"[{a}]" if v == 6 else str(a) for a in (p.src, p.dst))
+        return f"IPv{v} {src}:{sport} > {dst}:{dport} {proto} len={p.total_length}"
+    extra = ""
+    if p.protocol == (PROTO_ICMP if v == 4 else PROTO_ICMPV6) and len(p.payload) >= 8:
+        t, _, _, ident, seq = struct.unpack("!BBHHH", p.payload[:8])
+        kind = dict(zip(ECHO_TYPES[v], ("echo request", "echo reply"))).get(t)
+        extra = f" {kind} id={ident} seq={seq}" if kind else f" type {t}"
+    return f"IPv{v} {p.src} > {p.dst} {proto}{extra} len={p.total_length}"

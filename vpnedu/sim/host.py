@@ -87,15 +87,12 @@ class NatFlow:
                        self.bytes_up, self.bytes_down, age=round(now - self.opened, 1))
 
 
-#: ICMP echo request and reply types, per IP version (RFC 792; RFC 4443, section 4).
-ECHO_TYPES = {4: (8, 0), 6: (128, 129)}
-
-
 def _ports(packet: bytes, proto: int, ihl: int) -> tuple[int, int] | None:
     """(source port, destination port) for UDP; (id, id) for an ICMP or ICMPv6 echo; else None."""
     if proto == _ip.PROTO_UDP and len(packet) >= ihl + 8:
         return struct.unpack_from("!HH", packet, ihl)
-    if proto in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) and len(packet) >= ihl + 8 and packet[ihl] in (0, 8, 128, 129):
+    echo = (*_ip.ECHO_TYPES[4], *_ip.ECHO_TYPES[6])
+    if proto in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) and len(packet) >= ihl + 8 and packet[ihl] in echo:
         ident = struct.unpack_from("!H", packet, ihl + 4)[0]
         return ident, ident
     return None
@@ -450,7 +447,7 @@ class SimHost:
 
     def _deliver_local(self, p: _ip.IPv4Packet | _ip.IPv6Packet) -> None:
         if p.protocol in (_ip.PROTO_ICMP, _ip.PROTO_ICMPV6) and len(p.payload) >= 8:
-            request, reply = ECHO_TYPES[p.src.version]
+            request, reply = _ip.ECHO_TYPES[p.src.version]
             icmp_type = p.payload[0]
             if icmp_type == request:  # echo request: answer it, as every Linux host does
                 ident, seq = struct.unpack_from("!HH", p.payload, 4)
