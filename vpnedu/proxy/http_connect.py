@@ -36,9 +36,8 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
-from .socks5 import check_login, open_upstream
 from .service import ExplicitService
-from .tcp import relay
+from .socks5 import check_login, open_upstream
 
 DEFAULT_PORT = 3128
 #: The request line and headers must fit in this many bytes, and arrive within HEAD_TIMEOUT.
@@ -220,20 +219,10 @@ class HttpProxy(ExplicitService):
             return self._fail(writer, flow, 504, f"{head.host}:{head.port} did not answer")
         except OSError as e:
             return self._fail(writer, flow, 502, f"{head.host}:{head.port}: {e.strerror or e}")
-        bound = up[1].get_extra_info("sockname")[:2]
-        try:
-            if proto == "http-connect":
-                writer.write(response(200))
-            else:
-                up[1].write(forwarded_head(head))
-            await writer.drain()
-        except OSError:
-            up[1].transport.abort()
-            writer.transport.abort()
-            self.table.close(flow, "client gone")
-            return
-        self.table.opened(flow, bound)
-        await relay(self.table, flow, reader, writer, *up)
+        if proto == "http-connect":
+            await self.relay_after(flow, reader, writer, up, to_client=response(200))
+        else:
+            await self.relay_after(flow, reader, writer, up, to_upstream=forwarded_head(head))
 
     def _fail(self, writer, flow, status: int, reason: str) -> None:
         writer.write(response(status, reason))

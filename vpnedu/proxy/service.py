@@ -16,7 +16,7 @@ import socket
 from typing import Callable
 
 from .flows import FlowTable
-from .tcp import CHUNK
+from .tcp import CHUNK, relay
 
 
 class ExplicitService:
@@ -77,6 +77,27 @@ class ExplicitService:
         if peer is None:
             return self.refuse(writer, client, "source outside every peer's AllowedIPs")
         await self.session(reader, writer, client, peer)
+
+    async def relay_after(self, flow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream,
+                          to_client: bytes = b"", to_upstream: bytes = b"") -> None:
+        """The destination answered (``upstream``: its reader and writer): send the protocol's
+        success answer (``to_client``) and/or what goes ahead to the destination
+        (``to_upstream``), then relay both ways until the flow ends.  A client gone by then
+        closes the flow ("client gone")."""
+        bound = upstream[1].get_extra_info("sockname")[:2]
+        try:
+            if to_client:
+                writer.write(to_client)
+            if to_upstream:
+                upstream[1].write(to_upstream)
+            await writer.drain()
+        except OSError:
+            upstream[1].transport.abort()
+            writer.transport.abort()
+            self.table.close(flow, "client gone")
+            return
+        self.table.opened(flow, bound)
+        await relay(self.table, flow, reader, writer, *upstream)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client, peer: str) -> None:
         """One accepted connection from tunnel peer ``peer``: the protocol's part."""

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .service import ExplicitService
-from .tcp import CHUNK, relay
+from .tcp import CHUNK
 
 VERSION = 5
 #: Authentication methods (RFC 1928 section 3).
@@ -308,17 +308,8 @@ class Socks5Server(ExplicitService):
             return self._fail(writer, flow, NOT_ALLOWED)
         except (OSError, asyncio.TimeoutError) as e:
             return self._fail(writer, flow, error_reply(e))
-        bound = up[1].get_extra_info("sockname")[:2]
-        try:
-            writer.write(reply(SUCCEEDED, bound))
-            await writer.drain()
-        except OSError:
-            up[1].transport.abort()
-            writer.transport.abort()
-            self.table.close(flow, "client gone")
-            return
-        self.table.opened(flow, bound)
-        await relay(self.table, flow, reader, writer, *up)
+        await self.relay_after(flow, reader, writer, up,
+                               to_client=reply(SUCCEEDED, up[1].get_extra_info("sockname")[:2]))
 
     def _fail(self, writer, flow, code: int) -> None:
         writer.write(reply(code))
