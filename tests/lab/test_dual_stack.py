@@ -162,7 +162,7 @@ def test_dual_stack_proxy_carries_ipv6_tcp_udp_and_ping(lab):
     wait_for(lambda: "waiting for" in _log(lab, "flow-events"), timeout=10, what="the event stream",
              proc=events)
     # Echo requests as they reach the app's link (type 128 right after the 40-byte header).
-    capture = lab.spawn("app", "echo-capture", tcpdump, "-ni", "eth0", "-l", "icmp6 and ip6[40] == 128")
+    capture = lab.spawn("app", "echo-capture", tcpdump, "-ni", "eth0", "-l", "--immediate-mode", "icmp6 and ip6[40] == 128")
     wait_for(lambda: "listening on" in _log(lab, "echo-capture"), timeout=10, what="tcpdump", proc=capture)
     cli = start_client(lab)
     try:

@@ -60,14 +60,18 @@ class Capture:
     def __init__(self, lab, name: str):
         self.lab, self.path = lab, lab.dir / f"{name}.pcap"
         self.log = lab.dir / f"{name}-tcpdump.log"
-        self.proc = lab.spawn("internet", f"{name}-tcpdump", "tcpdump", "-i", "c0", "-n", "-U", "-s", "0",
+        self.proc = lab.spawn("internet", f"{name}-tcpdump", "tcpdump", "-i", "c0", "-n", "-U",
+                              "--immediate-mode", "-s", "0",
                               "-w", str(self.path))
         wait_for(lambda: "listening on c0" in self.log.read_text(), what="tcpdump", proc=self.proc, log=self.log)
         self.mac = lab.run("client", "cat", "/sys/class/net/eth0/address").stdout.strip()
 
     def frames(self) -> list[dict]:
         """The client's frames (Ethernet source: its eth0), each with its time as a float."""
-        time.sleep(0.5)                    # what is on its way is written (-U) before the stop
+        # --immediate-mode: each frame reaches tcpdump as it comes.  Without it libpcap reads the
+        # kernel's ring a block at a time (a block is handed over when full or after a timeout),
+        # and a SIGINT before the timeout loses the last block: the frames of the last second.
+        time.sleep(0.3)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
         rows = cap.decode(self.path, fields=FIELDS)

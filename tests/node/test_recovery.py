@@ -77,7 +77,7 @@ class Initiations:
 
     def __init__(self, lab):
         self.proc = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "tcpdump", "-i", "eth0", "-n",
-                                      "-l", "-tt", "udp and src port 51820 and udp[8] = 1"],
+                                      "-l", "--immediate-mode", "-tt", "udp and src port 51820 and udp[8] = 1"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.times: list[float] = []
         self._err: list[str] = []
