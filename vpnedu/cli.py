@@ -150,18 +150,34 @@ def _node_options(f):
                    "server's transport-layer proxy, or not at all. Overrides 'Forwarding =' in the config.")
 @click.option("--proxy-idle", metavar="PROTO=S,...",
               help="Proxy idle timeouts, e.g. tcp=600,udp=30,icmp=30 (the defaults).")
+@click.option("--socks-port", metavar="PORT|off",
+              help="SOCKS5 for the peers on the tunnel addresses (default 1080). Overrides 'SocksPort ='.")
+@click.option("--http-proxy-port", metavar="PORT|off",
+              help="The HTTP proxy for the peers on the tunnel addresses (default 3128). Overrides "
+                   "'HTTPProxyPort ='.")
+@click.option("--dns-forwarder/--no-dns-forwarder", default=None,
+              help="Answer the peers' DNS on the tunnel addresses, port 53 (default on). Overrides "
+                   "'DNSForwarder ='.")
 @_node_options
 @click.pass_context
-def server(ctx, config_path, forwarding, proxy_idle, ifname, show, allow_null_teaching, keylog, timers,
-           datapath) -> None:
+def server(ctx, config_path, forwarding, proxy_idle, socks_port, http_proxy_port, dns_forwarder, ifname, show,
+           allow_null_teaching, keylog, timers, datapath) -> None:
     """Run the VPN server (or provision it: 'server init', 'server add-client')."""
     if ctx.invoked_subcommand is not None:
         return
     config_path = config_path or _default_config("server")
+    from . import config as _config
     from .node.base import parse_timers
     from .node.server import Server
     from .proxy import parse_idle
-    node = Server(_load_config(config_path, allow_null_teaching), ifname=ifname, forwarding=forwarding,
+    cfg = _load_config(config_path, allow_null_teaching)
+    for key, value, flag in (("SocksPort", socks_port, "--socks-port"),
+                             ("HTTPProxyPort", http_proxy_port, "--http-proxy-port"),
+                             ("DNSForwarder", None if dns_forwarder is None else str(dns_forwarder).lower(),
+                              "--dns-forwarder")):
+        if value is not None:
+            _config.override(cfg, key, value, flag)
+    node = Server(cfg, ifname=ifname, forwarding=forwarding,
                   proxy_idle=parse_idle(proxy_idle), log=click.echo, keylog=keylog, timers=parse_timers(timers),
                   datapath=datapath)
     _print_events(node.events, show)

@@ -424,6 +424,16 @@ _FIXES = {
 _q = _keys.shown   # how a value is quoted in an error: never a key
 
 
+def override(cfg: Config, key: str, value: str, flag: str) -> None:
+    """Set the [Interface] ``key`` from a command-line ``flag`` (which wins over the file, as
+    ``--forwarding`` wins over ``Forwarding =``): parsed as the file's line would be, and a bad
+    value is a one-line error naming the flag."""
+    try:
+        _set_interface(cfg.interface, key, value)
+    except ValueError as e:
+        raise ConfigError(f"{flag}: {e}", _FIXES.get(key, "see 'vpnedu server --help'")) from None
+
+
 def _port(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise ValueError(f"{_q(value)} is not a port number")

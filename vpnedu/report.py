@@ -81,6 +81,8 @@ def format_status(st: dict) -> str:
         lines.append(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
         lines.append(f"  latest handshake: {ago(p.get('latest_handshake'))}")
         lines.append(f"  transfer: {human_bytes(p['transfer_rx'])} received, {human_bytes(p['transfer_tx'])} sent")
+        if p.get("proxied"):
+            lines.append(f"  proxied: {proxied_line(p['proxied'])}")
         if p.get("persistent_keepalive"):
             lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
     drops = {k[8:]: v for k, v in st.get("counters", {}).items() if k.startswith("dropped.")}
@@ -109,6 +111,24 @@ def flow_line(f: FlowRow) -> str:
     return f"{f.proto:<5} client {f.client:<21} as {f.proxy:<21} -> {f.destination}  ({f.state})"
 
 
+def proxied_line(by_proto: dict[str, dict[str, int]]) -> str:
+    """A peer's use of the server's own services in ``wg show``'s words, "received" being what
+    came from the peer: ``2 flows (socks5 1, http-connect 1), 1.20 KiB received, 20.00 MiB sent``."""
+    n = sum(c["flows"] for c in by_proto.values())
+    each = ", ".join(f"{proto} {c['flows']}" for proto, c in sorted(by_proto.items()))
+    up = sum(c["bytes_up"] for c in by_proto.values())
+    down = sum(c["bytes_down"] for c in by_proto.values())
+    return (f"{n} flow{'s' if n != 1 else ''} ({each}), {human_bytes(up)} received, "
+            f"{human_bytes(down)} sent")
+
+
+def usage_table(usage: dict[str, dict[str, dict[str, int]]], indent: str = "  ") -> list[str]:
+    """Per peer and protocol: flows, bytes up and down, since the server started."""
+    rows = [(peer or "(no peer)", proto, str(c["flows"]), human_bytes(c["bytes_up"]), human_bytes(c["bytes_down"]))
+            for peer, by in sorted(usage.items()) for proto, c in sorted(by.items())]
+    return [indent + line for line in text_table(rows, ("peer", "proto", "flows", "up", "down"))]
+
+
 def format_flows(st: dict) -> str:
     """The flow table of a daemon's status (``vpnedu status --flows``): who keeps it, then the rows."""
     mode = st.get("forwarding")
@@ -120,7 +140,11 @@ def format_flows(st: dict) -> str:
         return f"flows: cannot read the kernel's conntrack table: {st['flows_error']}"
     rows = [FlowRow.from_dict(d) for d in st.get("flows", [])]
     kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
-    return "\n".join([f"flows: {len(rows)} via {kind}", *(flow_table(rows) if rows else [])])
+    lines = [f"flows: {len(rows)} via {kind}", *(flow_table(rows) if rows else [])]
+    if st.get("proxy_usage"):
+        lines += ["", "per peer, since the server started (its own services: proxy, SOCKS5, HTTP, DNS):",
+                  *usage_table(st["proxy_usage"])]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- wg show

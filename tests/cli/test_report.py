@@ -80,6 +80,24 @@ def test_format_flows_says_who_keeps_the_table():
         "flows: 0 via proxy (the server's own connections)"
 
 
+def test_a_peers_proxied_use_reads_as_wg_show_words_it():
+    usage = {"client": {"socks5": {"flows": 1, "bytes_up": 1229, "bytes_down": 20 * 2**20},
+                        "http-connect": {"flows": 2, "bytes_up": 0, "bytes_down": 0}}}
+    assert report.proxied_line(usage["client"]) == \
+        "3 flows (http-connect 2, socks5 1), 1.20 KiB received, 20.00 MiB sent"
+    st = {"interface": "vpnedu0", "role": "server", "pid": 1, "public_key": "K", "listen_port": 51820,
+          "addresses": ["10.0.0.1/24"], "suite": "wireguard", "forwarding": "nat", "flows": [],
+          "proxy_usage": usage,
+          "peers": [{"public_key": "P", "name": "client", "label": "client", "allowed_ips": ["10.0.0.2/32"],
+                     "latest_handshake": None, "transfer_rx": 0, "transfer_tx": 0, "proxied": usage["client"]}]}
+    assert "  proxied: 3 flows (http-connect 2, socks5 1), 1.20 KiB received, 20.00 MiB sent" in \
+        report.format_status(st).splitlines()
+    table = report.format_flows(st).splitlines()
+    assert table[0] == "flows: 0 via nat (the kernel's conntrack entries)"
+    assert table[-3].split() == ["peer", "proto", "flows", "up", "down"]
+    assert table[-1].split() == ["client", "socks5", "1", "1.20", "KiB", "20.00", "MiB"]
+
+
 def test_the_pieces():
     assert [report.human_bytes(n) for n in (0, 1023, 1536, 3 * 2**20)] == ["0 B", "1023 B", "1.50 KiB", "3.00 MiB"]
     assert report.ago(None) == "never" and report.ago(100.0, now=101.0) == "1 second ago"

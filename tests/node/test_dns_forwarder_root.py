@@ -192,3 +192,25 @@ def test_the_lab_gives_each_namespace_its_own_resolver_file():
         lab.down()
     assert not any((Path("/etc/netns") / lab.ns(h)).exists() for h in lab.hosts())
     assert _host_resolv() == host_before
+
+
+def test_the_command_line_turns_each_service_on_off_or_moves_it(fw_lab):
+    """``--no-dns-forwarder``, ``--socks-port off`` and ``--http-proxy-port 8118`` win over the
+    file, as ``--forwarding`` does; a bad port is one line naming the flag, before anything changes."""
+    lab = fw_lab
+    provision(lab)
+    r = lab.run("server", *vpnedu("server", "-c", f"{lab.dir}/server.conf", "--socks-port", "70000"), timeout=40)
+    err = r.stderr.strip()
+    assert r.returncode == 1 and "\n" not in err and "Traceback" not in err, r.stderr
+    assert "--socks-port: '70000' is not a port number (1-65535) or 'off'" in err and "SocksPort = 1080" in err, err
+    assert "vpnedu0" not in lab.run("server", "ip", "-brief", "link").stdout
+    server = start_server(lab, "--no-dns-forwarder", "--socks-port", "off", "--http-proxy-port", "8118")
+    try:
+        assert status(lab, "server")["dns_forwarder"] is None
+        listening = lab.run("server", "ss", "-Htlnu").stdout
+        ports = {line.split()[4].rsplit(":", 1)[1] for line in listening.splitlines()}
+        assert "8118" in ports and "1080" not in ports and "3128" not in ports and "53" not in ports, listening
+        assert all(line.split()[4].startswith(("10.0.0.1:", "[fd")) for line in listening.splitlines()
+                   if line.split()[4].endswith(":8118")), listening
+    finally:
+        assert stop(server) == 0

@@ -15,7 +15,7 @@ from vpnedu.events import EventBus
 from vpnedu.packet.ip import (TCP_ACK, TCP_RST, TCP_SYN, IPv4Packet, build_icmp_echo, build_icmp_unreachable,
                               build_tcp, build_tcp_reset_for, build_udp, checksum)
 from vpnedu.proxy import DEFAULT_IDLE, Proxy, parse_idle
-from vpnedu.proxy.flows import FlowTable
+from vpnedu.proxy.flows import FlowTable, sweep_idle
 
 from ..conftest import require_tool
 
@@ -127,6 +127,40 @@ def test_flow_table_events_and_idle():
     assert closed["bytes_up"] == 20 and closed["bytes_down"] == 60 and closed["age"] == 31
     assert closed["proxy"] == "203.0.113.2:40000" and closed["reason"] == "idle"
     assert t.snapshot() == []
+
+
+def test_usage_keeps_each_peers_counts_after_its_flows_close():
+    t = FlowTable(EventBus(), clock=lambda: 0.0)
+    a = t.new("socks5", ("10.0.0.2", 40000), ("192.0.2.80", 80), "alice")
+    t.touch(a, up=100, down=20_000)
+    t.close(a, "done")
+    b = t.new("socks5", ("10.0.0.2", 40002), ("192.0.2.80", 80), "alice")   # still open
+    t.touch(b, up=5, down=7)
+    c = t.new("dns", ("10.0.0.3", 5353), ("192.0.2.53", 53), "bob")
+    t.touch(c, up=40, down=90)
+    t.close(c, "answered")
+    assert t.usage() == {"alice": {"socks5": {"flows": 2, "bytes_up": 105, "bytes_down": 20_007}},
+                         "bob": {"dns": {"flows": 1, "bytes_up": 40, "bytes_down": 90}}}
+    t.close(b, "done")
+    assert t.usage()["alice"]["socks5"] == {"flows": 2, "bytes_up": 105, "bytes_down": 20_007}   # not counted twice
+
+
+def test_the_sweeper_aborts_a_silent_flow_and_leaves_a_busy_one():
+    now = [0.0]
+    t = FlowTable(EventBus(), clock=lambda: now[0])
+    silent, busy = (t.new("socks5", ("10.0.0.2", p), ("192.0.2.80", 80), "c") for p in (1, 2))
+    aborted = []
+    silent.abort = lambda reason: (aborted.append(reason), t.close(silent, reason))
+
+    async def main():
+        task = asyncio.ensure_future(sweep_idle(t, {"tcp": 0.4}))
+        for _ in range(8):             # 0.8 s of the real loop; the table's clock moves 0.1 s a step
+            await asyncio.sleep(0.1)
+            now[0] += 0.1
+            t.touch(busy)
+        task.cancel()
+    asyncio.run(main())
+    assert aborted == ["idle"] and list(t.flows.values()) == [busy]
 
 
 def test_parse_idle():

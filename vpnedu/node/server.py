@@ -267,4 +267,24 @@ class Server(Node):
             st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}
         elif self.explicit is not None:
             st["flows"] = [r.to_dict() for r in self.explicit.flows()]
+        usage = self.proxy_usage()
+        st["proxy_usage"] = usage
+        for p in st["peers"]:
+            p["proxied"] = usage.get(p["label"], {})
         return st
+
+    def proxy_usage(self) -> dict[str, dict[str, dict[str, int]]]:
+        """What each peer has had the server's own services carry -- the transparent proxy,
+        SOCKS5, the HTTP proxy, the DNS forwarder -- per protocol: flows and bytes each way
+        (:meth:`~vpnedu.proxy.flows.FlowTable.usage`; NAT's flows are the kernel's and not
+        counted here)."""
+        tables = {id(t): t for t in (self.proxy and self.proxy.table, self.explicit and self.explicit.table,
+                                     self.dns and self.dns.table) if t is not None}
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for t in tables.values():
+            for peer, by in t.usage().items():
+                for proto, c in by.items():
+                    have = out.setdefault(peer, {}).setdefault(proto, {"flows": 0, "bytes_up": 0, "bytes_down": 0})
+                    for k, v in c.items():
+                        have[k] += v
+        return out

@@ -102,6 +102,7 @@ class Peer:
         cur = self.current
         return {
             "name": self.name,
+            "label": self.label,
             "public_key": self.public_key_b64,
             "endpoint": format_endpoint(self.endpoint) if self.endpoint else None,
             "allowed_ips": [str(n) for n in self.allowed_ips],

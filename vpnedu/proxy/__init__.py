@@ -34,15 +34,13 @@ from typing import Callable
 
 from ..events import EventBus
 from ..flows import FlowRow
-from .flows import Flow, FlowTable
+from .flows import DEFAULT_IDLE, Flow, FlowTable, sweep_idle
 from .icmp import EchoRelay
 from .tcp import TcpRelay
 from .udp import UdpRelay
 
 __all__ = ["Proxy", "Flow", "FlowTable", "DEFAULT_IDLE"]
 
-#: Idle timeouts in seconds per protocol (override with ``--proxy-idle tcp=...,udp=...,icmp=...``).
-DEFAULT_IDLE = {"tcp": 600.0, "udp": 30.0, "icmp": 30.0}
 
 
 def parse_idle(text: str | None) -> dict[str, float]:
@@ -113,7 +111,7 @@ class Proxy:
         await self.tcp.start()
         await self.udp.start()
         await self.icmp.start()
-        self._sweeper = asyncio.ensure_future(self._sweep())
+        self._sweeper = asyncio.ensure_future(sweep_idle(self.table, self.idle))
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -121,15 +119,6 @@ class Proxy:
         await self.tcp.close()
         await self.udp.close()
         await self.icmp.close()
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(min(1.0, min(self.idle.values()) / 4))
-            for flow in self.table.idle(self.idle):
-                if flow.abort is not None:
-                    flow.abort("idle")
-                else:
-                    self.table.close(flow, "idle")
 
     def _outside(self, version: int, dst: bytes) -> bool:
         """Whether ``dst`` is somewhere the proxy carries flows to: not in the tunnel, not the

@@ -17,13 +17,14 @@ show in ``vpnedu status --flows`` and as ``proxy.flow.opened``/``closed`` events
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Callable
 
 from ..errors import VpneduError
 from ..events import EventBus
 from ..flows import FlowRow
-from .flows import FlowTable
+from .flows import DEFAULT_IDLE, FlowTable, sweep_idle
 from .http_connect import HttpProxy
 from .socks5 import Socks5Server
 
@@ -55,9 +56,12 @@ class ExplicitProxies:
 
     def __init__(self, events: EventBus, addresses: list[str], *, peer_of: Callable[[str], str | None],
                  socks_port: int = 1080, http_port: int = 0, users: dict[bytes, bytes] | None = None,
-                 table: FlowTable | None = None):
+                 table: FlowTable | None = None, idle: dict[str, float] | None = None):
         self.table = table if table is not None else FlowTable(events)
         self.own_table = table is None
+        #: Idle timeouts for a table of our own (the transparent proxy sweeps the one it shares).
+        self.idle = idle
+        self._sweeper: asyncio.Task | None = None
         self.addresses, self.peer_of, self.users = addresses, peer_of, users or {}
         self.socks_port, self.http_port = socks_port, http_port
         self.services: list = []
@@ -93,8 +97,12 @@ class ExplicitProxies:
     async def start(self) -> None:
         for svc in self.services:
             await svc.start()
+        if self.own_table and self.services:
+            self._sweeper = asyncio.ensure_future(sweep_idle(self.table, self.idle or DEFAULT_IDLE))
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for svc in self.services:
             await svc.close()
 
@@ -116,7 +124,8 @@ def start_for(server, peer_of: Callable[[str], str | None]) -> ExplicitProxies |
     addresses = [str(a.ip) for a in itf.addresses]
     users = {n.encode(): p.encode() for n, p in itf.proxy_users}
     explicit = ExplicitProxies(server.events, addresses, peer_of=peer_of, socks_port=port,
-                               http_port=http, users=users, table=server.proxy.table if server.proxy is not None else None)
+                               http_port=http, users=users, idle=server.proxy_idle,
+                               table=server.proxy.table if server.proxy is not None else None)
     for line in explicit.bind():
         server.log(f"listening: {line}" + (" (username/password required)" if users else " (no login)"))
     return explicit

@@ -14,10 +14,15 @@ closes on a clean end, a reset, a refusal, or the idle timeout.  Opening and
 closing are events (``proxy.flow.opened`` / ``proxy.flow.closed``), and the
 live table is part of the server's status (``vpnedu status --flows``), as rows
 (:class:`~vpnedu.flows.FlowRow`) like those NAT's conntrack gives.
+
+A closed flow leaves its counts behind in the table's per-peer usage
+(:meth:`FlowTable.usage`): for each tunnel peer and protocol, how many flows and how
+many bytes each way, as ``wg show`` keeps a peer's transfer after its packets are gone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -27,6 +32,9 @@ from ..events import EventBus
 from ..flows import FlowRow, endpoint_text
 
 Address = tuple[str, int]
+
+#: Idle timeouts in seconds per protocol (override with ``--proxy-idle tcp=...,udp=...,icmp=...``).
+DEFAULT_IDLE = {"tcp": 600.0, "udp": 30.0, "icmp": 30.0}
 
 #: The explicit proxies' flows (:mod:`.socks5`) ride on TCP: they take TCP's idle timeout.
 TRANSPORT = {"socks5": "tcp", "http-connect": "tcp", "http": "tcp"}
@@ -71,6 +79,8 @@ class FlowTable:
         self._ids = itertools.count(1)
         self.opened_total = 0
         self.closed_total = 0
+        #: Closed flows' counts: peer -> protocol -> [flows, bytes up, bytes down].
+        self._closed_usage: dict[str, dict[str, list[int]]] = {}
 
     def new(self, proto: str, client: Address, destination: Address, peer: str | None = None) -> Flow:
         """A flow that is being set up (not yet announced: the destination may refuse)."""
@@ -97,6 +107,10 @@ class FlowTable:
             return
         flow.state = "closed"
         self.closed_total += 1
+        counts = self._closed_usage.setdefault(flow.peer or "", {}).setdefault(flow.proto, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += flow.bytes_up
+        counts[2] += flow.bytes_down
         self.events.emit("proxy.flow.closed", flow.peer, id=flow.id, proto=flow.proto, client=fmt(flow.client),
                          proxy=fmt(flow.proxy), destination=fmt(flow.destination), bytes_up=flow.bytes_up,
                          bytes_down=flow.bytes_down, age=round(self.clock() - flow.opened, 3), reason=reason)
@@ -107,6 +121,19 @@ class FlowTable:
         return [f for f in self.flows.values()
                 if now - f.last > limits.get(f.proto, limits.get(TRANSPORT.get(f.proto, ""), 60.0))]
 
+    def usage(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per tunnel peer (its label; "" for none) and protocol: ``flows`` (closed and live),
+        ``bytes_up`` (from the peer to its destinations) and ``bytes_down``, since the server
+        started."""
+        out = {peer: {proto: {"flows": n, "bytes_up": up, "bytes_down": down} for proto, (n, up, down) in by.items()}
+               for peer, by in self._closed_usage.items()}
+        for f in self.flows.values():
+            c = out.setdefault(f.peer or "", {}).setdefault(f.proto, {"flows": 0, "bytes_up": 0, "bytes_down": 0})
+            c["flows"] += 1
+            c["bytes_up"] += f.bytes_up
+            c["bytes_down"] += f.bytes_down
+        return out
+
     def snapshot(self) -> list[FlowRow]:
         """The live flows as rows, oldest first."""
         now = self.clock()
@@ -114,3 +141,17 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self.flows)
+
+
+async def sweep_idle(table: FlowTable, limits: dict[str, float]) -> None:
+    """Close, for ever (until cancelled), the flows of ``table`` silent longer than their
+    protocol's idle timeout: a client that vanished without a FIN or RST (its laptop closed)
+    would otherwise hold the server's sockets as long as the server runs.  Checks four times
+    per shortest timeout, at least once a second."""
+    while True:
+        await asyncio.sleep(min(1.0, min(limits.values()) / 4))
+        for flow in table.idle(limits):
+            if flow.abort is not None:
+                flow.abort("idle")
+            else:
+                table.close(flow, "idle")
