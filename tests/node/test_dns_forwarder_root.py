@@ -30,6 +30,7 @@ from ..lablib import provision, start_client, start_server, status, stop, vpnedu
 pytestmark = pytest.mark.root
 
 RESOLVER = "192.0.2.1"          # the router's address on the app's link
+BIG = [f"198.18.0.{i}" for i in range(1, 61)]   # 60 A records: about 1 KB of answer
 SERVER_RESOLV = b"# the lab server's resolvers (tests/node/test_dns_forwarder_root.py)\nnameserver 10.0.0.1\n" \
                 b"nameserver 192.0.2.1\noptions timeout:1\n"
 
@@ -56,9 +57,12 @@ def fw_lab():
             e.mkdir(parents=True, exist_ok=True)
         (etcs[0] / "resolv.conf").write_bytes(SERVER_RESOLV)
         (etcs[1] / "resolv.conf").write_bytes(b"nameserver 198.51.100.1\noptions timeout:1\n")
+        # big.lab.test: more A records than a 512-byte UDP answer holds (RFC 1035 section 4.2.1).
+        (lab.dir / "big.hosts").write_text("".join(f"{a} big.lab.test\n" for a in BIG))
         lab.spawn("internet", "dnsmasq", dnsmasq, "--no-daemon", "--conf-file=/dev/null", "--no-resolv",
                   "--no-hosts", "--bind-interfaces", f"--listen-address={RESOLVER}", "--pid-file=",
-                  f"--address=/app.lab.test/{APP_ADDRESS}", "--log-queries", "--log-facility=-")
+                  f"--address=/app.lab.test/{APP_ADDRESS}", f"--addn-hosts={lab.dir / 'big.hosts'}",
+                  "--log-queries", "--log-facility=-")
         lab.wait_for_udp("internet", 53)
         lab.wait_for_port("internet", 53)
         yield lab
@@ -214,3 +218,26 @@ def test_the_command_line_turns_each_service_on_off_or_moves_it(fw_lab):
                    if line.split()[4].endswith(":8118")), listening
     finally:
         assert stop(server) == 0
+
+
+def test_a_truncated_answer_keeps_its_tc_bit_and_dig_gets_it_whole_over_tcp(fw_lab):
+    """A UDP answer too big for 512 bytes comes back from the upstream with TC set (RFC 1035
+    section 4.2.1, RFC 7766): the forwarder passes it on with TC and the query's id, and dig
+    then asks again over TCP -- which the forwarder also carries upstream over TCP -- and gets
+    every record."""
+    lab = fw_lab
+    provision(lab)
+    server = start_server(lab)
+    client = start_client(lab)
+    try:
+        q = ("+noedns", "+tries=1", "+time=2", "@10.0.0.1", "big.lab.test")
+        cut = lab.run("client", "dig", "+ignore", *q, timeout=30).stdout      # +ignore: no retry over TCP
+        assert re.search(r";; flags: qr[a-z ]* tc[a-z ]*;", cut), cut
+        whole = lab.run("client", "dig", *q, timeout=30).stdout
+        assert ";; Truncated, retrying in TCP mode." in whole, whole
+        got = re.findall(r"^big\.lab\.test\.\s+\d+\s+IN\s+A\s+(\S+)$", whole, re.M)
+        assert sorted(got) == sorted(BIG), whole
+        log = (lab.dir / "dnsmasq.log").read_text()
+        assert len(re.findall(rf"query\[A\] big\.lab\.test from {SERVER_PUBLIC}", log)) == 3, log
+    finally:
+        assert stop(client) == 0 and stop(server) == 0
