@@ -567,13 +567,18 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
 @click.option("--chart", "--png", "png_path", type=click.Path(dir_okay=False), default="bench.png",
               show_default=True, help="Bar chart of the medians (PNG).")
 @click.option("--prefix", default="vb-", show_default=True, help="Namespace name prefix of the bench lab.")
-def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, prefix) -> None:
+@click.option("--proxies", is_flag=True,
+              help="Instead: one 20 MiB download through NAT, SOCKS5, HTTP CONNECT and the transparent proxy, "
+                   "side by side (router topology), then 500 SOCKS5 connections at once.")
+def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, prefix, proxies) -> None:
     """Throughput, RTT, CPU/GB, RSS and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
     import json as _json
     from .bench import TESTS, Bench, Settings, chart, table
     from .bench.tunnels import spec_problem
     from .netns_lab.topology import Lab
     from .node.base import has_net_admin
+    if proxies:
+        return _bench_proxies(quick, rounds, json_path, prefix)
     s = Settings.quick() if quick else Settings()
     s.topology = topology
     if rounds:
@@ -617,6 +622,35 @@ def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, 
     say("")
     say(f"wrote {'the JSON to stdout' if to_stdout else json_path}"
         + (f" and {png_path}" if why is None else f" (no chart: {why})"))
+
+
+def _bench_proxies(quick: bool, rounds: int | None, json_path: str, prefix: str) -> None:
+    import json as _json
+    from .bench.proxies import ProxyBench, ProxySettings, table
+    from .netns_lab.topology import Lab
+    from .node.base import has_net_admin
+    if not has_net_admin():
+        raise VpneduError("vpnedu bench needs root: it builds a namespace lab", "run it with sudo")
+    s = ProxySettings.quick() if quick else ProxySettings()
+    if rounds:
+        s.rounds = rounds
+    to_stdout = json_path == "-"
+    say = (lambda m: click.echo(m, err=True)) if to_stdout else click.echo
+    lab = Lab(prefix=prefix, topology="router", log=lambda m: None)
+    try:
+        lab.up()
+        res = ProxyBench(s, lab, log=say).run()
+    finally:
+        lab.down()
+    say("")
+    say(table(res))
+    data = _json.dumps(res.to_json(), indent=2)
+    if to_stdout:
+        click.echo(data)
+    else:
+        with open(json_path, "w") as f:
+            f.write(data + "\n")
+        say(f"\nwrote {json_path}")
 
 
 # ---------------------------------------------------------------------------- configs and captures

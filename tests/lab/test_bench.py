@@ -90,6 +90,26 @@ def test_quick_bench_reports_every_path(tmp_path):
 
 
 @pytest.mark.root
+def test_quick_proxy_bench_downloads_every_way_and_holds_every_socks_connection(tmp_path):
+    require_tool("curl")
+    out_json = tmp_path / "p.json"
+    r = bench("--proxies", "--quick", "--json", str(out_json), "--prefix", "vtp-")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "4 MiB download from the app server, median of 1 round(s), router topology" in r.stdout
+    data = json.loads(out_json.read_text())
+    ways = ("nat", "socks5", "http-connect", "proxy")
+    assert set(data["median_mbit_s"]) == set(ways) and all(data["median_mbit_s"][w] > 0 for w in ways), data
+    for w in ways:
+        assert data["ratio_to_nat"][w] == round(data["median_mbit_s"][w] / data["median_mbit_s"]["nat"], 3)
+        assert data["server_cpu_s_per_gb"][w] > 0
+        assert f"  {w:13s} " in r.stdout
+    load = data["load"]
+    assert load["ok"] == load["connections"] == 50 and load["failed"] == {}, load
+    assert load["server_open_files_after"] <= load["server_open_files_before"], load   # every socket closed
+    assert "vtp-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.root
 def test_direct_topology_is_one_cable_per_client_and_no_tunnel_address_over_it():
     require_tool("ping")
     lab = Lab(prefix=f"vtd{os.getpid() % 10000}-", clients=2, topology="direct", log=lambda m: None)

@@ -15,7 +15,8 @@ from vpnedu.netns_lab.app import random_sha256
 from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC
 
 from ..conftest import require_tool
-from ..lablib import ping_count, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import (ping_count, provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for,
+                      wait_ready)
 
 pytestmark = pytest.mark.root
 BIG = 100 * 1024 * 1024
@@ -314,3 +315,24 @@ def test_nothing_leaks_after_all_the_flows(vpn):
         wait_for(lambda: vpn.no_flows_left(), timeout=30, what="every proxied flow to close")
     wait_for(lambda: vpn.fds() <= vpn.fds_at_start, timeout=15,
              what=f"server fds back to {vpn.fds_at_start} (now {vpn.fds()})")
+
+
+def test_the_server_lifts_its_open_files_soft_limit_for_the_proxies(lab_factory):
+    """Started with a login shell's soft limit of 1024 open files (and a hard one of 8192), the
+    server raises the soft limit to the hard one -- two sockets per proxied connection -- and
+    says so among its changes."""
+    require_tool("prlimit")
+    lab = lab_factory()
+    provision(lab)
+    p = lab.spawn("server", "vpn-server", "prlimit", "--nofile=1024:8192", "--",
+                  *vpnedu("server", "-c", f"{lab.dir}/server.conf"))
+    try:
+        wait_ready(lab, "server", p)
+        st = status(lab, "server")
+        limits = open(f"/proc/{st['pid']}/limits").read()
+        assert any(line.startswith("Max open files") and line.split()[3:5] == ["8192", "8192"]
+                   for line in limits.splitlines()), limits
+        assert "raised this process's open-files limit from 1024 to 8192 (two sockets per proxied connection)" \
+            in st["changes"], st["changes"]
+    finally:
+        assert stop(p) == 0

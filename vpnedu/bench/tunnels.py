@@ -163,6 +163,9 @@ class Vpnedu(Tunnel):
     target = "10.0.0.1"
     #: Extra environment of this path's vpnedu processes (none: this tree, as installed).
     env: dict | None = None
+    #: The server's ``--forwarding``: none, as the tunnel paths measure the tunnel alone
+    #: (``vpnedu bench --proxies`` sets nat or proxy).
+    forwarding = "none"
 
     def __init__(self, lab: Lab, suite: str = "wireguard", extra: tuple[str, ...] = ()):
         super().__init__(lab)
@@ -205,7 +208,7 @@ class Vpnedu(Tunnel):
         from ..node.control import netns_socket_path, wait_ready
         self.procs.append(self.lab.spawn("server", f"{self.name}-server",
                                          *self.command("server", "-c", f"{self.dir}/server.conf",
-                                                       "--forwarding", "none", *allow, *self.extra),
+                                                       "--forwarding", self.forwarding, *allow, *self.extra),
                                          env=self.env))
         wait_ready(netns_socket_path(self.lab.ns("server")), self.procs[-1],
                    self.lab.dir / f"{self.name}-server.log", what="the vpnedu server")

@@ -63,11 +63,30 @@ class Server(Node):
         self._greet_handle = None
 
     def setup_role(self) -> None:
+        if self.forwarding != "none" or self.cfg.interface.dns_forwarder:
+            self._raise_open_files()
         self._setup_dns()
         self._setup_forwarding()
         if self.forwarding != "none":
             from ..proxy.explicit import start_for
             self.explicit = start_for(self, peer_of=self._peer_label)
+
+    def _raise_open_files(self) -> None:
+        """Lift this process's soft limit on open files to the hard one.  Every connection the
+        proxies carry holds two sockets (the client's end and the destination's), and a login
+        shell's usual soft limit, 1024, would stop the server near 500 of them with EMFILE
+        while the hard limit (often 524288 under systemd) allows far more -- the soft limit is
+        there for programs that use select(2), which this one does not (Go's runtime, and so
+        wireguard-go, lifts it the same way).  Only this process and its children see it."""
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                self.changes.append(f"raised this process's open-files limit from {soft} to {hard} "
+                                    "(two sockets per proxied connection)")
+            except (ValueError, OSError):
+                pass
 
     def _setup_forwarding(self) -> None:
         if self.forwarding == "none":
