@@ -14,7 +14,10 @@ import typing
 import pytest
 
 from vpnedu.course import CourseLab, RealLab, SimLab
-from vpnedu.course.interface import MarkerOnWire, TrafficSample
+from vpnedu.course.interface import (ExplicitProxyFetch, MarkerOnWire, TrafficSample, explicit_proxy_command,
+                                     side_by_side)
+from vpnedu.errors import VpneduError
+from vpnedu.flows import FlowRow
 
 
 def protocol_members(proto) -> dict[str, object]:
@@ -125,3 +128,41 @@ def test_a_simulated_lab_behaves_as_the_interface_says():
         assert all(isinstance(s, TrafficSample) for s in samples) and samples[-1].up == samples[-1][1] > 0
     finally:
         lab.down()
+
+
+def fetched(via: str, port: int, other: list[str] = ()) -> ExplicitProxyFetch:
+    """A real lab's fetch as it comes back, made by hand."""
+    marker = f"marker-{port:08x}"
+    tunnel = [f"UDP 198.51.100.2:{port} -> 203.0.113.2:51820", f"UDP 203.0.113.2:51820 -> 198.51.100.2:{port}"]
+    row = FlowRow(via, f"10.0.0.2:{port}", f"203.0.113.2:{port + 1}", "192.0.2.80:80", "closed", 89, 193)
+    return ExplicitProxyFetch(via, " ".join(explicit_proxy_command(via, f"http://192.0.2.80/{marker}")), marker,
+                              "hello from the app server; your address is 203.0.113.2", True, [row],
+                              [f"203.0.113.2 GET /{marker}"], tunnel + list(other), False)
+
+
+def test_explicit_proxy_fetches_print_side_by_side_in_78_columns():
+    socks, connect = fetched("socks5", 40312), fetched("http-connect", 5)
+    assert socks.only_tunnel and len(socks.tunnel_packets()) == 2
+    text = side_by_side([socks, connect])
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 78
+    # Each section starts on the same line in both columns, whatever the ports' widths.
+    for heading in ("curl printed:", "the proxy's flow table:", "the app server's log:",
+                    "a capture of the client's outer link:"):
+        (line,) = [x for x in lines if x.startswith(heading)]
+        assert line.count(heading) == 2, line
+    assert "--socks5-hostname 10.0.0.1:1080" in text and "-x http://10.0.0.1:3128" in text
+    assert "socks5 client 10.0.0.2:40312" in text and "http-connect client 10.0.0.2:5" in text
+    assert "your address is 203.0.113.2" in text and "and nothing else" in text
+    assert lines[-2:] == ["socks5: marker readable on the client's link: False",
+                          "http-connect: marker readable on the client's link: False"]
+    alone = str(socks)                                     # one fetch: one column, its verdict last
+    assert alone.splitlines()[0] == "SOCKS5 (RFC 1928)" and alone.endswith("link: False")
+
+
+def test_an_explicit_fetch_names_what_else_left_the_client():
+    leaky = fetched("socks5", 1, other=["TCP 198.51.100.2:5555 -> 192.0.2.80:80"])
+    assert not leaky.only_tunnel
+    assert "and 1 other packet(s):" in str(leaky) and "TCP 198.51.100.2:5555 -> 192.0.2.80:80" in str(leaky)
+    with pytest.raises(VpneduError, match="no explicit proxy 'socks4'"):
+        explicit_proxy_command("socks4", "http://192.0.2.80/")

@@ -69,7 +69,11 @@ EXPECT = {
                          "check-restored": ["routing table restored: True"]},
     "05-proxy.ipynb": {"check-app": ["IPv4: reply:", "logged the request from 203.0.113.2",
                                      "IPv6: reply:", "logged the request from 2001:db8:5::2"],
-                       "check-flows": ["client 10.0.0.2:", "as 203.0.113.2:", "-> 192.0.2.80"]},
+                       "check-flows": ["client 10.0.0.2:", "as 203.0.113.2:", "-> 192.0.2.80"],
+                       # SOCKS5 and HTTP CONNECT side by side (the simulation: the commands and a note).
+                       "check-explicit": ["SOCKS5 (RFC 1928)", "proto socks5", "HTTP CONNECT (RFC 9110",
+                                          "proto http-connect", "--socks5-hostname 10.0.0.1:1080",
+                                          "--proxytunnel", "-x http://10.0.0.1:3128", "203.0.113.2"]},
     "06-performance.ipynb": {"check-vpnedu": ["vpnedu:", "Mbit/s up"], "check-compare": ["plain", "Mbit/s up"]},
 }
 EXPECT_MODE = {
@@ -84,7 +88,13 @@ EXPECT_MODE = {
              "01-tun.ipynb": {"check-tun": ["(real TUN device)"]},
              "05-proxy.ipynb": {"check-proxy": ["your address is 203.0.113.2", "your address is 2001:db8:5::2",
                                                 "client 10.0.0.2:",
-                                                "as 203.0.113.2:", "-> 192.0.2.80:80", "closed"]},
+                                                "as 203.0.113.2:", "-> 192.0.2.80:80", "closed"],
+                                "check-explicit": ["socks5 client 10.0.0.2:", "http-connect client 10.0.0.2:",
+                                                   "as 203.0.113.2:", "-> 192.0.2.80:80", "closed: up",
+                                                   "your address is 203.0.113.2", "203.0.113.2 GET /marker-",
+                                                   "to/from 203.0.113.2:51820,", "and nothing else",
+                                                   "socks5: marker readable on the client's link: False",
+                                                   "http-connect: marker readable on the client's link: False"]},
              "06-performance.ipynb": {"check-compare": ["wireguard-go"]}},
 }
 
@@ -95,7 +105,9 @@ EXPECT_MODE = {
 EXPECT_NOT = {
     "03-encryption.ipynb": {"check-capture": ["InsecureSuiteWarning", ".py:"],
                             "check-tamper": ["[client]"], "check-replay": ["[client]"]},
-    "05-proxy.ipynb": {"check-proxy": ["closed (closed)", "not available here"]},
+    "05-proxy.ipynb": {"check-proxy": ["closed (closed)", "not available here"],
+                       "check-explicit": ["(no flow)", "(no request)", "other packet(s)", "curl failed",
+                                          "not available here"]},
 }
 # ... and what the newcomer's fixes show instead, per mode.
 EXPECT_MODE["sim"].update({
@@ -103,7 +115,10 @@ EXPECT_MODE["sim"].update({
                            "check-wg-set": ["no wg binary in the simulation", "persistent_keepalive_interval=5"]},
     "03-encryption.ipynb": {"check-capture": ["vpnedu: WARNING: cipher suite 'null-teaching' is in use"],
                             "check-tamper": ["the server reported:", "packet.dropped peer=client"]},
-    "05-proxy.ipynb": {"check-proxy": ["The simulation forwards with NAT only", "needs the real", "kernel"]},
+    "05-proxy.ipynb": {"check-proxy": ["The simulation forwards with NAT only", "needs the real", "kernel"],
+                       "check-explicit": ["The simulation has no explicit proxies", "the real lab's client runs:",
+                                          "203.0.113.2 (the server, not the client)",
+                                          "only WireGuard datagrams to 203.0.113.2:51820"]},
 })
 BANNER_WIDTH = 78   # a notebook's output area breaks longer lines anywhere, even mid-word
 

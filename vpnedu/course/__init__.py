@@ -28,13 +28,14 @@ imports this package for ``vpnedu course``, and should not pay for the simulatio
 
 from __future__ import annotations
 
-from .interface import AppResult, CourseLab, MarkerOnWire, PingResult, TrafficSample, TunReading, WgGet, WgSet, WgShow
+from .interface import (AppResult, CourseLab, ExplicitProxyFetch, MarkerOnWire, PingResult, TrafficSample,
+                        TunReading, WgGet, WgSet, WgShow, side_by_side)
 from .mode import MODES, WIDTH, choose_mode, open_lab, real_lab_possible, show_warnings_in_one_line, wrap
 
-__all__ = ["MODES", "WIDTH", "AppResult", "CourseLab", "DaemonFeed", "MarkerOnWire", "PingResult", "RealLab",
-           "SimLab", "SuiteSpeed", "TrafficSample", "TunReading", "WgGet", "WgSet", "WgShow", "choose_mode",
-           "compare_suites", "open_lab",
-           "real_lab_possible", "show_warnings_in_one_line", "wrap"]
+__all__ = ["MODES", "WIDTH", "AppResult", "CourseLab", "DaemonFeed", "ExplicitProxyFetch", "MarkerOnWire",
+           "PingResult", "RealLab", "SimLab", "SuiteSpeed", "TrafficSample", "TunReading", "WgGet", "WgSet", "WgShow",
+           "choose_mode", "compare_suites", "open_lab",
+           "real_lab_possible", "show_warnings_in_one_line", "side_by_side", "wrap"]
 
 
 def __getattr__(name: str):

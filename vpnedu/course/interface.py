@@ -20,6 +20,8 @@ printing as a sentence a student can read:
 :class:`AppResult`        ``lab.app_request()``: the reply, and whom the app server saw
 :class:`TunReading`       ``lab.tun_demo()``: one raw packet from a TUN device, decoded
 :class:`MarkerOnWire`     ``lab.marker_on_wire()``: is the marker readable on the client's link?
+:class:`ExplicitProxyFetch`  ``lab.explicit_proxy_fetch(via)``: a page through SOCKS5 or HTTP
+                          CONNECT: the proxy's flow, the app's log, the client's link
 :class:`TrafficSample`    ``lab.traffic(...)`` yields them: bytes each way so far
 :class:`~vpnedu.flows.FlowRow`  ``lab.flows()``: the server's flow table
 :class:`WgShow`           ``lab.wg_show(host)``: ``wg show`` on a daemon's interface
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol
 
 from .. import uapi
+from ..errors import VpneduError
 from ..events import Event, EventBus
 from ..flows import FlowRow
 from ..packet import ip as iplib
@@ -356,6 +359,152 @@ class WgSet:
         return "\n".join(lines)
 
 
+#: The explicit proxies a tunnel peer may name (``vpnedu server`` runs them on its tunnel address
+#: 10.0.0.1): via -> (heading, the proxy's address, curl's options to use it).  ``--socks5-hostname``
+#: is socks5h: curl hands the proxy the URL's host as written, and the *server* resolves a name.
+EXPLICIT_PROXIES = {
+    "socks5": ("SOCKS5 (RFC 1928)", "10.0.0.1:1080", ("--socks5-hostname", "10.0.0.1:1080")),
+    "http-connect": ("HTTP CONNECT (RFC 9110, 9.3.6)", "10.0.0.1:3128",
+                     ("--proxytunnel", "-x", "http://10.0.0.1:3128")),
+    "http": ("HTTP proxy, forwarded request", "10.0.0.1:3128", ("-x", "http://10.0.0.1:3128")),
+}
+#: The width of one proxy's column in :func:`side_by_side` (two of them, and a gap, in 78).
+COLUMN = 37
+
+
+def explicit_proxy_command(via: str, url: str) -> list[str]:
+    """The curl command line that fetches ``url`` through the explicit proxy ``via``."""
+    if via not in EXPLICIT_PROXIES:
+        raise VpneduError(f"no explicit proxy {via!r}", f"use one of {', '.join(EXPLICIT_PROXIES)}")
+    return ["curl", "-sS", "--max-time", "10", *EXPLICIT_PROXIES[via][2], url]
+
+
+@dataclass
+class ExplicitProxyFetch:
+    """A page fetched from the client through one of the server's explicit proxies, and what
+    three places saw of it: the proxy's flow table, the app server's log, and a capture of the
+    client's outer link.  The URL carries a marker, to look for on the wire.
+
+    In the simulation nothing is fetched (:attr:`note` says why and what the real lab shows):
+    the simulated server has no sockets of its own for a proxy to listen on."""
+
+    via: str
+    #: The curl command line run on the client (one string, as typed).
+    command: str
+    marker: str
+    #: What curl printed (the app's reply), or why it failed.
+    outcome: str
+    ok: bool
+    #: The proxy's flow row(s) for the fetch, from its ``proxy.flow.opened``/``closed`` events.
+    flows: list[FlowRow]
+    #: The app server's log lines for the fetch (the source it saw comes first).
+    app_log: list[str]
+    #: The packets a capture of the client's outer link saw during the fetch (the link's own
+    #: housekeeping, ARP and IPv6 neighbour discovery, left out).
+    on_wire: list[str]
+    #: Could the marker be read in that capture?  (None: nothing was captured.)
+    marker_visible: bool | None
+    #: The simulation's account of what it cannot run ("" in the real lab).
+    note: str = ""
+    #: The server's WireGuard endpoint, ``address:port``.
+    endpoint: str = "203.0.113.2:51820"
+
+    def tunnel_packets(self) -> list[str]:
+        """The packets of :attr:`on_wire` that are the tunnel's UDP to or from the server's endpoint."""
+        return [p for p in self.on_wire if p.startswith("UDP")
+                and (p.endswith(f"-> {self.endpoint}") or p.startswith(f"UDP {self.endpoint} ->"))]
+
+    @property
+    def only_tunnel(self) -> bool:
+        """The client's outer link carried nothing but the tunnel's UDP during the fetch."""
+        return bool(self.on_wire) and len(self.tunnel_packets()) == len(self.on_wire)
+
+    def sections(self) -> list[tuple[str, list[str]]]:
+        """The result as (heading, lines) pairs, each line at most :data:`COLUMN` characters
+        (addresses, ports and byte counts on lines of their own, so two runs break the same way)."""
+        heading, address, _ = EXPLICIT_PROXIES.get(self.via, (self.via, "?", ()))
+        out = [(heading, [f"{address}, proto {self.via}"]),
+               ("the real lab's client runs:" if self.note else "the client ran:", self.command_lines())]
+        if self.note:
+            return out
+        said = [piece for part in re.split(r"(?<=;) ", self.outcome) for piece in textwrap.wrap(part, COLUMN - 2)]
+        out.append(("curl printed:", said or ["(nothing)"]))
+        rows = []
+        for f in self.flows:
+            rows += [f"{f.proto} client {f.client}", f"  as {f.proxy}", f"  -> {f.destination}",
+                     f"  {f.state}: up {f.bytes_up} B, down {f.bytes_down} B"]
+        out.append(("the proxy's flow table:", rows or ["(no flow)"]))
+        out.append(("the app server's log:", self.app_log or ["(no request)"]))
+        tunnel = self.tunnel_packets()
+        other = [p for p in self.on_wire if p not in tunnel]
+        wire = [f"{len(tunnel)} WireGuard datagrams (UDP)", f"  to/from {self.endpoint},",
+                "  and nothing else" if not other else f"  and {len(other)} other packet(s):"]
+        wire += [f"  {p}" for p in other[:4]]
+        out.append(("a capture of the client's outer link:", wire))
+        return out
+
+    def command_lines(self) -> list[str]:
+        """:attr:`command` as a shell prompt shows it, broken for a column: ``$ curl -sS
+        --max-time 10``, then each proxy option with its value, then the URL."""
+        words = self.command.split()
+        lines = ["$ " + " ".join(words[:4])]
+        for w in words[4:-1]:
+            if w.startswith("-") or len(lines) == 1:
+                lines.append("  " + w)
+            else:
+                lines[-1] += " " + w
+        return lines + ["  " + w for w in words[-1:]]
+
+    def verdict(self) -> str:
+        """One line: could the URL's marker be read on the client's link?"""
+        return f"marker readable on the client's link: {self.marker_visible}"
+
+    def __str__(self) -> str:
+        lines = []
+        for head, body in self.sections():
+            lines += [head] + ["  " + b for b in body]
+        lines += wrap_note(self.note) if self.note else [self.verdict()]
+        return "\n".join(lines)
+
+
+def wrap_note(note: str, width: int = 78) -> list[str]:
+    """``note`` in lines of at most ``width`` characters, broken between words, paragraph by paragraph."""
+    return [line for para in note.split("\n")
+            for line in (textwrap.wrap(para, width, break_long_words=False, break_on_hyphens=False) or [""])]
+
+
+def _fit(line: str, width: int) -> list[str]:
+    """A line as it is, or (too long for its column) broken, the rest indented."""
+    if len(line) <= width:
+        return [line]
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False) or [""]
+
+
+def side_by_side(fetches: list[ExplicitProxyFetch], width: int = COLUMN, gap: int = 3) -> str:
+    """Fetches in columns, section by section, so that what differs -- the command, the proto --
+    stands out from what does not: the app's view and the wire's.  Under the columns, one verdict
+    a fetch (is the marker readable on the client's link?), or the note the fetches share (the
+    simulation's), once, in lines of 78."""
+    columns = [f.sections() for f in fetches]
+    lines = []
+    for i in range(max((len(c) for c in columns), default=0)):
+        cells = []
+        for c in columns:
+            head, body = c[i] if i < len(c) else ("", [])
+            cells.append([piece for line in [head, *("  " + b for b in body)] for piece in _fit(line, width)])
+        for row in range(max(len(cell) for cell in cells)):
+            parts = [cell[row] if row < len(cell) else "" for cell in cells]
+            lines.append((" " * gap).join(p.ljust(width) for p in parts).rstrip())
+    notes = list(dict.fromkeys(f.note for f in fetches if f.note))
+    verdicts = [f"{f.via}: {f.verdict()}" for f in fetches if not f.note]
+    if verdicts:
+        lines += ["", *verdicts]
+    for n in notes:
+        lines += [""] + wrap_note(n)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- the interface
 class CourseLab(Protocol):
     """The lab a notebook drives: four hosts (client, internet, server, app), the vpnedu server
@@ -488,6 +637,14 @@ class CourseLab(Protocol):
         """Start the client (``KillSwitch = true`` or not), stop the server, try
         :data:`LEAK_ATTEMPTS` while the client's outer link is captured; then stop the client,
         put its config back and start the server again (the client is left stopped)."""
+        ...
+
+    def explicit_proxy_fetch(self, via: str = "socks5") -> ExplicitProxyFetch:
+        """The client fetches a page from the app server through the server's explicit proxy
+        ``via`` (a key of :data:`EXPLICIT_PROXIES`: "socks5", "http-connect", "http") with curl,
+        while its outer link is captured; the proxy's flow row(s), the app's log line, the wire.
+        Starts the server and the client if they are not running (the simulation: nothing is
+        fetched; the result's note says what the real lab shows)."""
         ...
 
     def wg_send(self, host: str, message: str) -> WgSet:

@@ -41,8 +41,9 @@ from ..netns_lab.topology import APP_ADDRESS, APP_ADDRESS6, APP_PORT, SERVER_PUB
 from ..net import killswitch
 from ..node import control
 from .feed import DaemonFeed
-from .interface import (LEAK_ATTEMPTS, AppResult, LeakTest, MarkerOnWire, PingResult, TrafficSample, TunReading,
-                        WgGet, WgSet, WgShow, config_changes, errno_of_message, leaked, write_kill_switch)
+from .interface import (LEAK_ATTEMPTS, AppResult, ExplicitProxyFetch, LeakTest, MarkerOnWire, PingResult,
+                        TrafficSample, TunReading, WgGet, WgSet, WgShow, config_changes, errno_of_message,
+                        explicit_proxy_command, leaked, write_kill_switch)
 
 #: Run by ``sh -c`` in a new mount namespace: the host's folder ($0) on /run/wireguard, then the
 #: command.  (``mkdir -p``: the mount point must exist; it is the standard, usually present, directory.)
@@ -266,6 +267,51 @@ class RealLab:
         finally:
             path = demo.stop_capture("client", cap)
         return MarkerOnWire(marker, marker.encode() in path.read_bytes())
+
+    def explicit_proxy_fetch(self, via: str = "socks5") -> ExplicitProxyFetch:
+        """curl on the client through the server's SOCKS5 or HTTP proxy (10.0.0.1:1080 / :3128)
+        for a marker URL on the app server, tcpdump on the client's eth0 meanwhile; the flow
+        row(s) come from the server's ``proxy.flow.*`` events (a fetch this short is over before
+        a status request could list it)."""
+        marker = "marker-" + secrets.token_hex(4)
+        cmd = explicit_proxy_command(via, f"http://{APP_ADDRESS}/{marker}")
+        if "server" not in self.procs:
+            self.start_server(forwarding=self.forwarding)
+        if "client" not in self.procs:
+            self.start_client(split=self.split)
+        curl = require_tool("curl", "curl")
+        log = EventLog(self.server_events, kinds="proxy.flow")
+        demo = Demo(self.lab, out=lambda s: None)
+        cap = demo.capture("client")
+        try:
+            r = self.lab.run("client", curl, *cmd[1:], timeout=30)
+            end = time.time() + 5
+            # The proxy reports the flow's end a moment after curl is done, through the feed.
+            while r.returncode == 0 and time.time() < end and not any(
+                    e.kind == "proxy.flow.closed" and e.get("proto") == via for e in list(log.events)):
+                time.sleep(0.05)
+        finally:
+            pcap = demo.stop_capture("client", cap)
+            log.close()
+        rows: dict = {}
+        for e in log.events:
+            if e.get("proto") != via:
+                continue
+            f = e.fields
+            row = FlowRow(via, f.get("client") or "", f.get("proxy") or "", f.get("destination") or "",
+                          id=f.get("id"), peer=e.peer)
+            if e.kind == "proxy.flow.closed":
+                reason = f.get("reason")
+                row.state = f"closed ({reason})" if reason and reason != "closed" else "closed"
+                row.bytes_up, row.bytes_down = f.get("bytes_up", 0), f.get("bytes_down", 0)
+            else:
+                row.state = "open"
+            rows[row.id] = row
+        packets = [p for p in demo.describe_capture("client", pcap) if housekeeping(p) is None]
+        outcome = r.stdout.strip() if r.returncode == 0 else f"curl failed (exit {r.returncode}): {r.stderr.strip()}"
+        return ExplicitProxyFetch(via, " ".join(cmd), marker, outcome, r.returncode == 0, list(rows.values()),
+                                  [line for line in self.app_log() if marker in line], packets,
+                                  marker.encode() in pcap.read_bytes(), endpoint=f"{SERVER_PUBLIC}:51820")
 
     def leak_test(self, kill_switch: bool = True) -> LeakTest:
         """The leak test (:class:`~vpnedu.course.interface.LeakTest`) in the namespace lab:

@@ -40,8 +40,9 @@ from ..sim.internet import SimInternet, WirePacket
 from ..sim.node import SimClient, SimServer
 from ..sim.topology import APP_ADDRESS, APP_ADDRESS6, APP_UDP_PORT, ECHO_PORT, SERVER_PUBLIC, build_hosts
 from ..sim.tun import MemoryTun
-from .interface import (LEAK_ATTEMPTS, AppResult, LeakTest, MarkerOnWire, PingResult, TrafficSample, TunReading,
-                        WgGet, WgSet, WgShow, config_changes, leaked, write_kill_switch)
+from .interface import (LEAK_ATTEMPTS, AppResult, ExplicitProxyFetch, LeakTest, MarkerOnWire, PingResult,
+                        TrafficSample, TunReading, WgGet, WgSet, WgShow, config_changes, explicit_proxy_command,
+                        leaked, write_kill_switch)
 
 
 class SimLab:
@@ -77,6 +78,18 @@ class SimLab:
         "(conntrack). The proxy mode (--forwarding proxy) ends each client connection in a socket "
         "of the server's own, which needs the real kernel. Run as root, this notebook shows the "
         "proxy's flow table, and the demo ('vpnedu lab demo') shows NAT and the proxy side by side.", 78)
+
+    #: What notebook 05 prints instead of fetching through the explicit proxies (the same rule:
+    #: lines of at most 78 characters, see :func:`~vpnedu.course.interface.wrap_note`).
+    explicit_proxy_note = (
+        "The simulation has no explicit proxies: a proxy listens on a socket of the server's own "
+        "(10.0.0.1:1080 for SOCKS5, 10.0.0.1:3128 for HTTP), and the simulated server has none; "
+        "that needs the real kernel. Run as root, this cell runs the curl commands above on the "
+        "client and shows, for each, the proxy's flow row (proto socks5 or http-connect, the "
+        "client 10.0.0.2, the server's own end 203.0.113.2 and the destination), the app server's "
+        "log with the source 203.0.113.2 (the server, not the client), and a capture of the "
+        "client's outer link: only WireGuard datagrams to 203.0.113.2:51820, the marker in the URL "
+        "unreadable. The NAT flow table above is what the simulation shows of the same path.")
 
     def up(self) -> "SimLab":
         return self
@@ -307,6 +320,14 @@ class SimLab:
             path.write_bytes(original)
             if self.server is None:
                 self.start_server()
+
+    def explicit_proxy_fetch(self, via: str = "socks5") -> ExplicitProxyFetch:
+        """The curl command the real lab runs through the explicit proxy ``via``, not run: the
+        result's note (:attr:`explicit_proxy_note`) says why, and what the real lab shows."""
+        marker = "marker-" + secrets.token_hex(4)
+        cmd = explicit_proxy_command(via, f"http://{APP_ADDRESS}/{marker}")
+        return ExplicitProxyFetch(via, " ".join(cmd), marker, "not run in the simulation", False, [], [], [], None,
+                                  note=self.explicit_proxy_note, endpoint=f"{SERVER_PUBLIC}:51820")
 
     # ------------------------------------------------------------------ attacks
     def _is_transport(self, w: WirePacket, src: str = "client", dst: str = "server") -> bool:
