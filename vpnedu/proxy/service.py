@@ -97,6 +97,7 @@ class ExplicitService:
             self.table.close(flow, "client gone")
             return
         self.table.opened(flow, bound)
+        self.table.touch(flow, up=len(to_upstream))    # the request head went upstream: it counts
         await relay(self.table, flow, reader, writer, *upstream)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client, peer: str) -> None:
