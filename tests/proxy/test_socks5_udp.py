@@ -253,7 +253,9 @@ def test_first_port_login_eviction_and_idle(lift_rules, monkeypatch):
     run(main())
 
 
-def test_server_stop_closes_associations(lift_rules):
+def test_association_limit_and_server_stop(lift_rules, monkeypatch):
+    monkeypatch.setattr(su, "MAX_ASSOCIATIONS", 1)
+
     async def main():
         h = Harness()
         await h.start()
@@ -262,6 +264,12 @@ def test_server_stop_closes_associations(lift_rules):
         client.connect(relay)
         client.send(su.build_udp("127.0.0.2", h.echo_port, b"x"))
         assert await answer(client)
+        # One more association than the server allows: reply 01, then the connection closes.
+        r2, w2 = await asyncio.open_connection("127.0.0.1", h.port)
+        w2.write(b"\x05\x01\x00" + b"\x05\x03\x00\x01" + bytes(6))
+        assert await asyncio.wait_for(r2.read(), 5) == b"\x05\x00" + s5.reply(s5.GENERAL_FAILURE)
+        w2.close()
+        assert len(h.server.associations) == 1
         await h.close()
         assert not h.table.flows and not h.server.associations
         assert h.seen["proxy.flow.closed"][-1]["reason"] == "server stopping"

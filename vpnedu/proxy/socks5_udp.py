@@ -71,7 +71,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import socks5 as s5
@@ -209,8 +209,8 @@ class Association:
         self.destinations: OrderedDict[tuple[str, int], Flow] = OrderedDict()
         self._names: OrderedDict[str, tuple[float, asyncio.Task]] = OrderedDict()
         self._waiting: set[asyncio.Task] = set()
-        #: Dropped datagrams, by reason.
-        self.dropped: Counter[str] = Counter()
+        #: How many datagrams were dropped (the first MAX_DROP_EVENTS with an event each).
+        self.dropped = 0
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self.last = self._loop.time()
@@ -263,8 +263,8 @@ class Association:
             except (ValueError, OSError):
                 pass
             s.close()
-        total = sum(self.dropped.values())
-        why = reason + (f"; {total} datagram{'s' * (total != 1)} dropped" if total else "")
+        n = self.dropped
+        why = reason + (f"; {n} datagram{'s' * (n != 1)} dropped" if n else "")
         for key in list(self.destinations):
             self.forget(key, why)
 
@@ -277,8 +277,8 @@ class Association:
 
     # -------------------------------------------------------------- client -> destination
     def _drop(self, reason: str, source, size: int) -> None:
-        self.dropped[reason.split(":")[0]] += 1
-        if sum(self.dropped.values()) <= MAX_DROP_EVENTS:
+        self.dropped += 1
+        if self.dropped <= MAX_DROP_EVENTS:
             self.table.events.emit("proxy.socks5.udp.dropped", self.peer, relay=fmt(self.bound),
                                    source=fmt(source), size=size, reason=reason)
 
