@@ -70,6 +70,8 @@ CATALOGUE: dict[str, str] = {
     "proxy.flow.closed": "a proxied flow ended (closed, reset, refused, idle ...) with its byte counts",
     "proxy.refused": "an explicit proxy (SOCKS5, HTTP) closed a connection: a source outside every peer's AllowedIPs, "
                      "a malformed or unsupported request, a wrong password, too slow",
+    "proxy.socks5.udp.dropped": "a SOCKS5 UDP association dropped a datagram: not from its client, a bad header, "
+                                "FRAG not 0, a destination not allowed, a reply from where the client has not sent ...",
     "proxy.dns.listening": "the server's DNS forwarder listens on port 53 of the tunnel addresses (its upstreams)",
     "proxy.dns.dropped": "the DNS forwarder dropped a message: source outside every peer's AllowedIPs, too short, too long ...",
     "proxy.dns.servfail": "every upstream resolver failed or timed out: the client got SERVFAIL (rcode 2)",

@@ -36,8 +36,9 @@ Address = tuple[str, int]
 #: Idle timeouts in seconds per protocol (override with ``--proxy-idle tcp=...,udp=...,icmp=...``).
 DEFAULT_IDLE = {"tcp": 600.0, "udp": 30.0, "icmp": 30.0}
 
-#: The explicit proxies' flows (:mod:`.socks5`) ride on TCP: they take TCP's idle timeout.
-TRANSPORT = {"socks5": "tcp", "http-connect": "tcp", "http": "tcp"}
+#: The explicit proxies' flows (:mod:`.socks5`) ride on TCP, and take TCP's idle timeout; a
+#: SOCKS5 UDP association's (:mod:`.socks5_udp`) on UDP, and take UDP's.
+TRANSPORT = {"socks5": "tcp", "http-connect": "tcp", "http": "tcp", "socks5-udp": "udp"}
 
 
 def fmt(addr: Address | None) -> str:

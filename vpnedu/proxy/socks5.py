@@ -25,8 +25,9 @@ One TCP connection carries three small binary exchanges, then the relayed bytes:
        client: VER=5 CMD RSV=0 ATYP DST.ADDR DST.PORT
        server: VER=5 REP RSV=0 ATYP BND.ADDR BND.PORT
 
-   ``CMD`` 1 is CONNECT (2 BIND and 3 UDP ASSOCIATE are answered 07, "command not
-   supported", for now).  ``ATYP`` 1 is an IPv4 address (4 bytes), 4 an IPv6 address (16
+   ``CMD`` 1 is CONNECT, 3 UDP ASSOCIATE (datagrams relayed through a socket of the server's,
+   for as long as this connection lasts: :mod:`.socks5_udp`); 2 BIND is answered 07, "command
+   not supported".  ``ATYP`` 1 is an IPv4 address (4 bytes), 4 an IPv6 address (16
    bytes), 3 a domain name (one length byte, then the name): the *server* resolves it, which
    is what ``socks5h://`` and ``--socks5-hostname`` ask for, so the client's DNS query never
    leaves its machine.  ``REP`` (section 6) is 00 on success, else why it failed:
@@ -42,7 +43,8 @@ One TCP connection carries three small binary exchanges, then the relayed bytes:
    ====  ==============================================================
 
    ``BND.ADDR:BND.PORT`` is the server's own end of the new connection: the address the
-   destination sees.  After a success reply the connection is a plain byte pipe (relayed by
+   destination sees (for UDP ASSOCIATE: the relay's address, where the client sends its
+   datagrams).  After a success reply the connection is a plain byte pipe (relayed by
    :func:`.tcp.relay`, the transparent proxy's relay), and every failure reply is followed by
    closing the connection (section 6: "MUST terminate the TCP connection shortly after").
 
@@ -155,6 +157,16 @@ def check_login(users: dict[bytes, bytes], username: bytes, password: bytes) -> 
     return ok
 
 
+def domain_name(raw: bytes) -> str | None:
+    """A DST.ADDR of type 3 as text, or ``None`` if it cannot name a host: empty, not ASCII, or
+    with characters no host name has (letters, digits, ``-``, ``.`` and ``_`` only)."""
+    try:
+        host = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return host if host and all(c.isalnum() or c in "-._" for c in host) else None
+
+
 @dataclass(frozen=True)
 class Request:
     command: int
@@ -196,11 +208,8 @@ def parse_request(data: bytes) -> Request | None:
     port = int.from_bytes(data[end:end + 2], "big")
     if atyp == ATYP_DOMAIN:
         raw = bytes(data[5:end])
-        try:
-            host = raw.decode("ascii")
-        except UnicodeDecodeError:
-            host = ""
-        if not host or not all(c.isalnum() or c in "-._" for c in host):
+        host = domain_name(raw)
+        if host is None:
             raise Socks5Error(f"request: {raw[:64]!r} is not a domain name", reply(HOST_UNREACHABLE))
     else:
         host = str(ipaddress.ip_address(bytes(data[4:end])))
@@ -282,7 +291,24 @@ class Socks5Server(ExplicitService):
     ``users``: username -> password (empty: no authentication)."""
 
     proto = "socks5"
-    flow_protos = ("socks5",)
+    flow_protos = ("socks5", "socks5-udp")
+    #: Seconds without a datagram before a UDP association ends (None: :mod:`.socks5_udp`'s
+    #: ``ASSOCIATION_IDLE``).
+    udp_idle: float | None = None
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.associations: set = set()
+
+    async def close(self) -> None:
+        # The UDP associations end first, each closing its own sockets and flows (a task cancelled
+        # instead would end the same way, with a traceback in the log).
+        for assoc in list(self.associations):
+            assoc.end("server stopping")
+        tasks = [a.task for a in self.associations if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        await super().close()
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client, peer: str) -> None:
         stage = ["greeting"]
@@ -300,6 +326,8 @@ class Socks5Server(ExplicitService):
             return self.refuse(writer, client, f"{stage[0]} not done in {HANDSHAKE_TIMEOUT:g} s")
         except (EOFError, OSError):
             return self.refuse(writer, client, "closed during negotiation")
+        if req.command == UDP_ASSOCIATE:
+            return await self._associate(reader, writer, client, peer, req)
         flow = self.table.new(self.proto, client, (req.host, req.port), peer)
         flow.state = "connecting"
         try:
@@ -310,6 +338,36 @@ class Socks5Server(ExplicitService):
             return self._fail(writer, flow, error_reply(e))
         await self.relay_after(flow, reader, writer, up,
                                to_client=reply(SUCCEEDED, up[1].get_extra_info("sockname")[:2]))
+
+    async def _associate(self, reader, writer, client, peer: str, req: Request) -> None:
+        """UDP ASSOCIATE (section 7): a relay socket on the tunnel address this connection
+        arrived on, its address in the reply, then the association lasts as long as this
+        connection (or until it is idle).  ``DST.PORT``, if not 0, is the only client port
+        accepted; ``DST.ADDR`` is not used (this connection's source is the client)."""
+        from .socks5_udp import ASSOCIATION_IDLE, MAX_ASSOCIATIONS, Association, open_relay
+        if len(self.associations) >= MAX_ASSOCIATIONS:
+            return self.refuse(writer, client, f"UDP ASSOCIATE: {MAX_ASSOCIATIONS} associations already",
+                               reply(GENERAL_FAILURE))
+        local = writer.get_extra_info("sockname")[0]
+        try:
+            relay = open_relay(local)
+        except OSError as e:
+            return self.refuse(writer, client, f"UDP ASSOCIATE: no relay socket on {local}: {e.strerror}",
+                               reply(GENERAL_FAILURE))
+        assoc = Association(self.table, relay, client[0], req.port, peer, resolve_timeout=self.connect_timeout)
+        self.associations.add(assoc)
+        why = "server stopping"
+        try:
+            writer.write(reply(SUCCEEDED, assoc.bound))
+            await writer.drain()
+            assoc.start()
+            why = await assoc.hold(reader, ASSOCIATION_IDLE if self.udp_idle is None else self.udp_idle)
+        except OSError:
+            why = "client gone"
+        finally:
+            assoc.close(why)
+            self.associations.discard(assoc)
+            writer.close()       # after an idle end: the client learns the association is over
 
     def _fail(self, writer, flow, code: int) -> None:
         writer.write(reply(code))
@@ -334,7 +392,7 @@ class Socks5Server(ExplicitService):
             writer.write(bytes([AUTH_VERSION, AUTH_OK]))
             stage[0] = "request"
         req = await read_message(reader, buf, parse_request)
-        if req.command != CONNECT:
-            name = {BIND: "BIND", UDP_ASSOCIATE: "UDP ASSOCIATE"}.get(req.command, f"command {req.command}")
+        if req.command not in (CONNECT, UDP_ASSOCIATE):
+            name = {BIND: "BIND"}.get(req.command, f"command {req.command}")
             raise Socks5Error(f"{name} is not supported", reply(COMMAND_NOT_SUPPORTED))
         return req
