@@ -8,6 +8,12 @@ proof that the application server sees the VPN server, not the client.
 can recompute (to check a big download arrived intact); ``GET /drip/S`` trickles
 a little data for S seconds (a flow that stays open long enough to look at).
 
+With ``--tls-port 443 --cert app-cert.pem --key app-key.pem`` it serves the same pages over HTTPS
+too (Python's :mod:`ssl`), logging the same way; :func:`make_certificates` makes those files: a
+small certificate authority of the lab's own and a certificate it signs for the app's name and
+addresses, so a client that trusts the CA (``curl --cacert app-ca.pem``) checks the app's
+identity for real -- through ``CONNECT`` a proxy in between sees only ciphertext.
+
 Beside HTTP it runs two more services, so the proxy can be tried on each protocol:
 a TCP echo service (port 7, RFC 862) and a DNS-like UDP name service (port 53):
 a datagram ``<id> <name>`` is answered with ``<id> <name> A <address> seen-from <source>``.
@@ -19,13 +25,17 @@ no curl).
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
+import ipaddress
 import socket
+import ssl
 import sys
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 def random_chunks(n: int, chunk: int = 65536):
@@ -127,13 +137,20 @@ def _name_service(port: int, answer: str) -> None:
         s.sendto(data.strip() + f" A {answer} seen-from {src[0]}".encode(), src)
 
 
-def serve(port: int, log: str, echo_port: int = 7, dns_port: int = 53, answer: str = "192.0.2.80") -> None:
+def serve(port: int, log: str, echo_port: int = 7, dns_port: int = 53, answer: str = "192.0.2.80",
+          tls_port: int = 0, cert: str | None = None, key: str | None = None) -> None:
     _Handler.log_path = log
     ThreadingHTTPServer.allow_reuse_address = True
     if echo_port:
         threading.Thread(target=_echo_service, args=(echo_port,), daemon=True).start()
     if dns_port:
         threading.Thread(target=_name_service, args=(dns_port, answer), daemon=True).start()
+    if tls_port:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        tls = DualStackTLSServer(("::", tls_port), _Handler)
+        tls.context = ctx
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
     with DualStackHTTPServer(("::", port), _Handler) as srv:
         srv.serve_forever()
 
@@ -149,6 +166,65 @@ class DualStackHTTPServer(ThreadingHTTPServer):
         super().server_bind()
 
 
+class DualStackTLSServer(DualStackHTTPServer):
+    """The same server behind TLS.  The handshake runs in each connection's own thread (not in
+    ``accept``), so a client that connects and says nothing holds up no one else."""
+
+    context: ssl.SSLContext
+
+    def finish_request(self, request, client_address) -> None:
+        try:
+            conn = self.context.wrap_socket(request, server_side=True)
+        except OSError:          # ssl.SSLError too: a client that gave up, or does not trust us
+            return
+        with conn:
+            self.RequestHandlerClass(conn, client_address, self)
+
+
+def make_certificates(directory: Path, names: list[str], addresses: list[str]) -> dict[str, Path]:
+    """A certificate authority for the lab (``app-ca.pem``, the file clients trust) and a server
+    certificate it signs for ``names`` and ``addresses`` (``app-cert.pem``, key ``app-key.pem``),
+    written into ``directory``; returns their paths by role (``ca``, ``cert``, ``key``).  Fresh
+    keys each time (EC P-256), valid from a day ago for 30 days."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vpnedu lab CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    alt = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names or addresses)[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    directory = Path(directory)
+    paths = {"ca": directory / "app-ca.pem", "cert": directory / "app-cert.pem", "key": directory / "app-key.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    paths["key"].chmod(0o600)
+    return paths
+
+
 def fetch(url: str, timeout: float = 10.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read()
@@ -162,12 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--log", required=True)
     s.add_argument("--echo-port", type=int, default=7)
     s.add_argument("--dns-port", type=int, default=53)
+    s.add_argument("--tls-port", type=int, default=0, help="also serve HTTPS here (needs --cert and --key)")
+    s.add_argument("--cert", help="the server certificate (PEM), for --tls-port")
+    s.add_argument("--key", help="its private key (PEM)")
     f = sub.add_parser("fetch")
     f.add_argument("url")
     f.add_argument("--timeout", type=float, default=10.0)
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        serve(a.port, a.log, a.echo_port, a.dns_port)
+        if a.tls_port and not (a.cert and a.key):
+            ap.error("--tls-port needs --cert and --key")
+        serve(a.port, a.log, a.echo_port, a.dns_port, tls_port=a.tls_port, cert=a.cert, key=a.key)
         return 0
     try:
         sys.stdout.buffer.write(fetch(a.url, a.timeout))

@@ -7,11 +7,14 @@ host; veth pairs are the cables between them::
      client(s)                internet (router)                server
      eth0 198.51.100.2 --- br0 198.51.100.1                  eth0 203.0.113.2
                                s0 203.0.113.1 ----------------'
-                               a0 192.0.2.1 ----- app  eth0 192.0.2.80 (HTTP, logs source addresses)
+                               a0 192.0.2.1 ----- app  eth0 192.0.2.80 (HTTP, HTTPS; logs source addresses)
 
 Every link of it carries IPv6 too, from the documentation prefix 2001:db8::/32 (RFC 3849):
 the clients' LAN 2001:db8:c::/64 (router ::1, client ::2), the server 2001:db8:5::2, the app
-2001:db8:a::80; the router forwards both families, and the app server answers on both.
+2001:db8:a::80; the router forwards both families, and the app server answers on both.  It
+serves HTTP on port 80 and HTTPS on 443, with a certificate for ``app.lab`` and its two
+addresses signed by a CA made when the lab comes up (:meth:`Lab.app_ca`: the file to give
+``curl --cacert``; no host resolves ``app.lab`` unless a test or a user adds it to a hosts file).
 
 That is the ``router`` topology, the default: the lab of the demo and the course.  The
 benchmark measures on the ``direct`` one instead (``Lab(topology="direct")``), where nothing
@@ -71,6 +74,9 @@ APP_NET6 = "2001:db8:a"
 SERVER_PUBLIC6 = f"{SERVER_NET6}::2"
 APP_ADDRESS6 = f"{APP_NET6}::80"
 APP_PORT = 80
+#: The app server's HTTPS port, and the name its certificate is for (with both its addresses).
+APP_TLS_PORT = 443
+APP_NAME = "app.lab"
 #: Where the tunnels' own addresses live (vpnedu's 10.0.0.0/24, OpenVPN's 10.8.0.0/24).
 TUNNEL_NETS = "10.0.0.0/8"
 
@@ -310,9 +316,13 @@ class Lab:
         self.run("internet", "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", check=True)
         # The application server, logging who connects.
         (self.dir / "app-access.log").write_text("")
+        from .app import make_certificates
+        tls = make_certificates(self.dir, [APP_NAME], [APP_ADDRESS, APP_ADDRESS6])
         self.spawn("app", "app", sys.executable, "-m", "vpnedu.netns_lab.app", "serve", "--port", str(APP_PORT),
-                   "--log", str(self.dir / "app-access.log"))
+                   "--log", str(self.dir / "app-access.log"), "--tls-port", str(APP_TLS_PORT),
+                   "--cert", str(tls["cert"]), "--key", str(tls["key"]))
         self.wait_for_port("app", APP_PORT)
+        self.wait_for_port("app", APP_TLS_PORT)
 
     def _set_mtu(self, link: str, *devices: tuple[str, str]) -> None:
         """``ip link set DEV mtu N`` on each (namespace, device) end of one of the router's links."""
@@ -458,6 +468,11 @@ class Lab:
             return
         for p in journal.RUN_DIR.glob(f"*@{inode}.peers"):
             p.unlink(missing_ok=True)
+
+    def app_ca(self) -> Path:
+        """The CA certificate (PEM) that signed the app server's HTTPS certificate: what a client
+        trusts to check it (``curl --cacert``, ``httpx.Client(verify=...)``)."""
+        return self.dir / "app-ca.pem"
 
     def app_log(self) -> list[str]:
         p = self.dir / "app-access.log"
