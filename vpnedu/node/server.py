@@ -286,6 +286,7 @@ class Server(Node):
             st["flow_totals"] = {"opened": self.proxy.table.opened_total, "closed": self.proxy.table.closed_total}
         elif self.explicit is not None:
             st["flows"] = [r.to_dict() for r in self.explicit.flows()]
+        st["proxy_sessions"] = self.explicit.sessions() if self.explicit is not None else {}
         usage = self.proxy_usage()
         st["proxy_usage"] = usage
         for p in st["peers"]:

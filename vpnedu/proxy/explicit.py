@@ -106,6 +106,10 @@ class ExplicitProxies:
         for svc in self.services:
             await svc.close()
 
+    def sessions(self) -> dict[str, int]:
+        """Per service (``socks5``, ``http``), the connections it is serving right now."""
+        return {svc.proto: svc.sessions for svc in self.services}
+
     def flows(self) -> list[FlowRow]:
         """The explicit proxies' rows (only when they keep a table of their own)."""
         return self.table.snapshot() if self.own_table else []

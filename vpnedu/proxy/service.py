@@ -40,6 +40,11 @@ class ExplicitService:
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task] = set()
 
+    @property
+    def sessions(self) -> int:
+        """Connections being served right now (negotiating or relaying): one task each."""
+        return len(self._tasks)
+
     async def start(self) -> None:
         for s in self.socks:
             self._servers.append(await asyncio.start_server(self._serve, sock=s, limit=CHUNK, backlog=1024))
