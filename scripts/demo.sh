@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
-vpnedu_setup test
+vpnedu_setup ""     # vpnedu alone: the demo needs none of the tests' packages (scripts/test.sh adds them)
 if [ "$(id -u)" != 0 ]; then
   echo "The lab demo creates network namespaces and TUN devices, so it needs root:"
   echo "    sudo bash scripts/demo.sh"

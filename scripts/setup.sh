@@ -12,7 +12,9 @@ VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables
   # DNS test's resolver and lookups (tests/node/test_dns_root.py)
 
 vpnedu_setup() {
-  local extras="${1:-test}" missing=() p
+  # $1: the extras to install with vpnedu ("test" for the tests; "" for vpnedu alone, as the demo needs).
+  local extras="${1-test}" missing=() p spec
+  spec="." && [ -n "$extras" ] && spec=".[${extras}]"
   for p in "${VPNEDU_DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
@@ -34,11 +36,11 @@ vpnedu_setup() {
   if [ ! -x .venv/bin/python ]; then
     echo "setup: creating the virtualenv .venv ($("$py" --version 2>&1))"
     "$py" -m venv .venv
-    echo "setup: installing vpnedu and the Python packages it needs into .venv (pip install -e '.[${extras}]';"
-    echo "       about a minute the first time, with nothing printed until it is done) ..."
+    echo "setup: installing vpnedu and the Python packages it needs into .venv (pip install -e '${spec}';"
+    echo "       up to a minute the first time, with nothing printed until it is done) ..."
   else
-    echo "setup: checking vpnedu's Python packages in .venv (pip install -e '.[${extras}]') ..."
+    echo "setup: checking vpnedu's Python packages in .venv (pip install -e '${spec}') ..."
   fi
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e "${spec}"
   echo "setup: done; the command is .venv/bin/vpnedu"
 }

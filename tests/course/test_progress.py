@@ -44,7 +44,7 @@ def test_the_first_demo_sh_says_what_it_does_while_pip_installs():
         out = "\n".join(lines)
         assert said_while_installing, out[:3000]
         assert out.index("setup: creating the virtualenv .venv") < out.index("installing vpnedu")
-        assert "about a minute the first time" in out and "setup: done" in out
+        assert "(pip install -e '.';" in out and "up to a minute the first time" in out and "setup: done" in out
         assert "needs root" in out and "handshake" in out      # then the no-root demo ran
     finally:
         shutil.rmtree(top, ignore_errors=True)

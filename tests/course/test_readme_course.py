@@ -181,12 +181,38 @@ def follow_readme(block: str, user: str | None, env: dict | None = None):
         shutil.rmtree(top, ignore_errors=True)
 
 
-def test_the_readme_course_commands_work_for_a_student_from_a_fresh_copy():
+STUDENT_BLOCK, ROOT_BLOCK = "# student: a normal user, the simulated lab", "# root: the real namespace lab"
+
+
+@pytest.fixture(scope="module")
+def readme_runs(request):
+    """Both README blocks at once, each in a fresh copy of its own (they share nothing but the
+    machine): their pip installs and JupyterLab starts overlap, a minute less than one after the
+    other.  Only the blocks whose tests were selected run."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to become another user (setpriv)")
-    if not shutil.which("setpriv"):
+        pytest.skip("needs root (to become another user with setpriv; the root block needs root)")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vpnedu.netns_lab.topology import Lab
+    selected = {item.name for item in request.session.items}
+    prefix = f"rm{os.getpid() % 10000}-"   # the root notebook's lab gets names of this test's own
+    pool = ThreadPoolExecutor(2)
+    runs = {}
+    if "test_the_readme_course_commands_work_for_a_student_from_a_fresh_copy" in selected and shutil.which("setpriv"):
+        runs["student"] = pool.submit(follow_readme, STUDENT_BLOCK, "nobody")
+    if "test_the_readme_course_commands_work_for_root_from_a_fresh_copy" in selected:
+        runs["root"] = pool.submit(follow_readme, ROOT_BLOCK, None, {"VPNEDU_LAB_PREFIX": prefix})
+    try:
+        yield runs
+    finally:
+        pool.shutdown(wait=True)
+        Lab(prefix=prefix, log=lambda s: None).down()
+
+
+def test_the_readme_course_commands_work_for_a_student_from_a_fresh_copy(readme_runs):
+    if "student" not in readme_runs:
         pytest.skip("setpriv (util-linux) is not installed")
-    seen, nb = follow_readme("# student: a normal user, the simulated lab", "nobody")
+    seen, nb = readme_runs["student"].result()
     assert "00-setup.ipynb" in seen["notebooks"] and "06-performance.ipynb" in seen["notebooks"]
     assert NEWS_PLUGIN in seen["config"]["disabledExtensions"], seen["config"].get("disabledExtensions")
     out = outputs_by_tag(nb)
@@ -197,15 +223,8 @@ def test_the_readme_course_commands_work_for_a_student_from_a_fresh_copy():
 
 
 @pytest.mark.root
-def test_the_readme_course_commands_work_for_root_from_a_fresh_copy():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    from vpnedu.netns_lab.topology import Lab
-    prefix = f"rm{os.getpid() % 10000}-"   # the notebook's lab gets names of this test's own
-    try:
-        seen, nb = follow_readme("# root: the real namespace lab", None, {"VPNEDU_LAB_PREFIX": prefix})
-    finally:
-        Lab(prefix=prefix, log=lambda s: None).down()
+def test_the_readme_course_commands_work_for_root_from_a_fresh_copy(readme_runs):
+    seen, nb = readme_runs["root"].result()
     assert NEWS_PLUGIN in seen["config"]["disabledExtensions"]
     out = outputs_by_tag(nb)
     assert "REAL MODE -- root and /dev/net/tun are available" in out["check-banner"], out["check-banner"]
