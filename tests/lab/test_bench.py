@@ -159,6 +159,17 @@ def test_bench_runs_another_tree_and_another_wireguard_go_build(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     data = json.loads(r.stdout)   # stdout is the JSON alone
     assert "TCP throughput, 1 stream, client -> server" in r.stderr
+    # While it runs, stderr says which round, path and test it is on, in order, "done" last.
+    progress = [line for line in r.stderr.splitlines() if line.startswith("bench: ")]
+    for want in (f"bench: round 1/1, path 1/2: vpnedu@{commit}: setting up the tunnel",
+                 f"bench: round 1/1, path 1/2: vpnedu@{commit}: ping RTT",
+                 f"bench: round 1/1, path 1/2: vpnedu@{commit}: tcp1_up (1 stream, client -> server, iperf3 1 s)",
+                 "bench: handshake rate: 200 clients for 10 s against the vpnedu server"):
+        assert want in progress, (want, r.stderr)
+    assert any(p.startswith("bench: round 1/1, path 2/2: wireguard-go@v") and p.endswith(": tcp1_up (1 stream, "
+                                                                                        "client -> server, iperf3 1 s)")
+               for p in progress), progress
+    assert progress[-1] == "bench: done"
     old, wg = data["paths"][f"vpnedu@{tree}"], data["paths"][f"wireguard-go@{wggo}"]
     assert old["label"] == f"vpnedu@{commit}" and str(tree) in old["what"], old
     assert f"[1] vpnedu@{commit} " in r.stderr
