@@ -147,17 +147,17 @@ def test_kill_switch_no_packet_leaves_outside_the_tunnel_connected_server_dead_a
         t1 = time.time()
         assert f"table inet {TABLE}" in run(lab, "nft", "list", "tables").stdout
         assert status(lab, "client")["kill_switch"]["families"] == ["IPv4", "IPv6"]
-        one = traffic(lab, "p1", 9)
+        one = traffic(lab, "p1", 4)
         # Phase 2: the server dies (SIGKILL); the client keeps sending and retrying.
         t2 = time.time()
         stop(srv, signal.SIGKILL)
-        two = traffic(lab, "p2", 9)
+        two = traffic(lab, "p2", 4)
         # Phase 3: the server is back; the client reconnects on its own.
         t3 = time.time()
         srv = start_server(lab)
         wait_for(lambda: curl(lab, "-4", f"http://{APP_ADDRESS}/p3-back").returncode == 0, timeout=30,
                  what="the tunnel back after the server restarted")
-        three = traffic(lab, "p3", 8)
+        three = traffic(lab, "p3", 4)
         t4 = time.time()
         nft = run(lab, "nft", "list", "table", "inet", TABLE).stdout
         frames = capture.frames()
