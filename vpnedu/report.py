@@ -129,6 +129,10 @@ def usage_table(usage: dict[str, dict[str, dict[str, int]]], indent: str = "  ")
     return [indent + line for line in text_table(rows, ("peer", "proto", "flows", "up", "down"))]
 
 
+#: The protocols of the kernel's conntrack rows (vpnedu.net.conntrack).
+KERNEL_PROTOS = ("tcp", "udp", "icmp", "icmpv6")
+
+
 def format_flows(st: dict) -> str:
     """The flow table of a daemon's status (``vpnedu status --flows``): who keeps it, then the rows."""
     mode = st.get("forwarding")
@@ -139,8 +143,16 @@ def format_flows(st: dict) -> str:
     if st.get("flows_error"):
         return f"flows: cannot read the kernel's conntrack table: {st['flows_error']}"
     rows = [FlowRow.from_dict(d) for d in st.get("flows", [])]
-    kind = "proxy (the server's own connections)" if mode == "proxy" else "nat (the kernel's conntrack entries)"
-    lines = [f"flows: {len(rows)} via {kind}", *(flow_table(rows) if rows else [])]
+    if mode == "proxy":
+        head = f"flows: {len(rows)} via proxy (the server's own connections)"
+    else:
+        # The kernel's conntrack rows are tcp/udp/icmp; the server's own services (SOCKS5, the
+        # HTTP proxy, the DNS forwarder) keep theirs beside them, named by their protocol.
+        own = sum(1 for r in rows if r.proto not in KERNEL_PROTOS)
+        head = f"flows: {len(rows) - own} via nat (the kernel's conntrack entries)"
+        if own:
+            head += f", {own} of the server's own services"
+    lines = [head, *(flow_table(rows) if rows else [])]
     if st.get("proxy_usage"):
         lines += ["", "per peer, since the server started (its own services: proxy, SOCKS5, HTTP, DNS):",
                   *usage_table(st["proxy_usage"])]

@@ -94,6 +94,10 @@ def test_a_peers_proxied_use_reads_as_wg_show_words_it():
         report.format_status(st).splitlines()
     table = report.format_flows(st).splitlines()
     assert table[0] == "flows: 0 via nat (the kernel's conntrack entries)"
+    rows = [FlowRow("tcp", "10.0.0.2:1", "203.0.113.2:1", "192.0.2.80:80", "established", 1, 2).to_dict(),
+            FlowRow("socks5", "10.0.0.2:2", "203.0.113.2:2", "192.0.2.80:80", "established", 1, 2).to_dict()]
+    assert report.format_flows({**st, "flows": rows}).splitlines()[0] == \
+        "flows: 1 via nat (the kernel's conntrack entries), 1 of the server's own services"
     assert table[-3].split() == ["peer", "proto", "flows", "up", "down"]
     assert table[-1].split() == ["client", "socks5", "1", "1.20", "KiB", "20.00", "MiB"]
 
