@@ -17,7 +17,7 @@ from typing import Callable
 from .. import report
 from ..errors import VpneduError
 from ..flows import FlowRow
-from .topology import APP_ADDRESS, APP_ADDRESS6, APP_PORT, SERVER_PUBLIC, SERVER_PUBLIC6, Lab, require_tool, stop_process
+from .topology import APP_ADDRESS, APP_ADDRESS6, APP_PORT, APP_TLS_PORT, SERVER_PUBLIC, SERVER_PUBLIC6, Lab, require_tool, stop_process
 
 
 @dataclass
@@ -179,7 +179,8 @@ class Demo:
             self.show(f"client  {lab.client_address('client')}/24  (a laptop on some LAN)\n"
                       f"internet router between them\n"
                       f"server  {SERVER_PUBLIC}/24  (the VPN server's public address)\n"
-                      f"app     {APP_ADDRESS}:{APP_PORT}  (an HTTP server that logs who connects)")
+                      f"app     {APP_ADDRESS}:{APP_PORT}  (an HTTP server that logs who connects; HTTPS on "
+                      f"{APP_TLS_PORT})")
 
             self.step("2. The client's routing table before the VPN")
             res.routes_before = self.routes("client")
