@@ -279,3 +279,16 @@ def test_association_limit_and_server_stop(lift_rules, monkeypatch):
         client.close()
         w.close()
     run(main())
+
+
+@pytest.mark.root
+def test_a_name_takes_the_first_address_the_server_has_a_route_to():
+    """In a network namespace with only loopback up: no route to 2001:db8::1 or 192.0.2.1, one
+    to 127.0.0.1 -- what the association uses to skip an IPv6 answer on an IPv4-only server."""
+    import subprocess
+    import sys
+    code = ("from vpnedu.proxy.socks5_udp import routable; "
+            "print(routable('2001:db8::1'), routable('192.0.2.1'), routable('127.0.0.1'), routable('::1'))")
+    r = subprocess.run(["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1"', sys.executable, code],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.split() == ["False", "False", "True", "True"], r.stdout + r.stderr

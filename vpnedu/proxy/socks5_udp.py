@@ -95,6 +95,18 @@ ASSOCIATION_IDLE = 30.0
 MAX_ASSOCIATIONS = 256
 
 
+
+def routable(address: str) -> bool:
+    """Whether the server has a route to ``address``: connecting a UDP socket sends nothing, it
+    only asks the routing table (ENETUNREACH when there is no route)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((address, 9))
+        except OSError:
+            return False
+    return True
+
 class UdpHeaderError(ValueError):
     """A datagram this relay drops; ``reason``: why, in one line."""
 
@@ -344,7 +356,9 @@ class Association:
         return task
 
     async def _resolve(self, name: str) -> str:
-        """The first address ``name`` resolves to; every one must be allowed, as for CONNECT."""
+        """The first address ``name`` resolves to that the server has a route to (a name that
+        resolves IPv6 first, on a server without IPv6 routes, takes its IPv4 address, as
+        CONNECT would by trying them in turn); every one must be allowed, as for CONNECT."""
         infos = await asyncio.wait_for(self._loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM),
                                        self.resolve_timeout)
         addrs = [normal_address(i[4][0]) for i in infos]
@@ -352,7 +366,7 @@ class Association:
             raise socket.gaierror(f"{name} has no address")
         if not all(s5.allowed_destination(a) for a in addrs):
             raise PermissionError(name)
-        return addrs[0]
+        return next((a for a in addrs if routable(a)), addrs[0])
 
     def _send(self, address: str, port: int, data: bytes, source, checked: bool = False) -> None:
         if not checked and not s5.allowed_destination(address):
