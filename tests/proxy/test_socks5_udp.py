@@ -9,6 +9,7 @@ import pytest
 
 from vpnedu.events import EventBus
 from vpnedu.proxy import socks5 as s5
+from vpnedu.proxy import socks5_address as sa
 from vpnedu.proxy import socks5_udp as su
 from vpnedu.proxy.explicit import bind_listener
 from vpnedu.proxy.flows import FlowTable
@@ -64,7 +65,7 @@ def test_normal_address():
 @pytest.fixture
 def lift_rules(monkeypatch):
     """The loopback addresses stand for the outside here; 127.0.0.9 stays refused."""
-    monkeypatch.setattr(s5, "allowed_destination", lambda a: not a.startswith("127.0.0.9"))
+    monkeypatch.setattr(sa, "allowed_destination", lambda a: not a.startswith("127.0.0.9"))
 
 
 ECHO_AT = ("127.0.0.2", "127.0.0.1", "127.0.0.3", "127.0.0.4", "::1")

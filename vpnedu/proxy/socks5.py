@@ -64,7 +64,9 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
+from . import socks5_udp
 from .service import ExplicitService
+from .socks5_address import ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6, allowed_destination, domain_name
 from .tcp import CHUNK
 
 VERSION = 5
@@ -72,8 +74,6 @@ VERSION = 5
 NO_AUTH, USERPASS, NO_ACCEPTABLE = 0x00, 0x02, 0xFF
 #: Commands (section 4).
 CONNECT, BIND, UDP_ASSOCIATE = 1, 2, 3
-#: Address types (section 4).
-ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 3, 4
 #: Reply codes (section 6).
 SUCCEEDED, GENERAL_FAILURE, NOT_ALLOWED, NETWORK_UNREACHABLE, HOST_UNREACHABLE, REFUSED = 0, 1, 2, 3, 4, 5
 TTL_EXPIRED, COMMAND_NOT_SUPPORTED, ADDRESS_TYPE_NOT_SUPPORTED = 6, 7, 8
@@ -157,16 +157,6 @@ def check_login(users: dict[bytes, bytes], username: bytes, password: bytes) -> 
     return ok
 
 
-def domain_name(raw: bytes) -> str | None:
-    """A DST.ADDR of type 3 as text, or ``None`` if it cannot name a host: empty, not ASCII, or
-    with characters no host name has (letters, digits, ``-``, ``.`` and ``_`` only)."""
-    try:
-        host = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return host if host and all(c.isalnum() or c in "-._" for c in host) else None
-
-
 @dataclass(frozen=True)
 class Request:
     command: int
@@ -218,16 +208,6 @@ def parse_request(data: bytes) -> Request | None:
 
 #: At most this many bytes of negotiation: the largest request (a 255-byte name) is 262.
 MAX_MESSAGE = 4 + 1 + 255 + 2
-
-
-def allowed_destination(address: str) -> bool:
-    """Whether the proxy may connect there: not the server's own loopback (its private
-    services), not unspecified (0.0.0.0 means "this host"), not multicast or link-local.
-    Refused ones get 02, "connection not allowed by ruleset"."""
-    ip = ipaddress.ip_address(address)
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local)
 
 
 def error_reply(exc: BaseException) -> int:
@@ -344,24 +324,23 @@ class Socks5Server(ExplicitService):
         arrived on, its address in the reply, then the association lasts as long as this
         connection (or until it is idle).  ``DST.PORT``, if not 0, is the only client port
         accepted; ``DST.ADDR`` is not used (this connection's source is the client)."""
-        from .socks5_udp import ASSOCIATION_IDLE, MAX_ASSOCIATIONS, Association, open_relay
-        if len(self.associations) >= MAX_ASSOCIATIONS:
-            return self.refuse(writer, client, f"UDP ASSOCIATE: {MAX_ASSOCIATIONS} associations already",
+        if len(self.associations) >= socks5_udp.MAX_ASSOCIATIONS:
+            return self.refuse(writer, client, f"UDP ASSOCIATE: {socks5_udp.MAX_ASSOCIATIONS} associations already",
                                reply(GENERAL_FAILURE))
         local = writer.get_extra_info("sockname")[0]
         try:
-            relay = open_relay(local)
+            relay = socks5_udp.open_relay(local)
         except OSError as e:
             return self.refuse(writer, client, f"UDP ASSOCIATE: no relay socket on {local}: {e.strerror}",
                                reply(GENERAL_FAILURE))
-        assoc = Association(self.table, relay, client[0], req.port, peer, resolve_timeout=self.connect_timeout)
+        assoc = socks5_udp.Association(self.table, relay, client[0], req.port, peer, resolve_timeout=self.connect_timeout)
         self.associations.add(assoc)
         why = "server stopping"
         try:
             writer.write(reply(SUCCEEDED, assoc.bound))
             await writer.drain()
             assoc.start()
-            why = await assoc.hold(reader, ASSOCIATION_IDLE if self.udp_idle is None else self.udp_idle)
+            why = await assoc.hold(reader, socks5_udp.ASSOCIATION_IDLE if self.udp_idle is None else self.udp_idle)
         except OSError:
             why = "client gone"
         finally:

@@ -40,7 +40,7 @@ error -- but counted, with a ``proxy.socks5.udp.dropped`` event saying why):
 * **Well-formed headers.**  Truncated, ``RSV`` not zero, an unknown ``ATYP``, a name that is not
   a host name, port 0: dropped.  ``FRAG`` not zero is dropped too: an implementation that does
   not support fragmentation "MUST drop any datagram whose FRAG field is other than X'00'".
-* **Allowed destinations.**  The same rule as CONNECT (:func:`.socks5.allowed_destination`): not
+* **Allowed destinations.**  The same rule as CONNECT (:func:`.socks5_address.allowed_destination`): not
   the server's loopback, not unspecified, multicast or link-local; for a name, every address it
   resolves to.
 * **Replies only from where the client sent.**  A datagram arriving at the server's socket from
@@ -74,7 +74,7 @@ import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from . import socks5 as s5
+from . import socks5_address as sa
 from .flows import Flow, FlowTable, fmt
 
 #: The largest UDP payload (IPv4: 65535 - 20 - 8; what arrives never exceeds it).
@@ -135,11 +135,11 @@ def parse_udp(data: bytes) -> UdpDatagram:
     if data[2]:
         raise UdpHeaderError(f"FRAG {data[2]}: fragments are not supported (RFC 1928 section 7: dropped)")
     atyp = data[3]
-    if atyp == s5.ATYP_IPV4:
+    if atyp == sa.ATYP_IPV4:
         start, end = 4, 8
-    elif atyp == s5.ATYP_IPV6:
+    elif atyp == sa.ATYP_IPV6:
         start, end = 4, 20
-    elif atyp == s5.ATYP_DOMAIN:
+    elif atyp == sa.ATYP_DOMAIN:
         if len(data) < 5:
             raise UdpHeaderError("truncated: no name length")
         start, end = 5, 5 + data[4]
@@ -147,9 +147,9 @@ def parse_udp(data: bytes) -> UdpDatagram:
         raise UdpHeaderError(f"address type {atyp}")
     if len(data) < end + 2:
         raise UdpHeaderError(f"truncated: {len(data)} bytes, the header needs {end + 2}")
-    if atyp == s5.ATYP_DOMAIN:
+    if atyp == sa.ATYP_DOMAIN:
         raw = bytes(data[start:end])
-        host = s5.domain_name(raw)
+        host = sa.domain_name(raw)
         if host is None:
             raise UdpHeaderError(f"{raw[:64]!r} is not a domain name")
     else:
@@ -170,9 +170,9 @@ def build_udp(host: str, port: int, data: bytes = b"", frag: int = 0) -> bytes:
         name = host.encode("ascii")
         if not 0 < len(name) <= 255:
             raise ValueError(f"a name of {len(name)} bytes does not fit ATYP 3") from None
-        addr = bytes([s5.ATYP_DOMAIN, len(name)]) + name
+        addr = bytes([sa.ATYP_DOMAIN, len(name)]) + name
     else:
-        addr = bytes([s5.ATYP_IPV4 if ip.version == 4 else s5.ATYP_IPV6]) + ip.packed
+        addr = bytes([sa.ATYP_IPV4 if ip.version == 4 else sa.ATYP_IPV6]) + ip.packed
     return bytes([0, 0, frag]) + addr + port.to_bytes(2, "big") + data
 
 
@@ -316,7 +316,7 @@ class Association:
                 self._drop(f"header: {e.reason}", source, len(data))
                 continue
             self.client_port = source[1]
-            if dg.atyp == s5.ATYP_DOMAIN:
+            if dg.atyp == sa.ATYP_DOMAIN:
                 self._send_named(dg, source)
             else:
                 self._send(normal_address(dg.host), dg.port, dg.data, source)
@@ -364,12 +364,12 @@ class Association:
         addrs = [normal_address(i[4][0]) for i in infos]
         if not addrs:
             raise socket.gaierror(f"{name} has no address")
-        if not all(s5.allowed_destination(a) for a in addrs):
+        if not all(sa.allowed_destination(a) for a in addrs):
             raise PermissionError(name)
         return next((a for a in addrs if routable(a)), addrs[0])
 
     def _send(self, address: str, port: int, data: bytes, source, checked: bool = False) -> None:
-        if not checked and not s5.allowed_destination(address):
+        if not checked and not sa.allowed_destination(address):
             return self._drop(f"not allowed: {address} is a loopback, multicast or link-local address",
                               source, len(data))
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
