@@ -99,8 +99,7 @@ class FakeUpstream:
                     self.t.sendto(answer(b"\0\0" + data[2:]), addr)
                 self.t.sendto(answer(data, tc=up.tc), addr)
 
-        self.udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", port))
-        self.port = self.udp.get_extra_info("sockname")[1]
+        self.udp = self.tcp = None
 
         async def on_tcp(r, w):
             while True:
@@ -113,7 +112,19 @@ class FakeUpstream:
                 w.write(dns.frame(answer(data, pad=1000)))
                 await w.drain()
             w.close()
-        self.tcp = await asyncio.start_server(on_tcp, "127.0.0.1", self.port)
+        # One port number for both: the kernel picks a free UDP port, which another program may
+        # hold for TCP -- then pick again.
+        for _ in range(50):
+            self.udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", port))
+            self.port = self.udp.get_extra_info("sockname")[1]
+            try:
+                self.tcp = await asyncio.start_server(on_tcp, "127.0.0.1", self.port)
+                return
+            except OSError:
+                self.udp.close()
+                if port:
+                    raise
+        raise OSError("no port free for both UDP and TCP on 127.0.0.1")
 
     def close(self):
         self.udp.close()
