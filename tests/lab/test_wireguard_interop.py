@@ -184,7 +184,7 @@ def test_wireguard_go_client_from_an_add_client_file(lab_factory):
         st = status(lab, "server")
         stats = st["datapath_stats"]
         # ... and they were really used: TSO super-packets split, GSO sends, TCP segments coalesced.
-        assert st["datapath"] == "fast,tso" and stats["tso_packets"] > 0 and stats["gso_sends"] > 0, stats
+        assert st["datapath"] == "fast" and stats["tso_packets"] > 0 and stats["gso_sends"] > 0, stats
         assert stats["coalesced"] > 0, stats
 
         # Keepalives: wireguard-go's, every second, reach us while nothing else moves.

@@ -22,11 +22,12 @@ batching                  drain TUN and the socket per wakeup (``batch`` reads) 
 ``udp_gro``               ``UDP_GRO`` on the socket: one ``recvmsg`` returns many datagrams.
 ``tun_gro``               decrypted segments of one TCP flow are written to TUN as one super-packet
                           with a virtio-net header (:func:`vpnedu.net.offload.coalesce`).
-``tso`` (off by default)  TUN with ``IFF_VNET_HDR`` + ``TUNSETOFFLOAD``: one read returns a TCP
-                          super-packet (up to ``tso_max`` bytes); we split it into MTU-sized segments
-                          with full checksums (:func:`vpnedu.net.offload.split_tso`).  Measured: the
-                          checksums in Python cost more than the reads they save, so by default the
-                          kernel segments and checksums (in C) and we read packet by packet.
+``tso``                   TUN with ``IFF_VNET_HDR`` + ``TUNSETOFFLOAD``: one read returns a TCP
+                          super-packet (up to ``tso_max`` = 64 KiB); we split it into MTU-sized
+                          segments with full checksums (:func:`vpnedu.net.offload.split_tso`, all
+                          segments at once as the rows of a numpy array).  Once the split was a
+                          Python loop per segment and cost more than the reads it saved; vectorised,
+                          one read per ~46 segments wins (BENCHMARKS.md).
 ========================  ===========================================================================
 
 ``--datapath simple`` turns every offload off: one system call per packet, the same engine.
@@ -99,18 +100,21 @@ class Host(Protocol):
 class Options:
     """Which optimisations are on (``--datapath fast,no-tso`` turns one off)."""
 
-    #: Off by default: measured side by side, our TSO split (TCP checksums in Python) costs more
-    #: than letting the kernel segment and checksum in C and reading packet by packet (BENCHMARKS.md).
-    tso: bool = False
+    #: TSO reads: one read returns a TCP super-packet of up to ``tso_max`` bytes, split here
+    #: (:func:`vpnedu.net.offload.split_tso`, vectorised with numpy).  On by default since the
+    #: split stopped being a Python loop per segment (BENCHMARKS.md, "Speed, second round").
+    tso: bool = True
     udp_gso: bool = True
     udp_gro: bool = True
     tun_gro: bool = True
     #: Reads from TUN / the socket per wakeup before yielding to the event loop.
     batch: int = 64
-    #: Largest TSO super-packet the kernel may hand us (the TUN device's gso_max_size): every one
-    #: leaves as a burst of datagrams, and a slow receiver with a small socket buffer (an old
-    #: wireguard-go reads one datagram per system call) overflows under 64 KiB bursts.
-    tso_max: int = 16384
+    #: Largest TSO super-packet the kernel may hand us (the TUN device's gso_max_size).  The
+    #: split costs a fixed ~20 us per super-packet plus well under a microsecond per segment, so
+    #: the largest (64 KiB) pays best.  A slow receiver with a small socket buffer (an old
+    #: wireguard-go reads one datagram per system call) sees bursts of the same size either way:
+    #: a wakeup's 64 packet-by-packet reads leave in one UDP GSO send too.
+    tso_max: int = 65536
 
     @property
     def vnet_hdr(self) -> bool:
@@ -152,10 +156,10 @@ class Options:
         if self == Options.simple():
             return "simple"
         off = [f.name.replace("_", "-") for f in fields(self)
-               if f.type in (bool, "bool") and f.name != "tso" and not getattr(self, f.name)]
-        return ("fast" + (",tso" if self.tso else "") + "".join(f",no-{o}" for o in off)
+               if f.type in (bool, "bool") and not getattr(self, f.name)]
+        return ("fast" + "".join(f",no-{o}" for o in off)
                 + (f",batch={self.batch}" if self.batch != 64 else "")
-                + (f",tso-max={self.tso_max}" if self.tso_max != 16384 and self.tso else ""))
+                + (f",tso-max={self.tso_max}" if self.tso_max != 65536 and self.tso else ""))
 
 
 class Datapath:

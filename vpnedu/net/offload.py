@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as _np
+
 #: ``struct virtio_net_hdr`` (native byte order, as the TUN driver uses unless told otherwise).
 VNET_HDR = struct.Struct("=BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size  # 10
@@ -122,8 +124,98 @@ def finish_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None:
     _pack16(pkt, at, value)
 
 
-def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list[bytes]:
+def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list:
     """Cut a TCP super-packet (without its virtio-net header) into segments of at most ``mtu``
+    bytes, each a complete IP packet with valid IP and TCP checksums -- what the kernel would
+    have sent had the TUN device not offered TSO.  Returns the segments as memoryviews (of one
+    new buffer per super-packet).
+
+    ``gso_size`` is the MSS the kernel chose; a segment never carries more, and never more than
+    fits the MTU.  IPv4 IDs count up from the super-packet's, as Linux's GSO does; FIN and PSH
+    stay on the last segment, CWR on the first.
+
+    All segments are built at once, as the rows of one numpy array: the headers copied in by
+    broadcasting, the payload by one reshape, the fields that differ (IPv4 total length, ID and
+    header checksum, TCP sequence number, flags and checksum) written column by column, and
+    every checksum is a row sum of 16-bit big-endian words.  About twenty numpy calls per
+    super-packet, whatever its size, instead of a Python loop per segment
+    (:func:`split_tso_python` is that loop, kept as the reference)."""
+    gt = gso_type & ~GSO_ECN
+    if gt not in (GSO_TCPV4, GSO_TCPV6):
+        raise OffloadError(f"unsupported GSO type {gso_type}")
+    total = len(packet)
+    v4 = total > 0 and packet[0] >> 4 == 4
+    if v4 != (gt == GSO_TCPV4) or (not v4 and (not total or packet[0] >> 4 != 6)):
+        raise OffloadError("GSO type does not match the IP version")
+    iph = csum_start
+    if total < iph + 20 or iph < (20 if v4 else 40):
+        raise OffloadError("super-packet shorter than its headers")
+    if iph & 3:   # no IP header is that long (IPv4's are 4 * IHL, IPv6 extension headers 8 * n)
+        return split_tso_python(packet, gso_type, gso_size, csum_start, mtu)
+    hlen = iph + ((packet[iph + 12] >> 4) * 4)
+    mss = min(gso_size, mtu - hlen)
+    if mss <= 0 or hlen > total or hlen < iph + 20:
+        raise OffloadError(f"bad segment size {gso_size} for headers of {hlen} bytes")
+    src = _np.frombuffer(packet, _np.uint8)
+    plen = total - hlen
+    full, rem = divmod(plen, mss)
+    nseg = full + (1 if rem or not full else 0)
+    width = hlen + mss
+    stride = (width + 3) & ~3             # every row whole 32-bit words (see the TCP sum below)
+    rows = _np.zeros((nseg, stride), _np.uint8)
+    rows[:, :hlen] = src[:hlen]
+    if full:
+        rows[:full, hlen:width] = src[hlen:hlen + full * mss].reshape(full, mss)
+    if rem:
+        rows[full, hlen:hlen + rem] = src[hlen + full * mss:]
+    lengths = _np.full(nseg, width, _np.int64)
+    if nseg > full:
+        lengths[-1] = hlen + rem
+    words = rows.view(">u2")
+    seg = _np.arange(nseg, dtype=_np.int64)
+    seq = (int.from_bytes(packet[iph + 4:iph + 8], "big") + seg * mss) & 0xFFFFFFFF
+    t = iph // 2
+    words[:, t + 2] = seq >> 16
+    words[:, t + 3] = seq & 0xFFFF
+    flags = packet[iph + 13]
+    col = rows[:, iph + 13]
+    col[:] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    if nseg == 1:
+        col[0] = flags
+    else:
+        col[0] = flags & ~(TCP_FIN | TCP_PSH)
+        col[-1] = flags & ~TCP_CWR
+    words[:, t + 8] = 0                   # TCP checksum
+    if v4:
+        words[:, 1] = lengths
+        words[:, 2] = (((packet[4] << 8) | packet[5]) + seg) & 0xFFFF
+        words[:, 5] = 0
+        s = words[:, :t].sum(axis=1, dtype=_np.int64)
+        words[:, 5] = (0xFFFF - s % 0xFFFF) % 0xFFFF
+        addrs = packet[12:20]
+    else:
+        words[:, 2] = lengths - 40
+        addrs = packet[8:40]
+    # The TCP part summed as native little-endian 32-bit words (a third of the time of 16-bit
+    # big-endian ones): 2**16 = 1 (mod 0xFFFF), so that is the sum of little-endian 16-bit
+    # words, and a byte swap is a multiplication by 2**8 (mod 0xFFFF).
+    le = rows.view("<u4")[:, iph // 4:].sum(axis=1, dtype=_np.uint64) % 0xFFFF
+    s = ((le.astype(_np.int64) << 8) + lengths - iph
+         + (int.from_bytes(addrs, "big") + PROTO_TCP) % 0xFFFF)
+    words[:, t + 8] = (0xFFFF - s % 0xFFFF) % 0xFFFF
+    flat = memoryview(rows).cast("B")
+    out = [flat[o:o + width] for o in range(0, full * stride, stride)]
+    if nseg > full:
+        o = full * stride
+        out.append(flat[o:o + hlen + rem])
+    return out
+
+
+def split_tso_python(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list[bytes]:
+    """The same as :func:`split_tso`, one segment at a time in Python (the reference the
+    vectorised version is tested against, and what it did before).
+
+    Cut a TCP super-packet (without its virtio-net header) into segments of at most ``mtu``
     bytes, each a complete IP packet with valid IP and TCP checksums -- what the kernel would
     have sent had the TUN device not offered TSO.
 
