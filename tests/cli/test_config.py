@@ -9,9 +9,11 @@ from vpnedu import config
 from vpnedu.errors import ConfigError
 from vpnedu.protocol import keys
 
-PRIV = keys.encode(keys.generate_private_key())
-PUB = keys.encode(keys.public_key(keys.generate_private_key()))
-PSK = keys.encode(keys.generate_psk())
+# Fixed keys (any 32 bytes are a key): the test ids that show them are the same in every process,
+# as pytest-xdist's workers need.
+PRIV = keys.encode(bytes(range(1, 33)))
+PUB = keys.encode(keys.public_key(bytes(range(33, 65))))
+PSK = keys.encode(bytes(range(65, 97)))
 
 WG_QUICK = f"""
 # A typical wg-quick client file
