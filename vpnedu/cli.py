@@ -572,12 +572,16 @@ def lab_demo(prefix, suite, keep, forwarding) -> None:
                    "side by side (router topology), then 500 SOCKS5 connections at once.")
 def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, prefix, proxies) -> None:
     """Throughput, RTT, CPU/GB, RSS and handshake rate: vpnedu vs wireguard-go vs OpenVPN vs bare (root)."""
-    import json as _json
     from .bench import TESTS, Bench, Settings, chart, table
     from .bench.tunnels import spec_problem
     from .netns_lab.topology import Lab
     from .node.base import has_net_admin
     if proxies:
+        given = [f for f, v in (("--seconds", seconds), ("--paths", paths), ("--tests", tests_),
+                                ("--topology", topology != "direct")) if v]
+        if given:
+            raise VpneduError(f"--proxies takes no {', '.join(given)}: it downloads one file four ways on the "
+                              "router topology", "leave them out (--quick, --rounds, --json and --prefix apply)")
         return _bench_proxies(quick, rounds, json_path, prefix)
     s = Settings.quick() if quick else Settings()
     s.topology = topology
@@ -602,12 +606,24 @@ def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, 
             raise VpneduError(f"--tests {tests_!r}", "choose from: " + ", ".join(TESTS))
     if not has_net_admin():
         raise VpneduError("vpnedu bench needs root: it builds a namespace lab", "run it with sudo")
+    lab = Lab(prefix=prefix, clients=s.concurrency_clients, topology=topology, log=lambda m: None)
+    res, say = _run_bench(lab, lambda say: Bench(s, lab, log=say), table, json_path)
+    why = chart(res, png_path)
+    say("")
+    say(f"wrote {'the JSON to stdout' if json_path == '-' else json_path}"
+        + (f" and {png_path}" if why is None else f" (no chart: {why})"))
+
+
+def _run_bench(lab, make, table, json_path: str):
+    """Bring ``lab`` up, run the benchmark ``make(say)`` builds, always take the lab down; print
+    its table and write its JSON (``json_path`` "-": to stdout, and everything else to stderr).
+    Returns the results and the ``say`` that prints beside them."""
+    import json as _json
     to_stdout = json_path == "-"
     say = (lambda m: click.echo(m, err=True)) if to_stdout else click.echo
-    lab = Lab(prefix=prefix, clients=s.concurrency_clients, topology=topology, log=lambda m: None)
     try:
         lab.up()
-        res = Bench(s, lab, log=say).run()
+        res = make(say).run()
     finally:
         lab.down()
     say("")
@@ -618,14 +634,10 @@ def bench(quick, rounds, seconds, paths, tests_, topology, json_path, png_path, 
     else:
         with open(json_path, "w") as f:
             f.write(data + "\n")
-    why = chart(res, png_path)
-    say("")
-    say(f"wrote {'the JSON to stdout' if to_stdout else json_path}"
-        + (f" and {png_path}" if why is None else f" (no chart: {why})"))
+    return res, say
 
 
 def _bench_proxies(quick: bool, rounds: int | None, json_path: str, prefix: str) -> None:
-    import json as _json
     from .bench.proxies import ProxyBench, ProxySettings, table
     from .netns_lab.topology import Lab
     from .node.base import has_net_admin
@@ -634,23 +646,10 @@ def _bench_proxies(quick: bool, rounds: int | None, json_path: str, prefix: str)
     s = ProxySettings.quick() if quick else ProxySettings()
     if rounds:
         s.rounds = rounds
-    to_stdout = json_path == "-"
-    say = (lambda m: click.echo(m, err=True)) if to_stdout else click.echo
     lab = Lab(prefix=prefix, topology="router", log=lambda m: None)
-    try:
-        lab.up()
-        res = ProxyBench(s, lab, log=say).run()
-    finally:
-        lab.down()
-    say("")
-    say(table(res))
-    data = _json.dumps(res.to_json(), indent=2)
-    if to_stdout:
-        click.echo(data)
-    else:
-        with open(json_path, "w") as f:
-            f.write(data + "\n")
-        say(f"\nwrote {json_path}")
+    _run_bench(lab, lambda say: ProxyBench(s, lab, log=say), table, json_path)
+    if json_path != "-":
+        click.echo(f"\nwrote {json_path}")
 
 
 # ---------------------------------------------------------------------------- configs and captures

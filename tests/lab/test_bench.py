@@ -195,3 +195,8 @@ def test_bench_names_a_bad_path_in_one_line(tmp_path):
         assert r.returncode == 1, r.stdout + r.stderr
         assert r.stderr.count("\n") == 1 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "b.json").exists()
+    # --proxies measures one thing on one topology: the tunnel bench's options are named, not ignored.
+    r = bench("--proxies", "--paths", "bare", "--topology", "router", "--json", str(tmp_path / "b.json"), timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--proxies takes no --paths, --topology" in r.stderr
+    assert not (tmp_path / "b.json").exists()
