@@ -124,6 +124,26 @@ def finish_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None:
     _pack16(pkt, at, value)
 
 
+def _tso_layout(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> tuple[bool, int, int, int]:
+    """What both splits check first: (IPv4?, IP header length, IP + TCP header length, MSS) of a
+    super-packet, or :class:`OffloadError` saying why the kernel's description does not fit it."""
+    gt = gso_type & ~GSO_ECN
+    if gt not in (GSO_TCPV4, GSO_TCPV6):
+        raise OffloadError(f"unsupported GSO type {gso_type}")
+    total = len(packet)
+    v4 = total > 0 and packet[0] >> 4 == 4
+    if v4 != (gt == GSO_TCPV4) or (not v4 and (not total or packet[0] >> 4 != 6)):
+        raise OffloadError("GSO type does not match the IP version")
+    iph = csum_start
+    if total < iph + 20 or iph < (20 if v4 else 40):
+        raise OffloadError("super-packet shorter than its headers")
+    hlen = iph + ((packet[iph + 12] >> 4) * 4)
+    mss = min(gso_size, mtu - hlen)
+    if mss <= 0 or hlen > total or hlen < iph + 20:
+        raise OffloadError(f"bad segment size {gso_size} for headers of {hlen} bytes")
+    return v4, iph, hlen, mss
+
+
 def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list:
     """Cut a TCP super-packet (without its virtio-net header) into segments of at most ``mtu``
     bytes, each a complete IP packet with valid IP and TCP checksums -- what the kernel would
@@ -137,25 +157,13 @@ def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -
     All segments are built at once, as the rows of one numpy array: the headers copied in by
     broadcasting, the payload by one reshape, the fields that differ (IPv4 total length, ID and
     header checksum, TCP sequence number, flags and checksum) written column by column, and
-    every checksum is a row sum of 16-bit big-endian words.  About twenty numpy calls per
+    every checksum is a row sum (of 16-bit words for the IPv4 header, of 32-bit ones for TCP).  About twenty numpy calls per
     super-packet, whatever its size, instead of a Python loop per segment
     (:func:`split_tso_python` is that loop, kept as the reference)."""
-    gt = gso_type & ~GSO_ECN
-    if gt not in (GSO_TCPV4, GSO_TCPV6):
-        raise OffloadError(f"unsupported GSO type {gso_type}")
-    total = len(packet)
-    v4 = total > 0 and packet[0] >> 4 == 4
-    if v4 != (gt == GSO_TCPV4) or (not v4 and (not total or packet[0] >> 4 != 6)):
-        raise OffloadError("GSO type does not match the IP version")
-    iph = csum_start
-    if total < iph + 20 or iph < (20 if v4 else 40):
-        raise OffloadError("super-packet shorter than its headers")
+    v4, iph, hlen, mss = _tso_layout(packet, gso_type, gso_size, csum_start, mtu)
     if iph & 3:   # no IP header is that long (IPv4's are 4 * IHL, IPv6 extension headers 8 * n)
         return split_tso_python(packet, gso_type, gso_size, csum_start, mtu)
-    hlen = iph + ((packet[iph + 12] >> 4) * 4)
-    mss = min(gso_size, mtu - hlen)
-    if mss <= 0 or hlen > total or hlen < iph + 20:
-        raise OffloadError(f"bad segment size {gso_size} for headers of {hlen} bytes")
+    total = len(packet)
     src = _np.frombuffer(packet, _np.uint8)
     plen = total - hlen
     full, rem = divmod(plen, mss)
@@ -212,37 +220,17 @@ def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -
 
 
 def split_tso_python(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list[bytes]:
-    """The same as :func:`split_tso`, one segment at a time in Python (the reference the
+    """The same segments as :func:`split_tso`, one at a time in Python (the reference the
     vectorised version is tested against, and what it did before).
-
-    Cut a TCP super-packet (without its virtio-net header) into segments of at most ``mtu``
-    bytes, each a complete IP packet with valid IP and TCP checksums -- what the kernel would
-    have sent had the TUN device not offered TSO.
-
-    ``gso_size`` is the MSS the kernel chose; a segment never carries more, and never more than
-    fits the MTU.  IPv4 IDs count up from the super-packet's, as Linux's GSO does; FIN and PSH
-    stay on the last segment, CWR on the first.
 
     Per segment only four fields change (IPv4 ID and header checksum, TCP sequence number and
     checksum; the length and flags of the first and last), so both checksums are computed as
     "sum of the constant parts" + "sum of what changed" + "sum of the payload", and the header
     is packed with one ``struct`` call."""
-    gt = gso_type & ~GSO_ECN
-    if gt not in (GSO_TCPV4, GSO_TCPV6):
-        raise OffloadError(f"unsupported GSO type {gso_type}")
     if not isinstance(packet, bytes):
         packet = bytes(packet)
+    v4, iph, hlen, mss = _tso_layout(packet, gso_type, gso_size, csum_start, mtu)
     total = len(packet)
-    v4 = total > 0 and packet[0] >> 4 == 4
-    if v4 != (gt == GSO_TCPV4) or (not v4 and (not total or packet[0] >> 4 != 6)):
-        raise OffloadError("GSO type does not match the IP version")
-    iph = csum_start
-    if total < iph + 20 or iph < (20 if v4 else 40):
-        raise OffloadError("super-packet shorter than its headers")
-    hlen = iph + ((packet[iph + 12] >> 4) * 4)
-    mss = min(gso_size, mtu - hlen)
-    if mss <= 0 or hlen > total or hlen < iph + 20:
-        raise OffloadError(f"bad segment size {gso_size} for headers of {hlen} bytes")
     head = bytearray(packet[:hlen])
     flags = head[iph + 13]
     seq0 = int.from_bytes(head[iph + 4:iph + 8], "big")
