@@ -31,6 +31,18 @@ def status(lab: Lab, host: str, ifname: str | None = None) -> dict | None:
     return json.loads(r.stdout) if r.returncode == 0 else None
 
 
+def recent_events(lab: Lab, host: str, kind: str, seconds: float = 1.5) -> list[dict]:
+    """The daemon's kept history of ``kind`` on ``host`` (``vpnedu events --recent``, stopped
+    after ``seconds``), as the JSON objects it prints."""
+    p = subprocess.Popen(["ip", "netns", "exec", lab.ns(host), *vpnedu("events", "--kind", kind, "--recent", "200",
+                                                                        "--json")],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(seconds)
+    p.terminate()
+    out, _ = p.communicate(timeout=10)
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
 def wait_for(pred, timeout: float = 20, what: str = "condition", proc: subprocess.Popen | None = None,
              log=None):
     end = time.time() + timeout

@@ -34,7 +34,6 @@ the server forwarding in each mode (nat and proxy), driven by curl, by httpx and
 """
 
 import functools
-import json
 import os
 import re
 import shutil
@@ -49,7 +48,7 @@ from vpnedu.netns_lab.topology import (APP_ADDRESS, APP_ADDRESS6, APP_NAME, SERV
                                        Lab)
 
 from ..conftest import require_tool
-from ..lablib import provision, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import provision, recent_events, snapshot, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 sha = functools.cache(random_sha256)
@@ -74,14 +73,8 @@ class Env:
         return r.stdout.split()[0]
 
     def events(self, kind: str) -> list[dict]:
-        """The daemon's kept history of ``kind`` (``vpnedu events --recent``, stopped after 1.5 s)."""
-        p = subprocess.Popen(["ip", "netns", "exec", self.lab.ns("server"),
-                              *vpnedu("events", "--kind", kind, "--recent", "200", "--json")],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(1.5)
-        p.terminate()
-        out, _ = p.communicate(timeout=10)
-        return [json.loads(x)["fields"] for x in out.splitlines() if x.startswith("{")]
+        """The daemon's kept history of ``kind``."""
+        return [e["fields"] for e in recent_events(self.lab, "server", kind)]
 
     def tunnel6(self) -> str:
         st = status(self.lab, "server")

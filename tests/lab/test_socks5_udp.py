@@ -18,8 +18,6 @@
 import json
 import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ import pytest
 from vpnedu.netns_lab.topology import APP_ADDRESS, SERVER_PUBLIC, Lab
 
 from ..conftest import require_tool
-from ..lablib import provision, start_client, start_server, status, stop, vpnedu, wait_for
+from ..lablib import provision, recent_events, start_client, start_server, status, stop, vpnedu, wait_for
 
 pytestmark = pytest.mark.root
 RESOLVER = "192.0.2.1"       # dnsmasq, on the router's app-side address
@@ -90,14 +88,8 @@ class Env:
         self.server = self.client = None
 
     def events(self, kind: str) -> list[dict]:
-        """The daemon's kept history of ``kind`` (``vpnedu events --recent``, stopped after 1.5 s)."""
-        p = subprocess.Popen(["ip", "netns", "exec", self.lab.ns("server"),
-                              *vpnedu("events", "--kind", kind, "--recent", "200", "--json")],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(1.5)
-        p.terminate()
-        out, _ = p.communicate(timeout=10)
-        return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        """The daemon's kept history of ``kind``."""
+        return recent_events(self.lab, "server", kind)
 
 
 @pytest.fixture(scope="module")

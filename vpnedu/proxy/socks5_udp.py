@@ -298,9 +298,7 @@ class Association:
         for _ in range(64):
             try:
                 data, source = self.relay.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:       # nothing more to read (BlockingIOError is one), or the socket failed
                 return
             source = (normal_address(source[0]), source[1])
             if source[0] != self.client_ip:
@@ -426,9 +424,7 @@ class Association:
         for _ in range(64):
             try:
                 data, source = sock.recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:       # nothing more to read (BlockingIOError is one), or the socket failed
                 return
             key = (normal_address(source[0]), source[1])
             flow = self.destinations.get(key)
