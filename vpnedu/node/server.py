@@ -302,9 +302,5 @@ class Server(Node):
                                      self.dns and self.dns.table) if t is not None}
         out: dict[str, dict[str, dict[str, int]]] = {}
         for t in tables.values():
-            for peer, by in t.usage().items():
-                for proto, c in by.items():
-                    have = out.setdefault(peer, {}).setdefault(proto, {"flows": 0, "bytes_up": 0, "bytes_down": 0})
-                    for k, v in c.items():
-                        have[k] += v
+            t.usage(into=out)
         return out

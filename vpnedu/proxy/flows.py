@@ -122,17 +122,22 @@ class FlowTable:
         return [f for f in self.flows.values()
                 if now - f.last > limits.get(f.proto, limits.get(TRANSPORT.get(f.proto, ""), 60.0))]
 
-    def usage(self) -> dict[str, dict[str, dict[str, int]]]:
+    def usage(self, into: dict | None = None) -> dict[str, dict[str, dict[str, int]]]:
         """Per tunnel peer (its label; "" for none) and protocol: ``flows`` (closed and live),
         ``bytes_up`` (from the peer to its destinations) and ``bytes_down``, since the server
-        started."""
-        out = {peer: {proto: {"flows": n, "bytes_up": up, "bytes_down": down} for proto, (n, up, down) in by.items()}
-               for peer, by in self._closed_usage.items()}
+        started -- added to ``into`` if given (the server sums its services' tables so)."""
+        out = {} if into is None else into
+
+        def add(peer: str | None, proto: str, n: int, up: int, down: int) -> None:
+            c = out.setdefault(peer or "", {}).setdefault(proto, {"flows": 0, "bytes_up": 0, "bytes_down": 0})
+            c["flows"] += n
+            c["bytes_up"] += up
+            c["bytes_down"] += down
+        for peer, by in self._closed_usage.items():
+            for proto, (n, up, down) in by.items():
+                add(peer, proto, n, up, down)
         for f in self.flows.values():
-            c = out.setdefault(f.peer or "", {}).setdefault(f.proto, {"flows": 0, "bytes_up": 0, "bytes_down": 0})
-            c["flows"] += 1
-            c["bytes_up"] += f.bytes_up
-            c["bytes_down"] += f.bytes_down
+            add(f.peer, f.proto, 1, f.bytes_up, f.bytes_down)
         return out
 
     def snapshot(self) -> list[FlowRow]:
