@@ -74,3 +74,17 @@ class FlowRow:
             raise VpneduError(f"a flow-table row lacks {', '.join(missing)}: {d!r}",
                               "the daemon and this program are different vpnedu versions; update both")
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_event(cls, kind: str, fields: dict, peer: str | None = None) -> "FlowRow":
+        """The row a ``proxy.flow.opened`` / ``proxy.flow.closed`` event describes (``fields``:
+        the event's): "open", or "closed" with its byte counts and age -- and how it ended when
+        that was not both ends finishing ("closed (reset)", "closed (idle)" ...)."""
+        row = cls(fields.get("proto") or "", fields.get("client") or "", fields.get("proxy") or "",
+                  fields.get("destination") or "", state="open", id=fields.get("id"), peer=peer)
+        if kind == "proxy.flow.closed":
+            reason = fields.get("reason")
+            row.state = f"closed ({reason})" if reason and reason != "closed" else "closed"
+            row.bytes_up, row.bytes_down = fields.get("bytes_up", 0), fields.get("bytes_down", 0)
+            row.age = fields.get("age")
+        return row

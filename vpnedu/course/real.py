@@ -293,20 +293,11 @@ class RealLab:
         finally:
             pcap = demo.stop_capture("client", cap)
             log.close()
-        rows: dict = {}
+        rows = {}
         for e in log.events:
-            if e.get("proto") != via:
-                continue
-            f = e.fields
-            row = FlowRow(via, f.get("client") or "", f.get("proxy") or "", f.get("destination") or "",
-                          id=f.get("id"), peer=e.peer)
-            if e.kind == "proxy.flow.closed":
-                reason = f.get("reason")
-                row.state = f"closed ({reason})" if reason and reason != "closed" else "closed"
-                row.bytes_up, row.bytes_down = f.get("bytes_up", 0), f.get("bytes_down", 0)
-            else:
-                row.state = "open"
-            rows[row.id] = row
+            if e.get("proto") == via and e.kind in ("proxy.flow.opened", "proxy.flow.closed"):
+                row = FlowRow.from_event(e.kind, e.fields, e.peer)
+                rows[row.id] = row
         packets = [p for p in demo.describe_capture("client", pcap) if housekeeping(p) is None]
         outcome = r.stdout.strip() if r.returncode == 0 else f"curl failed (exit {r.returncode}): {r.stderr.strip()}"
         return ExplicitProxyFetch(via, " ".join(cmd), marker, outcome, r.returncode == 0, list(rows.values()),

@@ -16,7 +16,6 @@ text form are those of :mod:`vpnedu.report`, so it reads as ``vpnedu status --fl
 from __future__ import annotations
 
 import html
-from dataclasses import replace
 
 import ipywidgets as w
 
@@ -47,19 +46,9 @@ class FlowTableView(w.HTML):
         self.render()
 
     def _event(self, ev: Event) -> None:
-        if ev.kind.startswith("proxy.flow."):
-            e = ev.fields
-            f = FlowRow(e.get("proto") or "", e.get("client") or "", e.get("proxy") or "", e.get("destination") or "",
-                        id=e.get("id"), peer=ev.peer)
-            if ev.kind == "proxy.flow.opened":
-                self.flows[f.key()] = replace(f, state="open")
-            elif ev.kind == "proxy.flow.closed":
-                # The reason says how it ended: "closed" (both ends finished: nothing to add),
-                # "reset", "refused", "idle", "server stopping".
-                reason = e.get("reason")
-                self.flows[f.key()] = replace(f, state=f"closed ({reason})" if reason and reason != "closed" else "closed",
-                                              bytes_up=e.get("bytes_up", 0), bytes_down=e.get("bytes_down", 0),
-                                              age=e.get("age"))
+        if ev.kind in ("proxy.flow.opened", "proxy.flow.closed"):
+            f = FlowRow.from_event(ev.kind, ev.fields, ev.peer)
+            self.flows[f.key()] = f
         elif not ev.kind.startswith("feed."):
             return
         self.render()
