@@ -20,9 +20,9 @@ from ..conftest import require_tool
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def bench(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vpnedu", "bench", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def check_ratios(data: dict) -> None:
@@ -47,37 +47,83 @@ def check_daemons(row: dict) -> None:
     assert row["rtt_ms"] > 0
 
 
+def another_tree(tmp_path: Path, marker: Path) -> tuple[Path, str]:
+    """A copy of this tree's vpnedu in a git repository of its own (its commit names the bench row),
+    whose import appends its file name to ``marker`` when VPNEDU_TEST_MARKER says so."""
+    tree = tmp_path / "old-tree"
+    shutil.copytree(ROOT / "vpnedu", tree / "vpnedu", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tree / "vpnedu" / "__init__.py", "a") as f:
+        f.write("\nimport os as _os\nif _os.environ.get('VPNEDU_TEST_MARKER'):\n"
+                "    open(_os.environ['VPNEDU_TEST_MARKER'], 'a').write(__file__ + '\\n')\n")
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return tree, commit
+
+
 @pytest.mark.root
-def test_quick_bench_reports_every_path(tmp_path):
+def test_quick_bench_reports_every_path_another_tree_and_another_wireguard_go_build(tmp_path):
+    """One ``--quick`` run of every built-in path plus ``vpnedu@TREE`` (both daemons run TREE's code:
+    a marker its import writes proves it; the row is named by TREE's commit) and
+    ``wireguard-go@PATH`` (that binary).  ``--json`` alone writes the JSON to stdout and everything
+    else to stderr.  (One run for all of it: each bench run costs a lab, a handshake-rate and a
+    four-client measurement.)"""
     for t in ("iperf3", "wireguard-go", "wg", "openvpn"):
         require_tool(t)
-    out_json, out_png = tmp_path / "b.json", tmp_path / "b.png"
+    out_png = tmp_path / "b.png"
+    marker = tmp_path / "imports.txt"
+    tree, commit = another_tree(tmp_path, marker)
+    wggo = shutil.which("wireguard-go")
+    paths = [*PATHS, f"vpnedu@{tree}", f"wireguard-go@{wggo}"]
     t0 = time.monotonic()
     # Two of the four tests (one stream up, four streams down): the same code measures all four,
     # and each iperf3 run costs every path a few seconds.
     tests = ("tcp1_up", "tcp4_down")
-    r = bench("--quick", "--tests", ",".join(tests), "--json", str(out_json), "--chart", str(out_png),
-              "--prefix", "vtb-")
+    r = bench("--quick", "--tests", ",".join(tests), "--paths", ",".join(paths), "--json", "--chart", str(out_png),
+              "--prefix", f"vtb{os.getpid() % 10000}-", env={**os.environ, "VPNEDU_TEST_MARKER": str(marker)})
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    # The promise of --quick (a duration, not a speed): about 90 s; 180 s even on a loaded machine.
-    assert took < 180, f"vpnedu bench --quick took {took:.0f} s"
+    # The promise of --quick (a duration, not a speed): about 90 s for the built-in paths; 240 s
+    # with two more even on a loaded machine.
+    assert took < 240, f"vpnedu bench --quick took {took:.0f} s"
+    data = json.loads(r.stdout)   # stdout is the JSON alone
     # The printed table: which topology and what that means, what each path is, a section per
     # test with a row per path (a number or the reason) and a ratio column per path.
-    assert "Topology: direct -- each client on a veth cable of its own" in r.stdout
+    table = r.stderr
+    assert "Topology: direct -- each client on a veth cable of its own" in table
     for t in TESTS:
-        assert (TESTS[t][0] in r.stdout) == (t in tests), t
+        assert (TESTS[t][0] in table) == (t in tests), t
     for i, p in enumerate(PATHS, 1):
-        assert f"  [{i}] {p} " in r.stdout
-    assert "".join(f"{f'x[{i}]':>7s}" for i in range(1, len(PATHS) + 1)) in r.stdout
-    data = json.loads(out_json.read_text())
-    assert data["topology"]["name"] == "direct" and set(data["paths"]) == set(PATHS)
+        assert f"  [{i}] {p} " in table
+    assert f"[{len(PATHS) + 1}] vpnedu@{commit} " in table
+    assert "".join(f"{f'x[{i}]':>7s}" for i in range(1, len(paths) + 1)) in table
+    # While it runs, stderr says which round, path and test it is on, in order, "done" last.
+    progress = [line for line in table.splitlines() if line.startswith("bench: ")]
+    n, k = len(paths), len(PATHS) + 1
+    for want in (f"bench: round 1/1, path {k}/{n}: vpnedu@{commit}: setting up the tunnel",
+                 f"bench: round 1/1, path {k}/{n}: vpnedu@{commit}: ping RTT",
+                 f"bench: round 1/1, path {k}/{n}: vpnedu@{commit}: tcp1_up (1 stream, client -> server, iperf3 1 s)",
+                 "bench: handshake rate: 100 clients for 3 s against the vpnedu server"):
+        assert want in progress, (want, table)
+    assert any(p.startswith(f"bench: round 1/1, path {n}/{n}: wireguard-go@v")
+               and p.endswith(": tcp1_up (1 stream, client -> server, iperf3 1 s)") for p in progress), progress
+    assert progress[-1] == "bench: done"
+    assert data["topology"]["name"] == "direct" and set(data["paths"]) == set(paths)
     check_ratios(data)
     for path, row in data["paths"].items():
         if path == "bare":
             assert row["cpu_s_per_gb"] is None and row["peak_rss_mib"] is None   # no daemons
         elif not row["skipped"]:
             check_daemons(row)
+    old, wg = data["paths"][f"vpnedu@{tree}"], data["paths"][f"wireguard-go@{wggo}"]
+    assert old["label"] == f"vpnedu@{commit}" and str(tree) in old["what"], old
+    assert old["skipped"] is None and wg["skipped"] is None, (old, wg)
+    assert wg["label"].startswith("wireguard-go@v") and wggo in wg["what"], wg
+    # The tree's own code ran: the provisioning, the server and the client each imported it.
+    imported = marker.read_text().split()
+    assert len(imported) >= 3 and set(imported) == {str(tree / "vpnedu" / "__init__.py")}, imported
     h = data["handshakes"]
     assert h.get("handshakes_per_second", 0) > 0 or h.get("skipped")
     if not h.get("skipped"):
@@ -90,7 +136,8 @@ def test_quick_bench_reports_every_path(tmp_path):
     assert 0.25 <= c["jain_fairness"] <= 1.0   # Jain's index lies in [1/n, 1]
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The bench lab is gone.
-    assert "vtb-" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"vtb{os.getpid() % 10000}-" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                            text=True).stdout
 
 
 @pytest.mark.root
@@ -134,57 +181,6 @@ def test_direct_topology_is_one_cable_per_client_and_no_tunnel_address_over_it()
     finally:
         lab.down()
     assert lab.ns("server") not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-
-
-@pytest.mark.root
-def test_bench_runs_another_tree_and_another_wireguard_go_build(tmp_path):
-    """``vpnedu@TREE`` runs both daemons from TREE's code (a marker its import writes proves it)
-    and is named by TREE's commit; ``wireguard-go@PATH`` runs that binary; ``--json`` alone
-    writes the JSON to stdout and everything else to stderr."""
-    for t in ("iperf3", "wireguard-go", "wg"):
-        require_tool(t)
-    tree = tmp_path / "old-tree"
-    shutil.copytree(ROOT / "vpnedu", tree / "vpnedu", ignore=shutil.ignore_patterns("__pycache__"))
-    marker = tmp_path / "imports.txt"
-    with open(tree / "vpnedu" / "__init__.py", "a") as f:
-        f.write("\nimport os as _os\nif _os.environ.get('VPNEDU_TEST_MARKER'):\n"
-                "    open(_os.environ['VPNEDU_TEST_MARKER'], 'a').write(__file__ + '\\n')\n")
-    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@example.org"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], check=True)
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    wggo = shutil.which("wireguard-go")
-    r = subprocess.run([sys.executable, "-m", "vpnedu", "bench", "--rounds", "1", "--seconds", "1",
-                        "--tests", "tcp1_up", "--paths", f"vpnedu@{tree},wireguard-go@{wggo}", "--json",
-                        "--chart", str(tmp_path / "b.png"), "--prefix", f"vtt{os.getpid() % 10000}-"],
-                       capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "VPNEDU_TEST_MARKER": str(marker)})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    data = json.loads(r.stdout)   # stdout is the JSON alone
-    assert "TCP throughput, 1 stream, client -> server" in r.stderr
-    # While it runs, stderr says which round, path and test it is on, in order, "done" last.
-    progress = [line for line in r.stderr.splitlines() if line.startswith("bench: ")]
-    for want in (f"bench: round 1/1, path 1/2: vpnedu@{commit}: setting up the tunnel",
-                 f"bench: round 1/1, path 1/2: vpnedu@{commit}: ping RTT",
-                 f"bench: round 1/1, path 1/2: vpnedu@{commit}: tcp1_up (1 stream, client -> server, iperf3 1 s)",
-                 "bench: handshake rate: 200 clients for 10 s against the vpnedu server"):
-        assert want in progress, (want, r.stderr)
-    assert any(p.startswith("bench: round 1/1, path 2/2: wireguard-go@v") and p.endswith(": tcp1_up (1 stream, "
-                                                                                        "client -> server, iperf3 1 s)")
-               for p in progress), progress
-    assert progress[-1] == "bench: done"
-    old, wg = data["paths"][f"vpnedu@{tree}"], data["paths"][f"wireguard-go@{wggo}"]
-    assert old["label"] == f"vpnedu@{commit}" and str(tree) in old["what"], old
-    assert f"[1] vpnedu@{commit} " in r.stderr
-    assert old["skipped"] is None and wg["skipped"] is None, (old, wg)
-    assert wg["label"].startswith("wireguard-go@v") and wggo in wg["what"], wg
-    check_ratios(data)
-    check_daemons(old)
-    check_daemons(wg)
-    # The tree's own code ran: the provisioning, the server and the client each imported it.
-    imported = marker.read_text().split()
-    assert len(imported) >= 3 and set(imported) == {str(tree / "vpnedu" / "__init__.py")}, imported
 
 
 def test_bench_names_a_bad_path_in_one_line(tmp_path):
