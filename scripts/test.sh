@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 vpnedu_setup test
-exec .venv/bin/python -m pytest "$@"
+# Two workers (pytest-xdist): the tests that share the host's network stack run in order on one,
+# everything else on the other meanwhile (tests/conftest.py puts them in the "host" group).
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

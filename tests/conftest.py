@@ -40,7 +40,23 @@ def run_cli(*args: str, input: str | None = None, timeout: float = 60, **kw) -> 
                           text=True, timeout=timeout, **kw)
 
 
+#: Test folders whose tests all share the host's network stack (namespaces, TUN, nftables, the
+#: daemons' sockets): with pytest-xdist they run one at a time, on one worker.
+HOST_FOLDERS = ("lab", "node", "datapath", "net")
+
+
 def pytest_collection_modifyitems(config, items):
+    # scripts/test.sh runs the suite on two pytest-xdist workers (--dist loadgroup): the tests
+    # that build namespace labs or start daemons go to one of them, in order, as without xdist
+    # ("host" group); the rest -- the engine on bytes, the simulation, parsers, notebooks in
+    # the simulated lab -- run on the other meanwhile.
+    host = pytest.mark.xdist_group("host")
+    for item in items:
+        parts = item.path.parts
+        folder = parts[parts.index("tests") + 1] if "tests" in parts else ""
+        if "root" in item.keywords or folder in HOST_FOLDERS or item.path.name == "test_readme_course.py":
+            # (test_readme_course: its two tests share one fixture that runs both README blocks)
+            item.add_marker(host)
     if os.environ.get("VPNEDU_SOAK") != "1":
         skip_soak = pytest.mark.skip(reason="a minutes-long soak: run with VPNEDU_SOAK=1")
         for item in items:
