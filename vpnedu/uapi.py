@@ -519,14 +519,22 @@ def transact(host, message: str) -> tuple[str, UapiError | None]:
         err = UapiError(EPROTO, f"{_quote(op)} is not an operation (get=1 or set=1)")
         return err.reply(), err
     try:
-        ops = parse_set(body)
-        port, mark = socket_settings(ops)
-        if port is not None or mark is not None:
-            host.uapi_rebind(port, mark)
+        commit_set(host, parse_set(body))
     except UapiError as e:
         return e.reply(), e
-    host.uapi_applied(apply_set(host.device, ops, host.clock()))
     return OK_REPLY, None
+
+
+def commit_set(host, ops: list[tuple]) -> Applied:
+    """Carry out a checked ``set`` on ``host`` (see :func:`transact`), as the socket server and
+    :func:`transact` both do: the sockets first (a port that cannot be bound refuses the whole
+    message, with nothing changed), then the Device, then the host is told what changed."""
+    port, mark = socket_settings(ops)
+    if port is not None or mark is not None:
+        host.uapi_rebind(port, mark)
+    applied = apply_set(host.device, ops, host.clock())
+    host.uapi_applied(applied)
+    return applied
 
 
 # ---------------------------------------------------------------------- what wg(8) sends

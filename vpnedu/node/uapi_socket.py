@@ -265,15 +265,11 @@ class UapiServer:
         try:
             if parser.error is not None:
                 raise parser.error
-            port, mark = uapi.socket_settings(parser.ops)
-            if port is not None or mark is not None:
-                self.host.uapi_rebind(port, mark)
+            applied = uapi.commit_set(self.host, parser.ops)
         except uapi.UapiError as e:
             self.counts["error"] += 1
             self.log("error", f"configuration not changed: {e}")
             return e.reply()
-        applied = uapi.apply_set(self.host.device, parser.ops, self.host.clock())
-        self.host.uapi_applied(applied)
         self.log("verbose", "configuration set: " + ", ".join(f"{k}={v}" for k, v in applied.summary().items()
                                                              if v))
         return uapi.OK_REPLY
