@@ -65,6 +65,16 @@ def check_wg_on_the_server(lab) -> None:
     with pytest.raises(VpneduError, match="not the correct length|not 32 bytes"):
         lab.wg_set("server", "peer", "not-a-key", "remove")
 
+    # The client's full tunnel routes by its fwmark: another mark is refused, whole, and the
+    # tunnel lives on (it would otherwise route its own datagrams into itself).
+    mark = lab.status("client")["policy_table"]
+    moved = lab.wg_send("client", f"set=1\nfwmark={mark + 1}\nlisten_port=0\n\n")
+    assert moved.errno == uapi.EINVAL and moved.changes == [] and moved.event is None, moved
+    assert f"full tunnel routes by fwmark {mark:#x}" in moved.problem and "FwMark" in moved.problem
+    assert lab.wg_get("client").reply["interface"]["fwmark"] == str(mark)
+    assert lab.wg_send("client", f"set=1\nfwmark={mark}\n\n").errno == 0        # the same mark: fine
+    assert lab.ping("client", "10.0.0.1", count=2).ok
+
 
 def test_wg_in_the_simulated_lab():
     lab = SimLab()

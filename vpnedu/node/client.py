@@ -36,6 +36,7 @@ import asyncio
 import ipaddress
 import os
 
+from .. import uapi
 from ..errors import ConfigError, VpneduError
 from ..net import killswitch, resolver, routes, sysctl
 from . import wgquick
@@ -116,6 +117,27 @@ class Client(Node):
             self.changes.append(resolver.install(self.journal, self.ifname, itf.dns, log=self.log,
                                                  allowed_ips=self.server.allowed_ips))
             self.log(self.changes[-1])
+
+    # ------------------------------------------------------------------ wg set on a running client
+    def uapi_rebind(self, port: int | None, fwmark: int | None) -> None:
+        self.refuse_mark_change(fwmark)
+        super().uapi_rebind(port, fwmark)
+
+    def refuse_mark_change(self, fwmark: int | None) -> None:
+        """``wg set IFNAME fwmark N`` on a full tunnel: refused (EINVAL), nothing changed.
+
+        A full tunnel sends everything to its own table *except* packets carrying its fwmark
+        (``ip rule not fwmark 0xca6c table 51820``), and the kill switch lets out only that mark
+        besides the tunnel device.  Another mark on the sockets would route the tunnel's own
+        datagrams into the tunnel -- a loop, and the tunnel dead.  (wg-quick has the same rules
+        and the same trap; it does not warn.)  The mark is chosen at start: ``FwMark =``."""
+        if fwmark is None or self.policy_table is None or fwmark == self.policy_table:
+            return
+        raise uapi.UapiError(uapi.EINVAL, f"fwmark {fwmark:#x} refused: this client's full tunnel routes "
+                                          f"by fwmark {self.policy_table:#x} (ip rule not fwmark "
+                                          f"{self.policy_table:#x} table {self.policy_table}); another mark "
+                                          f"would send the tunnel's own datagrams into the tunnel. Set FwMark "
+                                          f"in the config and restart the client instead")
 
     @staticmethod
     def _tables(table: int | None) -> list[routes.Route]:

@@ -162,6 +162,10 @@ class SimClient(SimNode, Client):
         Client.__init__(self, cfg, **kw)
         self.attach(host)
 
+    def uapi_rebind(self, port: int | None, fwmark: int | None) -> None:
+        self.refuse_mark_change(fwmark)      # as the real client (vpnedu.node.client)
+        SimNode.uapi_rebind(self, port, fwmark)
+
     def setup_role(self) -> None:
         """The real client's route plan, applied to the simulated host as the real client applies
         it: a ``/0`` by policy routing (the socket's fwmark, a table of its own, two rules), the
@@ -176,7 +180,7 @@ class SimClient(SimNode, Client):
             net = ipaddress.ip_network(dst)
             if net.prefixlen == 0 and table is None:
                 mark = self.policy_table = self.cfg.interface.fwmark or routes.DEFAULT_TABLE
-                self.sock.mark = mark
+                self.sock.mark = self.cfg.interface.fwmark = mark    # as the real client: wg show says it
                 route = host.add_route(dst, None, dev, table=mark)
                 self.added.append((routes.Route(dst, None, dev), mark))
                 for rule in routes.full_tunnel_rules(net.version, mark):
