@@ -196,3 +196,38 @@ def test_bench_names_a_bad_path_in_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert "--proxies takes no --paths, --topology" in r.stderr
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.root
+def test_a_daemon_that_exits_ends_the_wait_for_its_tunnel_with_its_last_line():
+    """A path whose daemon dies during set-up is reported at once with what it said, not after
+    the ping timeout as "no ping" (the bench records the line as that round's reason)."""
+    from vpnedu.bench.tunnels import Tunnel
+    from vpnedu.errors import VpneduError
+    lab = Lab(prefix=f"vtx{os.getpid() % 10000}-", clients=1, topology="direct", log=lambda m: None)
+    lab.up()
+    try:
+        tun = Tunnel(lab)
+        tun.name, tun.target = "broken", "10.0.0.1"
+        tun.procs.append(lab.spawn("client", "broken-client", "sh", "-c",
+                                   "echo starting; echo 'vpnedu: error: cannot add a rule: File exists'; exit 3"))
+        t0 = time.monotonic()
+        with pytest.raises(VpneduError) as e:
+            tun.wait_ping(timeout=30)
+        assert time.monotonic() - t0 < 15
+        assert "status 3" in e.value.problem and "cannot add a rule: File exists" in e.value.problem, e.value
+        assert "broken-client.log" in e.value.fix
+    finally:
+        lab.down()
+
+
+def test_the_table_says_when_a_path_failed_in_some_rounds():
+    """A median over fewer rounds than the run had is named as such, with the reason, in the row."""
+    from vpnedu.bench import Results, Settings, table
+    r = Results(Settings(rounds=3, tests=["tcp1_up"], paths=["bare", "vpnedu-wireguard"]))
+    r.mbps = {"bare": {"tcp1_up": [10.0, 11.0, 12.0]}, "vpnedu-wireguard": {"tcp1_up": [5.0, 7.0]}}
+    r.skipped = {"vpnedu-wireguard": "failed: vpnedu-wireguard: a daemon exited (status 1)"}
+    section = table(r).split("TCP throughput")[1].split("Idle ping")[0]
+    rows = {line.split("]")[1].split()[0]: line for line in section.splitlines() if line.startswith("  [")}
+    assert "(only 2 of 3 rounds; failed: vpnedu-wireguard: a daemon exited (status 1))" in rows["vpnedu-wireguard"]
+    assert "6.0" in rows["vpnedu-wireguard"] and "only" not in rows["bare"]

@@ -371,8 +371,11 @@ def table(r: Results) -> str:
                 lines.append(row + f"{'-':>9s}  ({r.skipped.get(p, 'no result')})")
                 continue
             rat = r.ratios(p, t)
+            got = len(r.mbps.get(p, {}).get(t, []))
+            # A path that failed in some rounds: its median is of fewer rounds, and the table says so.
+            short = f"  (only {got} of {s.rounds} rounds; {r.skipped.get(p, 'no result')})" if got < s.rounds else ""
             lines.append((row + f"{m:9.1f}" + "".join(
-                f"{'' if q == p else fmt(rat[q], '.2f'):>7s}" for q in paths)).rstrip())
+                f"{'' if q == p else fmt(rat[q], '.2f'):>7s}" for q in paths)).rstrip() + short)
         lines.append("")
     lines.append(f"Idle ping RTT (ms: mean of {PING_COUNT} pings {PING_INTERVAL * 1000:g} ms apart, median of the "
                  f"rounds); the tunnel's two daemons: CPU seconds per GB moved, peak RSS (MiB)")

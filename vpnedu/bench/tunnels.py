@@ -138,16 +138,26 @@ class Tunnel:
         return list(self.daemons().values())
 
     def wait_ping(self, timeout: float = 20) -> None:
+        """Wait until a ping crosses the tunnel; a daemon that exits meanwhile ends the wait at
+        once, with the last line it wrote (its error, as a rule)."""
         end = time.time() + timeout
         while time.time() < end:
             if self.lab.run("client", "ping", "-c", "1", "-W", "1", self.target).returncode == 0:
                 return
             for p in self.procs:
                 if p.poll() is not None:
-                    break
+                    self.exited(p)
             time.sleep(0.2)
         raise VpneduError(f"{self.name}: no ping through the tunnel to {self.target}",
                           f"see the logs in {self.lab.dir}")
+
+    def exited(self, proc: subprocess.Popen) -> None:
+        """Raise: ``proc``, one of this path's daemons, has exited before its tunnel worked."""
+        log = self.lab.log_of(proc.pid)
+        lines = log.read_text(errors="replace").strip().splitlines() if log and log.exists() else []
+        said = lines[-1].strip() if lines else "(it wrote nothing)"
+        raise VpneduError(f"{self.name}: a daemon exited (status {proc.returncode}) before the tunnel "
+                          f"carried a ping; its last line: {said}", f"see {log or self.lab.dir}")
 
 
 class Bare(Tunnel):

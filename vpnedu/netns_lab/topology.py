@@ -189,6 +189,13 @@ class Lab:
         self._save()
         return p
 
+    def log_of(self, pid: int) -> Path | None:
+        """The log file of a process :meth:`spawn` started (None for any other pid)."""
+        for name, p in self._procs.items():
+            if p == pid:
+                return self.dir / f"{name}.log"
+        return None
+
     def python(self, *args: str) -> list[str]:
         """The command line that runs this Python interpreter with ``args``."""
         return [sys.executable, *args]
