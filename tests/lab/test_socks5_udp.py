@@ -1,5 +1,6 @@
 """SOCKS5 UDP ASSOCIATE (RFC 1928 section 7) on the server's tunnel address, in the namespace lab
-(the server forwarding in ``nat`` mode), with a client nobody here wrote: PySocks'
+(the server forwarding in ``nat`` mode, then in ``proxy`` mode: the relay is the same, what else the
+server does with the tunnel's traffic differs), with a client nobody here wrote: PySocks'
 ``socksocket(AF_INET, SOCK_DGRAM)``, which asks for the association when it is first used.
 
 * a DNS query to dnsmasq on the lab's router (192.0.2.1) through the relay is answered, with the
@@ -92,11 +93,11 @@ class Env:
         return recent_events(self.lab, "server", kind)
 
 
-@pytest.fixture(scope="module")
-def env():
+@pytest.fixture(scope="module", params=["nat", "proxy"])
+def env(request):
     require_tool("nft")
     dnsmasq = require_tool("dnsmasq")
-    lab = Lab(prefix=f"h18u{os.getpid() % 1000}n-", log=lambda s: None)
+    lab = Lab(prefix=f"h18u{os.getpid() % 1000}{request.param[0]}-", log=lambda s: None)
     etc = Path("/etc/netns") / lab.ns("server")
     try:
         lab.up()
@@ -108,7 +109,7 @@ def env():
                   f"--address=/{DNS_NAME}/{APP_ADDRESS}", "--log-queries", "--log-facility=-")
         lab.wait_for_udp("internet", 53)
         e = Env(lab)
-        e.server = start_server(lab, "--forwarding", "nat")
+        e.server = start_server(lab, "--forwarding", request.param)
         e.client = start_client(lab)
         yield e
         stop(e.client)
