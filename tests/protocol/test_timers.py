@@ -158,3 +158,52 @@ def test_rekey_and_reject_after_messages(pair_factory):
     # The receiver took the pings with counters 1..5 and dropped 6 and 7 as an expired session.
     assert len(pair.net.delivered[pair.server_ep]) == 5
     assert len(log.drops("expired-session")) == 2
+
+
+def test_the_after_wakeup_deadline_of_the_changed_peers_never_misses_an_earlier_one(pair_factory):
+    """A daemon keeps one timer armed for the Device's earliest deadline and, after each wakeup,
+    only moves it earlier, to ``next_deadline(changed_only=True)``: the peers that wakeup touched
+    (looking at all of a server's peers after every packet cost O(peers)).  Driven as the daemons
+    drive it -- traffic, handshakes, keepalives, rekeys, a peer set to persistent keepalive, a
+    peer added -- the armed time is never later than the true earliest deadline of all peers."""
+    from vpnedu.protocol.keys import generate_private_key, public_key
+    pair = pair_factory()
+    server, client, clock = pair.server, pair.client, pair.net.clock
+    for i in range(50):       # idle peers, as on a server with many clients
+        server.add_peer(public_key(generate_private_key()), allowed_ips=[f"10.1.{i}.2/32"])
+
+    def earliest():
+        ts = [t for p in server.peers.values() for t in p.deadlines()]
+        return min(ts) if ts else None
+
+    armed = server.next_deadline()
+    fired = checked = 0
+    pair.handshake()
+    for step in range(1200):                      # 600 s in 0.5 s steps
+        if step % 14 == 0:
+            pair.client_sends(PING)                # the server wakes: a batch from the client
+        if step % 33 == 0:
+            pair.server_sends(PONG)                # the server wakes: a packet from its TUN
+        if step == 300:
+            server.set_persistent_keepalive(pair.client_peer, 7, clock.now)
+        if step == 500:
+            server.add_peer(public_key(generate_private_key()), persistent_keepalive=3,
+                            allowed_ips=["10.2.0.2/32"])
+        moved = server.next_deadline(changed_only=True)
+        if moved is not None and (armed is None or moved < armed):
+            armed = moved
+        true = earliest()
+        if true is not None:
+            assert armed is not None and armed <= true + 1e-9, (step, armed, true)
+            checked += 1
+        clock.advance(0.5)
+        if armed is not None and clock.now >= armed:
+            fired += 1
+            pair.net.send(pair.server_ep, server.tick(clock.now))
+            pair.net.send(pair.client_ep, client.tick(clock.now))
+            pair.net.run()
+            armed = server.next_deadline()         # after a tick: every peer
+        else:
+            pair.net.send(pair.client_ep, client.tick(clock.now))
+            pair.net.run()
+    assert checked > 1000 and fired > 20

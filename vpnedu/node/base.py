@@ -340,16 +340,18 @@ class Node:
     # Timers: sleep until the core's next deadline (at most 1 s), then tick.
     _ticker: "TickTimer | None" = None
 
-    def schedule_tick(self) -> None:
+    def schedule_tick(self, *, every_peer: bool = False) -> None:
         """Arm the event loop's timer for the Device's next deadline (the datapath calls this
-        after every wakeup)."""
+        after every wakeup).  After a wakeup only the peers it touched can have an earlier
+        deadline (``Device.next_deadline(changed_only=True)``); after a tick, every peer's."""
         if self._ticker is None:
             self._ticker = TickTimer(self._tick)
-        self._ticker.arm(self._loop, self.device.next_deadline(), self.clock())
+        full = every_peer or self._ticker.handle is None     # nothing armed: nothing to compare with
+        self._ticker.arm(self._loop, self.device.next_deadline(changed_only=not full), self.clock())
 
     def _tick(self) -> None:
         self._send(self.device.tick(self.clock()))
-        self.schedule_tick()
+        self.schedule_tick(every_peer=True)
 
     # ------------------------------------------------------------------ running
     def stop(self) -> None:

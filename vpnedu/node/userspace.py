@@ -225,7 +225,10 @@ class UserspaceInterface:
         """Arm the event loop's timer for the Device's next deadline, at most 1 s away (the
         link probe runs once a second)."""
         if self._loop is not None:
-            self._ticker.arm(self._loop, self.device.next_deadline(), self.clock())
+            # Only the peers this wakeup touched can have moved earlier (Device.next_deadline);
+            # after a tick, or with nothing armed, every peer is looked at.
+            changed = self._ticker.handle is not None
+            self._ticker.arm(self._loop, self.device.next_deadline(changed_only=changed), self.clock())
 
     def _tick(self) -> None:
         now = self.clock()

@@ -114,6 +114,10 @@ class Device:
         self.check_source = check_source
         self.name = name
         self.peers: dict[bytes, Peer] = {}
+        #: Peers whose timers this Device may have moved since :meth:`next_deadline` last looked
+        #: (see ``changed_only`` there); ``_timers_all``: look at every peer next time.
+        self._timers_moved: set[Peer] = set()
+        self._timers_all = True
         self.routes: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, tuple[Peer, object]] = {}
         self.cookie_checker: CookieChecker | None = None
@@ -185,6 +189,7 @@ class Device:
         peer = Peer(self, public_key, preshared_key=preshared_key, endpoint=endpoint,
                     persistent_keepalive=persistent_keepalive, name=name)
         self.peers[public_key] = peer
+        self._timers_all = True
         for net in allowed_ips:
             self.routes.insert(net, peer)
         return peer
@@ -211,6 +216,7 @@ class Device:
         peer.persistent_keepalive = int(seconds or 0)
         peer.t_persistent = (now + peer.persistent_keepalive
                              if peer.persistent_keepalive and peer.current is not None else None)
+        self._timers_moved.add(peer)
         return not was and bool(peer.persistent_keepalive)
 
     def forget_local_address(self, endpoint: Endpoint) -> None:
@@ -228,6 +234,7 @@ class Device:
             return
         self.routes.remove_value(peer)
         self._zero_keys(peer)
+        self._timers_moved.discard(peer)
 
     def peer_for(self, destination: bytes) -> Peer | None:
         """Cryptokey routing, sending side: which peer gets a packet for this address?"""
@@ -413,6 +420,7 @@ class Device:
         """After ``packets`` transport messages of one session authenticated (``data`` of them
         not keepalives): roaming, counters, the timer hooks, a last-minute rekey."""
         self._set_endpoint(peer, source)
+        self._timers_moved.add(peer)
         peer.rx_bytes += nbytes
         peer.rx_packets += packets
         t = self.timers
@@ -430,6 +438,7 @@ class Device:
         peer.last_handshake = self.wall(now)
         self.counters["handshakes_completed"] += 1
         tm.handshake_complete(peer)
+        self._timers_moved.add(peer)
         self.events.emit("session.confirmed", peer.label, local_index=kp.local_index)
         self._flush_staged(peer, now, out)
 
@@ -551,6 +560,7 @@ class Device:
         self._set_endpoint(peer, source)
         tm.session_derived(peer, now, self.timers)
         tm.authenticated_sent(peer, now)
+        self._timers_moved.add(peer)
         out.datagrams.append((packed, source))
         self.counters["handshake_responses_sent"] += 1
         self.events.emit("handshake.response.sent", peer.label, sender_index=idx, receiver_index=msg.sender,
@@ -590,6 +600,7 @@ class Device:
         tm.session_derived(peer, now, self.timers)
         tm.handshake_complete(peer)
         tm.authenticated_received(peer, now)
+        self._timers_moved.add(peer)
         self.events.emit("handshake.response.received", peer.label, sender_index=msg.sender,
                          receiver_index=msg.receiver, ephemeral=_b64(msg.ephemeral),
                          mac1=msg.mac1.hex(), mac2=msg.mac2.hex())
@@ -709,6 +720,7 @@ class Device:
             tm.authenticated_sent(peer, now)
             if data:
                 tm.data_sent(peer, now, t)
+            self._timers_moved.add(peer)
             if tm.rekey_due_sending(kp, now, t):
                 if now - peer.last_initiation_sent >= t.rekey_timeout:
                     self.events.emit("timer.rekey", peer.label, reason="REKEY_AFTER_TIME or "
@@ -800,6 +812,7 @@ class Device:
         peer.last_mac1 = mac1
         tm.handshake_initiated(peer, now, self.timers, self.jitter(self.timers.max_jitter))
         tm.authenticated_sent(peer, now)
+        self._timers_moved.add(peer)
         self.counters["handshake_initiations_sent"] += 1
         self.events.emit("handshake.initiation.sent", peer.label, sender_index=idx,
                          ephemeral=_b64(msg.ephemeral), timestamp=tai64n.decode(stamp),
@@ -830,13 +843,27 @@ class Device:
         peer.handshake = None
         peer.t_zero_keys = None
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`tick` next has work to do (monotonic seconds), or None."""
+    def next_deadline(self, *, changed_only: bool = False) -> float | None:
+        """When :meth:`tick` next has work to do (monotonic seconds), or None.
+
+        ``changed_only``: the earliest deadline among the peers whose timers moved since the last
+        call, for a caller that keeps a timer armed for the earliest of all and only ever moves it
+        earlier (the daemons, after every wakeup).  That is all it needs: a deadline that did not
+        move is no earlier than what it armed last time, and one that moved later only makes its
+        timer fire early, once, to a :meth:`tick` with nothing to do and a full look.  Looking at
+        every peer after every wakeup cost a server 47 us with 200 peers and 260 us with 1000
+        (mostly idle) ones; this costs what the wakeup's own peers do."""
+        if changed_only and not self._timers_all:
+            peers = self._timers_moved
+        else:
+            peers = self.peers.values()
         best = None
-        for peer in self.peers.values():
+        for peer in peers:
             for t in peer.deadlines():
                 if best is None or t < best:
                     best = t
+        self._timers_moved = set()
+        self._timers_all = False
         return best
 
     def tick(self, now: float) -> list[Datagram]:
@@ -845,6 +872,7 @@ class Device:
         self.now = now
         out = Output()
         timers = self.timers
+        self._timers_all = True     # the hooks below move timers of any peer
         for peer in list(self.peers.values()):
             for what in tm.expired(peer, now, timers):
                 if what == "give-up":
