@@ -231,3 +231,35 @@ def test_the_table_says_when_a_path_failed_in_some_rounds():
     rows = {line.split("]")[1].split()[0]: line for line in section.splitlines() if line.startswith("  [")}
     assert "(only 2 of 3 rounds; failed: vpnedu-wireguard: a daemon exited (status 1))" in rows["vpnedu-wireguard"]
     assert "6.0" in rows["vpnedu-wireguard"] and "only" not in rows["bare"]
+
+
+@pytest.mark.root
+def test_an_iperf3_server_stuck_on_a_vanished_client_is_restarted_not_blamed_on_the_path():
+    """When a path's tunnel goes down before iperf3's last exchange crossed it, the server waits
+    for a client that is gone (120 s by default) and answers the next path "busy".  The bench
+    starts a fresh server and the next test runs."""
+    from vpnedu.bench import Bench, Settings
+    require_tool("iperf3")
+    lab = Lab(prefix=f"vti{os.getpid() % 10000}-", clients=1, topology="direct", log=lambda m: None)
+    lab.up()
+    stuck = None
+    try:
+        b = Bench(Settings(seconds=1, rounds=1, tests=["tcp1_up"], paths=["bare"]), lab, lambda m: None, lambda m: None)
+        b.start_iperf_server(5201)
+        # A client that started a long test and then froze: the server is busy with it.
+        stuck = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "iperf3", "-c", SERVER_PUBLIC,
+                                  "-p", "5201", "-t", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        busy = ""
+        for _ in range(50):
+            busy = lab.run("client", "iperf3", "-c", SERVER_PUBLIC, "-p", "5201", "-t", "1", "-J").stdout
+            if "busy" in busy:
+                break
+            time.sleep(0.1)
+        assert "busy" in busy, busy
+        stuck.send_signal(19)    # SIGSTOP: it holds its sockets and never finishes
+        assert b.iperf(SERVER_PUBLIC, []) > 0
+    finally:
+        if stuck is not None:
+            stuck.kill()
+            stuck.wait()
+        lab.down()

@@ -169,24 +169,47 @@ class Bench:
         self.r = Results(settings)
         self._where = ""
         self._bytes = 0
+        self._iperf_servers: dict[int, subprocess.Popen] = {}
 
     # ------------------------------------------------------------------ measuring
+    def start_iperf_server(self, port: int, wait: bool = True) -> None:
+        """``iperf3 -s`` on ``port`` in the server's namespace; one already there is stopped first."""
+        old = self._iperf_servers.pop(port, None)
+        if old is not None and old.poll() is None:
+            old.terminate()
+            try:
+                old.wait(5)
+            except subprocess.TimeoutExpired:
+                old.kill()
+                old.wait()
+        self._iperf_servers[port] = self.lab.spawn("server", f"iperf3-{port}", "iperf3", "-s", "-p", str(port))
+        if wait:
+            self.lab.wait_for_port("server", port)
+
     def iperf(self, target: str, args: list[str], port: int = 5201, client: str = "client") -> float:
         cmd = ["iperf3", "-c", target, "-p", str(port), "-t", str(self.s.seconds), "-J", *args]
-        # iperf3's server takes one test at a time and finishes the last one (its results, its
-        # sockets) a moment after the client has its numbers: on a busy machine the next test
-        # can find it "busy running a test".  That is not a failure of the path: wait and retry.
-        deadline = time.monotonic() + 10
+        # iperf3's server takes one test at a time.  It finishes the last one (its results, its
+        # sockets) a moment after the client has its numbers, so on a busy machine the next test
+        # can find it "busy running a test": wait a little.  And when the last path's tunnel went
+        # down before that final exchange crossed it, the server waits for a client that is gone
+        # (--rcv-timeout, 120 s by default): then start a fresh server.  Neither is the new path's
+        # failure.
+        deadline, restarted = time.monotonic() + 3, False
         while True:
             r = self.lab.run(client, *cmd, timeout=self.s.seconds + 30)
             try:
                 res = json.loads(r.stdout)
             except json.JSONDecodeError:
                 raise VpneduError(f"iperf3 to {target} failed: {(r.stderr or r.stdout).strip()[-200:]}") from None
-            if "busy" in str(res.get("error", "")) and time.monotonic() < deadline:
+            if "busy" not in str(res.get("error", "")):
+                break
+            if time.monotonic() < deadline:
                 time.sleep(0.5)
-                continue
-            break
+            elif not restarted and port in self._iperf_servers:
+                self.start_iperf_server(port)
+                restarted = True
+            else:
+                break
         if "error" in res:
             raise VpneduError(f"iperf3 to {target} failed: {res['error']}")
         end = res["end"]
@@ -324,7 +347,7 @@ class Bench:
         self.log(f"lab: {self.lab.prefix}*, {self.s.topology} topology  ({self.s.rounds} round(s), "
                  f"{self.s.seconds:g} s per test)")
         for i in range(self.s.concurrency_clients):
-            self.lab.spawn("server", f"iperf3-{5201 + i}", "iperf3", "-s", "-p", str(5201 + i))
+            self.start_iperf_server(5201 + i, wait=False)
         for i in range(self.s.concurrency_clients):
             self.lab.wait_for_port("server", 5201 + i)
         for rnd in range(self.s.rounds):
