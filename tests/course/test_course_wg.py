@@ -125,8 +125,7 @@ def answers_for(path: Path, *public_keys: str) -> bool:
         return False          # no file, or nobody answers on it
     finally:
         s.close()
-    peers = {hex_to_base64(line.split("=", 1)[1]) for line in reply.decode().splitlines()
-             if line.startswith("public_key=")}
+    peers = {hex_to_base64(p["public_key"]) for p in uapi.parse_get(reply.decode())["peers"]}
     return bool(peers & set(public_keys))
 
 

@@ -862,7 +862,7 @@ class Device:
             for t in peer.deadlines():
                 if best is None or t < best:
                     best = t
-        self._timers_moved = set()
+        self._timers_moved.clear()
         self._timers_all = False
         return best
 
