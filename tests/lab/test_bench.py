@@ -263,3 +263,34 @@ def test_an_iperf3_server_stuck_on_a_vanished_client_is_restarted_not_blamed_on_
             stuck.kill()
             stuck.wait()
         lab.down()
+
+
+@pytest.mark.root
+def test_clients_at_once_start_on_fresh_iperf3_servers():
+    """The clients-at-once test starts its iperf3 clients together, with no retry: a server still
+    held by the last path's vanished client made it fail "busy" (seen in a bench run).  It now
+    starts fresh servers first."""
+    from vpnedu.bench import Bench, Settings
+    require_tool("iperf3")
+    lab = Lab(prefix=f"vtc{os.getpid() % 10000}-", clients=2, topology="direct", log=lambda m: None)
+    lab.up()
+    stuck = None
+    try:
+        b = Bench(Settings(seconds=1, rounds=1, tests=["tcp1_up"], paths=["bare"], concurrency_clients=2),
+                  lab, lambda m: None, lambda m: None)
+        b.start_iperf_server(5201)
+        stuck = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "iperf3", "-c", SERVER_PUBLIC,
+                                  "-p", "5201", "-t", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):
+            if "busy" in lab.run("client", "iperf3", "-c", SERVER_PUBLIC, "-p", "5201", "-t", "1", "-J").stdout:
+                break
+            time.sleep(0.1)
+        stuck.send_signal(19)
+        b.concurrency()
+        c = b.r.concurrency
+        assert c.get("clients") == 2 and len(c["per_client_mbit_s"]) == 2 and c["aggregate_mbit_s"] > 0, c
+    finally:
+        if stuck is not None:
+            stuck.kill()
+            stuck.wait()
+        lab.down()

@@ -309,6 +309,12 @@ class Bench:
         tun = Vpnedu(self.lab, "wireguard")
         procs: list[subprocess.Popen] = []
         try:
+            # Fresh iperf3 servers: one may still wait for a client of the last path that is gone
+            # (see iperf), and these clients start at once, with no retry.
+            for i in range(n):
+                self.start_iperf_server(5201 + i, wait=False)
+            for i in range(n):
+                self.lab.wait_for_port("server", 5201 + i)
             tun.up(clients)
             for c in clients[1:]:
                 end = time.time() + 20
