@@ -5,11 +5,12 @@ set -euo pipefail
 
 # System tools the tests and the lab drive for real.
 VPNEDU_DEB_PACKAGES=(python3-venv wireguard-tools wireguard-go iproute2 nftables iputils-ping tcpdump tshark iperf3
-  openvpn chromium ncat iptables zbar-tools dnsmasq-base bind9-dnsutils)  # openvpn: vpnedu bench; chromium:
+  openvpn chromium ncat iptables zbar-tools dnsmasq-base bind9-dnsutils gcc python3-dev libssl-dev)  # openvpn: vpnedu bench; chromium:
   # the course's browser test (JupyterLab via Playwright); ncat, iptables: WireGuard's conformance script
   # (tests/node/test_conformance_root.py); zbar-tools: zbarimg reads back the QR codes of client configs
   # (tests/cli/test_qr.py); dnsmasq-base (the binary only, no system service), bind9-dnsutils (dig): the
-  # DNS test's resolver and lookups (tests/node/test_dns_root.py)
+  # DNS test's resolver and lookups (tests/node/test_dns_root.py); gcc, python3-dev, libssl-dev: the install
+  # compiles vpnedu/protocol/openssl_aead.c (without them it goes on, and encrypts through cryptography)
 
 vpnedu_setup() {
   # $1: the extras to install with vpnedu ("test" for the tests; "" for vpnedu alone, as the demo needs).

@@ -24,7 +24,7 @@ from . import __version__, report
 from .course.commands import course_cli
 from .errors import NotPermitted, VpneduError
 from .protocol import keys as _keys
-from .protocol.suites import SUITES, InsecureSuiteWarning
+from .protocol.suites import SUITES, InsecureSuiteWarning, choose_aead
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
@@ -841,6 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always", InsecureSuiteWarning)
     try:
         try:
+            if os.environ.get("VPNEDU_AEAD"):   # which library makes the AEAD calls (suites.choose_aead)
+                choose_aead(os.environ["VPNEDU_AEAD"])
             cli.main(args=argv, prog_name="vpnedu", standalone_mode=False)
         except VpneduError as e:
             from .node.control import AccessRefused

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import VpneduError
 from ..netns_lab.topology import SERVER_PUBLIC, Lab
+from ..protocol.suites import aead_backend
 
 #: The tunnel MTU of every path (wireguard-go's and OpenVPN's as well as vpnedu's, whose configs say
 #: ``MTU =``: measured, vpnedu would take the cable's 1500 - 60 = 1440, see vpnedu.net.mtu): the
@@ -187,7 +188,8 @@ class Vpnedu(Tunnel):
     def describe(self) -> str:
         spec = self.extra[1] if self.extra[:1] == ("--datapath",) else "fast"
         what = {"fast": "the default datapath", "simple": "the same engine, every offload off"}.get(spec, "")
-        return f"vpnedu (this tree), suite {self.suite}, --datapath {spec}" + (f" ({what})" if what else "")
+        return (f"vpnedu (this tree), suite {self.suite}, --datapath {spec}" + (f" ({what})" if what else "")
+                + f", AEAD calls through {aead_backend()}")
 
     def command(self, *args: str) -> list[str]:
         """The command line that runs this path's vpnedu with ``args``."""
@@ -255,21 +257,32 @@ class VpneduTree(Vpnedu):
         # No __pycache__ written into someone else's tree.
         self.env = {"PYTHONPATH": str(self.tree), "PYTHONDONTWRITEBYTECODE": "1"}
         self.checked = False
+        self.aead = ""   # which library its AEAD calls go through (check_imports asks the tree)
 
     def describe(self) -> str:
-        return f"vpnedu from {self.tree} (git describe {self.commit}), suite wireguard, its default datapath"
+        return (f"vpnedu from {self.tree} (git describe {self.commit}), suite wireguard, its default datapath"
+                + (f", AEAD calls through {self.aead}" if self.aead else ""))
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-P", "-m", "vpnedu", *args]
 
     def check_imports(self) -> None:
-        r = subprocess.run([sys.executable, "-P", "-c", "import os, vpnedu; print(os.path.realpath(vpnedu.__file__))"],
+        # A tree from before vpnedu/protocol/openssl_aead.c has no aead_backend: all its AEAD calls
+        # went through cryptography.  (A tree's compiled module is there only if it was built in it.)
+        probe = ("import os, vpnedu; print(os.path.realpath(vpnedu.__file__))\n"
+                 "try:\n    from vpnedu.protocol.suites import aead_backend, choose_aead\n"
+                 "    os.environ.get('VPNEDU_AEAD') and choose_aead(os.environ['VPNEDU_AEAD'])\n"
+                 "    print(aead_backend())\n"
+                 "except ImportError:\n    print('cryptography')\n")
+        r = subprocess.run([sys.executable, "-P", "-c", probe],
                            capture_output=True, text=True, env={**os.environ, **self.env})
         want = self.tree / "vpnedu" / "__init__.py"
-        if r.returncode != 0 or Path(r.stdout.strip()) != want:
+        lines = r.stdout.split()
+        if r.returncode != 0 or not lines or Path(lines[0]) != want:
             got = r.stdout.strip() or (r.stderr.strip().splitlines() or ["nothing"])[-1]
             raise VpneduError(f"{self.name}: python -P with PYTHONPATH={self.tree} imports vpnedu from {got}, "
                               f"not {want}", "check that the tree is a vpnedu checkout")
+        self.aead = lines[1] if len(lines) > 1 else ""
         self.checked = True
 
     def up(self, clients: list[str] | None = None) -> None:

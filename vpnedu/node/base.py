@@ -51,6 +51,7 @@ from ..net import mtu as _mtu
 from ..net import udp as _udp
 from ..net.tun import Tun
 from ..protocol.device import Device
+from ..protocol.suites import aead_backend
 from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import uapi_socket, wgquick
 
@@ -162,6 +163,8 @@ class Node:
                               "add the tunnel address, e.g. 'Address = 10.0.0.2/24'")
         self.cfg = cfg
         self.suite = cfg.suite()
+        #: Which library makes the AEAD calls (the command line chose it from VPNEDU_AEAD).
+        self.aead = aead_backend()
         self.ifname = ifname
         self.log = log
         self.events = events or EventBus()
@@ -610,6 +613,7 @@ class Node:
             "mtu_source": self.mtu_source,
             "fwmark": self.cfg.interface.fwmark,
             "datapath": self.datapath_options.describe(),
+            "aead": self.aead,
             "datapath_stats": dict(self.datapath.stats) if self.datapath else {},
             "started": self.started,
             "changes": list(self.changes),

@@ -51,6 +51,7 @@ from ..events import EventBus
 from ..net import tun as _tun
 from ..net import udp as _udp
 from ..protocol.device import DEFAULT_MTU, Device
+from ..protocol.suites import choose_aead
 from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import uapi_socket
 from .base import TickTimer, parse_timers
@@ -373,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     level = log_level()
     try:
         # VPNEDU_TIMERS=rekey_after_time=5,... (shortened timers for labs and tests) and
-        # VPNEDU_DATAPATH=simple|fast,... (vpnedu's own switches; wg knows nothing of them).
+        # VPNEDU_DATAPATH=simple|fast,... (vpnedu's own switches; wg knows nothing of them);
+        # VPNEDU_AEAD=openssl|cryptography (which library makes the AEAD calls).
+        if os.environ.get("VPNEDU_AEAD"):
+            choose_aead(os.environ["VPNEDU_AEAD"])
         iface = UserspaceInterface(args[0], log=Logger(args[0], level),
                                    timers=parse_timers(os.environ.get("VPNEDU_TIMERS")),
                                    datapath=os.environ.get("VPNEDU_DATAPATH") or "fast")

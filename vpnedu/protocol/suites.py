@@ -42,6 +42,15 @@ from nacl.exceptions import CryptoError
 
 from ..errors import SuiteError
 
+try:
+    # The compiled call (vpnedu/protocol/openssl_aead.c): OpenSSL's same cipher with less glue
+    # per packet.  Absent when the install had no C compiler; then `cryptography` does it all.
+    from .openssl_aead import OPENSSL_VERSION as OPENSSL_AEAD_VERSION
+    from .openssl_aead import Cipher as OpenSSLCipher
+except ImportError:
+    OpenSSLCipher = None
+    OPENSSL_AEAD_VERSION = None
+
 #: WireGuard's prologue (paper, section 5.4: "IDENTIFIER").
 WIREGUARD_IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
 #: Labels for the keys of mac1 and of the cookie reply (paper, section 5.4.4 and 5.4.7).
@@ -135,6 +144,40 @@ class NullAEAD(AEAD):
         return plaintext
 
 
+#: The libraries that can make the AEAD calls (:func:`choose_aead`).
+AEAD_BACKENDS = ("openssl", "cryptography")
+_backend = "openssl" if OpenSSLCipher is not None else "cryptography"
+
+
+def aead_backend() -> str:
+    """Which library seals and opens: ``"openssl"`` or ``"cryptography"``.
+
+    Both run OpenSSL's ChaCha20-Poly1305 and AES-GCM and give the same bytes (the tests check
+    it); they differ in the cost of a call.  ``cryptography``'s classes cost about 1.1 us per call
+    beyond the cipher's own work, and a tunnel makes one call per packet; vpnedu's own small C
+    module (``openssl_aead``, built at install time when a compiler is there) makes the same
+    OpenSSL calls for about half of that.  It is the default when it was built.
+    """
+    return _backend
+
+
+def choose_aead(name: str) -> None:
+    """Make the keys set from now on use library ``name`` (:data:`AEAD_BACKENDS`).
+
+    The command line calls it with ``VPNEDU_AEAD``: ``cryptography`` to compare the two or to
+    rule the compiled module out, ``openssl`` to insist on it."""
+    global _backend
+    want = name.strip().lower()
+    if want not in AEAD_BACKENDS:
+        raise SuiteError(f"VPNEDU_AEAD={name!r} is not an AEAD library vpnedu knows",
+                         "set it to 'openssl' or 'cryptography', or unset it")
+    if want == "openssl" and OpenSSLCipher is None:
+        raise SuiteError("VPNEDU_AEAD=openssl, but vpnedu's openssl_aead module was not built",
+                         "install gcc, python3-dev and libssl-dev and reinstall vpnedu "
+                         "(pip install -e .), or unset VPNEDU_AEAD")
+    _backend = want
+
+
 @dataclass(frozen=True)
 class CipherSuite:
     """One suite: a hash, an AEAD for the handshake and one for the tunnel.
@@ -204,7 +247,11 @@ class CipherSuite:
 
     # -- AEADs ---------------------------------------------------------------
     def handshake_aead(self, key: bytes) -> AEAD:
-        """The AEAD used inside the handshake (always real encryption)."""
+        """The AEAD used inside the handshake (always real encryption), from the library
+        :func:`aead_backend` names."""
+        if aead_backend() == "openssl":
+            return AEAD(OpenSSLCipher("aes-256-gcm" if self.aes else "chacha20-poly1305", key),
+                        big_endian=self.aes)
         if self.aes:
             return AEAD(AESGCM(key), big_endian=True)
         return AEAD(ChaCha20Poly1305(key), big_endian=False)
