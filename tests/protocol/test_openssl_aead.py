@@ -120,6 +120,11 @@ def test_arguments_the_engine_never_passes_are_refused_clearly():
         openssl_aead.Cipher("rot13", bytes(32))
     with pytest.raises(ValueError, match="32 bytes"):
         openssl_aead.Cipher("chacha20-poly1305", bytes(16))
+    unkeyed = openssl_aead.Cipher.__new__(openssl_aead.Cipher)
+    with pytest.raises(ValueError, match="no key"):
+        unkeyed.encrypt_into(bytes(12), b"abc", None, bytearray(19))
+    with pytest.raises(ValueError, match="no key"):
+        unkeyed.decrypt(bytes(12), bytes(32), None)
 
 
 def _backend_in_a_fresh_process(value: str | None) -> subprocess.CompletedProcess:

@@ -14,7 +14,8 @@
  * `cryptography`'s AEAD classes that vpnedu's transport engine uses, with the same arguments
  * and the same exception, so vpnedu/protocol/suites.py can use either; the tests check the two
  * byte for byte.  When this module was not built (no C compiler, no OpenSSL headers), suites.py
- * uses `cryptography`, and everything works, a little slower.
+ * uses `cryptography`, and everything works, a little slower.  After editing this file, build it
+ * again: `pip install -e .` (or `python setup.py build_ext --inplace`).
  *
  *   Cipher(name, key)                 name: "chacha20-poly1305" or "aes-256-gcm"; key: 32 bytes
  *   .encrypt_into(nonce, data, ad, out)   ciphertext || 16-byte tag into `out`, which must be
@@ -92,10 +93,15 @@ static int Cipher_init(CipherObject *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-/* Take the buffers of the arguments; on failure release what was taken and return -1. */
-static int get_buffers(PyObject *const *args, Py_buffer *nonce, Py_buffer *data, Py_buffer *ad,
-                       int *has_ad)
+/* Take the buffers of the arguments; on failure release what was taken and return -1.  A Cipher
+ * made with Cipher.__new__ alone has no context yet: refuse it here, before any EVP call. */
+static int get_buffers(CipherObject *self, PyObject *const *args, Py_buffer *nonce, Py_buffer *data,
+                       Py_buffer *ad, int *has_ad)
 {
+    if (self->enc == NULL || self->dec == NULL) {
+        PyErr_SetString(PyExc_ValueError, "this Cipher has no key: make it with Cipher(name, key)");
+        return -1;
+    }
     if (PyObject_GetBuffer(args[0], nonce, PyBUF_SIMPLE) < 0)
         return -1;
     if (PyObject_GetBuffer(args[1], data, PyBUF_SIMPLE) < 0) {
@@ -132,7 +138,7 @@ static PyObject *Cipher_encrypt_into(CipherObject *self, PyObject *const *args, 
         PyErr_SetString(PyExc_TypeError, "encrypt_into(nonce, data, associated_data, buf) takes 4 arguments");
         return NULL;
     }
-    if (get_buffers(args, &nonce, &data, &ad, &has_ad) < 0)
+    if (get_buffers(self, args, &nonce, &data, &ad, &has_ad) < 0)
         return NULL;
     if (PyObject_GetBuffer(args[3], &out, PyBUF_WRITABLE) < 0) {
         ok = -1;
@@ -176,7 +182,7 @@ static PyObject *Cipher_decrypt(CipherObject *self, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "decrypt(nonce, data, associated_data) takes 3 arguments");
         return NULL;
     }
-    if (get_buffers(args, &nonce, &data, &ad, &has_ad) < 0)
+    if (get_buffers(self, args, &nonce, &data, &ad, &has_ad) < 0)
         return NULL;
     if (data.len < TAG_LEN) {
         /* Too short to hold a tag: it cannot authenticate (cryptography says the same). */
