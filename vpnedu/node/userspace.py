@@ -51,7 +51,7 @@ from ..events import EventBus
 from ..net import tun as _tun
 from ..net import udp as _udp
 from ..protocol.device import DEFAULT_MTU, Device
-from ..protocol.suites import choose_aead
+from ..protocol.suites import aead_backend, choose_aead
 from ..protocol.timers import DEFAULT_TIMERS, Timers
 from . import uapi_socket
 from .base import TickTimer, parse_timers
@@ -272,7 +272,7 @@ class UserspaceInterface:
         st.update({"role": self.role, "interface": self.ifname, "pid": os.getpid(),
                    "public_key": st["public_key"] or "(none)", "listen_port": self.port,
                    "addresses": ["(set with ip addr, in the device's namespace)"], "mtu": self.device.mtu,
-                   "fwmark": self.fwmark, "datapath": self.options.describe(),
+                   "fwmark": self.fwmark, "datapath": self.options.describe(), "aead": aead_backend(),
                    "datapath_stats": dict(self.datapath.stats) if self.datapath else {}})
         return st
 
