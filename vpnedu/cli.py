@@ -841,8 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always", InsecureSuiteWarning)
     try:
         try:
-            if os.environ.get("VPNEDU_AEAD"):   # which library makes the AEAD calls (suites.choose_aead)
-                choose_aead(os.environ["VPNEDU_AEAD"])
+            choose_aead(os.environ.get("VPNEDU_AEAD"))   # which library makes the AEAD calls
             cli.main(args=argv, prog_name="vpnedu", standalone_mode=False)
         except VpneduError as e:
             from .node.control import AccessRefused

@@ -271,7 +271,7 @@ class VpneduTree(Vpnedu):
         # went through cryptography.  (A tree's compiled module is there only if it was built in it.)
         probe = ("import os, vpnedu; print(os.path.realpath(vpnedu.__file__))\n"
                  "try:\n    from vpnedu.protocol.suites import aead_backend, choose_aead\n"
-                 "    os.environ.get('VPNEDU_AEAD') and choose_aead(os.environ['VPNEDU_AEAD'])\n"
+                 "    choose_aead(os.environ.get('VPNEDU_AEAD'))\n"
                  "    print(aead_backend())\n"
                  "except ImportError:\n    print('cryptography')\n")
         r = subprocess.run([sys.executable, "-P", "-c", probe],

@@ -376,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         # VPNEDU_TIMERS=rekey_after_time=5,... (shortened timers for labs and tests) and
         # VPNEDU_DATAPATH=simple|fast,... (vpnedu's own switches; wg knows nothing of them);
         # VPNEDU_AEAD=openssl|cryptography (which library makes the AEAD calls).
-        if os.environ.get("VPNEDU_AEAD"):
-            choose_aead(os.environ["VPNEDU_AEAD"])
+        choose_aead(os.environ.get("VPNEDU_AEAD"))
         iface = UserspaceInterface(args[0], log=Logger(args[0], level),
                                    timers=parse_timers(os.environ.get("VPNEDU_TIMERS")),
                                    datapath=os.environ.get("VPNEDU_DATAPATH") or "fast")

@@ -161,12 +161,15 @@ def aead_backend() -> str:
     return _backend
 
 
-def choose_aead(name: str) -> None:
-    """Make the keys set from now on use library ``name`` (:data:`AEAD_BACKENDS`).
+def choose_aead(name: str | None) -> None:
+    """Make the keys set from now on use library ``name`` (:data:`AEAD_BACKENDS`); ``None`` or
+    ``""`` keeps the default.
 
-    The command line calls it with ``VPNEDU_AEAD``: ``cryptography`` to compare the two or to
+    The command lines call it with ``VPNEDU_AEAD``: ``cryptography`` to compare the two or to
     rule the compiled module out, ``openssl`` to insist on it."""
     global _backend
+    if not name:
+        return
     want = name.strip().lower()
     if want not in AEAD_BACKENDS:
         raise SuiteError(f"VPNEDU_AEAD={name!r} is not an AEAD library vpnedu knows",
