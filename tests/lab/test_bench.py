@@ -246,14 +246,22 @@ def test_an_iperf3_server_stuck_on_a_vanished_client_is_restarted_not_blamed_on_
     try:
         b = Bench(Settings(seconds=1, rounds=1, tests=["tcp1_up"], paths=["bare"]), lab, lambda m: None, lambda m: None)
         b.start_iperf_server(5201)
-        # A client that started a long test and then froze: the server is busy with it.
-        stuck = subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "iperf3", "-c", SERVER_PUBLIC,
-                                  "-p", "5201", "-t", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A client that started a long test and then froze: the server is busy with it.  Its
+        # connection must be up before the probe: a probe that got in first would hold the
+        # server itself, the long client would be the one told "busy" and exit.
+        def start_stuck() -> subprocess.Popen:
+            return subprocess.Popen(["ip", "netns", "exec", lab.ns("client"), "iperf3", "-c", SERVER_PUBLIC,
+                                     "-p", "5201", "-t", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stuck = start_stuck()
         busy = ""
-        for _ in range(50):
-            busy = lab.run("client", "iperf3", "-c", SERVER_PUBLIC, "-p", "5201", "-t", "1", "-J").stdout
-            if "busy" in busy:
-                break
+        for _ in range(100):
+            if stuck.poll() is not None:
+                stuck = start_stuck()
+            held = lab.run("server", "ss", "-Htn", "state", "established", "( sport = :5201 )").stdout
+            if held.strip():
+                busy = lab.run("client", "iperf3", "-c", SERVER_PUBLIC, "-p", "5201", "-t", "1", "-J").stdout
+                if "busy" in busy:
+                    break
             time.sleep(0.1)
         assert "busy" in busy, busy
         stuck.send_signal(19)    # SIGSTOP: it holds its sockets and never finishes

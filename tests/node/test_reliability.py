@@ -207,7 +207,6 @@ def test_lab_up_with_a_bad_network_from_the_command_line():
     while a plain ping of the server (ICMP, not the VPN's UDP port) is not delayed; and
     ``vpnedu lab down`` leaves no namespace behind."""
     import os
-    from statistics import median
 
     from vpnedu.netns_lab.topology import Lab
 
@@ -246,7 +245,10 @@ def test_lab_up_with_a_bad_network_from_the_command_line():
     assert len(plain) == 5 and max(plain) < 10, plain
     # 40 pings, each crossing the relay twice with 5% loss: 36 answered on average (sd 1.9); at least 28.
     assert len(tunnel) >= 28, tunnel
-    assert 40 <= min(tunnel) and median(tunnel) < 55, tunnel     # 2 x 20 ms (+ 24 ms when reordered)
+    # 2 x 20 ms (+ 24 ms when reordered).  The relay is userspace: on a loaded machine (CI runs
+    # tests side by side) its wakeups add a few ms to every crossing (CI saw a median of 60 ms),
+    # so the upper bound only tells "delayed once per crossing" from "twice" (80 ms and more).
+    assert 40 <= min(tunnel) < 75, tunnel
     assert shown.returncode == 0, shown.stderr
     assert "5% loss" in shown.stdout and "20 ms" in shown.stdout, shown.stdout
 
