@@ -144,6 +144,27 @@ def _tso_layout(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int)
     return v4, iph, hlen, mss
 
 
+#: What :func:`split_tso` needs per shape of super-packet (a bulk TCP stream has two or three).
+_SHAPES: dict = {}
+
+
+def _shape(nseg: int, mss: int, width: int, stride: int, last: int):
+    """Per-shape constants, made once: row numbers, sequence-number offsets (uint32, so that
+    adding the first sequence number wraps as TCP's does), and each segment's slice of the rows."""
+    key = (nseg, mss, width, stride, last)
+    got = _SHAPES.get(key)
+    if got is None:
+        if len(_SHAPES) > 256:
+            _SHAPES.clear()
+        seg = _np.arange(nseg, dtype=_np.int64)
+        offsets = (seg * mss).astype(_np.uint32)
+        slices = [slice(o, o + width) for o in range(0, (nseg - 1) * stride, stride)]
+        o = (nseg - 1) * stride
+        slices.append(slice(o, o + last))
+        got = _SHAPES[key] = (seg, offsets, slices)
+    return got
+
+
 def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list:
     """Cut a TCP super-packet (without its virtio-net header) into segments of at most ``mtu``
     bytes, each a complete IP packet with valid IP and TCP checksums -- what the kernel would
@@ -154,69 +175,80 @@ def split_tso(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -
     fits the MTU.  IPv4 IDs count up from the super-packet's, as Linux's GSO does; FIN and PSH
     stay on the last segment, CWR on the first.
 
-    All segments are built at once, as the rows of one numpy array: the headers copied in by
-    broadcasting, the payload by one reshape, the fields that differ (IPv4 total length, ID and
-    header checksum, TCP sequence number, flags and checksum) written column by column, and
-    every checksum is a row sum (of 16-bit words for the IPv4 header, of 32-bit ones for TCP).  About twenty numpy calls per
-    super-packet, whatever its size, instead of a Python loop per segment
-    (:func:`split_tso_python` is that loop, kept as the reference)."""
+    All segments are built at once, as the rows of one numpy array: one header (already holding
+    a full segment's lengths and zeroed checksums) copied into every row by broadcasting, the
+    payload by one reshape, then only the fields that differ are written column by column (the
+    TCP sequence number as one big-endian 32-bit column; the IPv4 ID, and with it the header
+    checksum, counts up from a sum taken once in Python).  The TCP checksums are one row sum.
+    About fifteen numpy calls per super-packet, whatever its size, instead of a Python loop per
+    segment (:func:`split_tso_python` is that loop, kept as the reference)."""
     v4, iph, hlen, mss = _tso_layout(packet, gso_type, gso_size, csum_start, mtu)
     if iph & 3:   # no IP header is that long (IPv4's are 4 * IHL, IPv6 extension headers 8 * n)
         return split_tso_python(packet, gso_type, gso_size, csum_start, mtu)
     total = len(packet)
-    src = _np.frombuffer(packet, _np.uint8)
     plen = total - hlen
     full, rem = divmod(plen, mss)
     nseg = full + (1 if rem or not full else 0)
     width = hlen + mss
+    last = hlen + rem if nseg > full else width
     stride = (width + 3) & ~3             # every row whole 32-bit words (see the TCP sum below)
-    rows = _np.zeros((nseg, stride), _np.uint8)
-    rows[:, :hlen] = src[:hlen]
+    seg, offsets, slices = _shape(nseg, mss, width, stride, last)
+    # The header every segment starts from: lengths of a full segment, checksums zero.
+    head = bytearray(packet[:hlen])
+    flags = head[iph + 13]
+    seq0 = int.from_bytes(head[iph + 4:iph + 8], "big")
+    head[iph + 16] = head[iph + 17] = 0
+    if v4:
+        ip_id = (head[4] << 8) | head[5]
+        head[2:4] = width.to_bytes(2, "big")
+        head[4:6] = bytes(2)
+        head[10:12] = bytes(2)
+    else:
+        head[4:6] = (width - 40).to_bytes(2, "big")
+    src = _np.frombuffer(packet, _np.uint8)
+    rows = _np.empty((nseg, stride), _np.uint8)
+    rows[:, :hlen] = _np.frombuffer(head, _np.uint8)
     if full:
         rows[:full, hlen:width] = src[hlen:hlen + full * mss].reshape(full, mss)
-    if rem:
-        rows[full, hlen:hlen + rem] = src[hlen + full * mss:]
-    lengths = _np.full(nseg, width, _np.int64)
+    if stride > width:
+        rows[:, width:] = 0
     if nseg > full:
-        lengths[-1] = hlen + rem
+        rows[full, hlen:hlen + rem] = src[hlen + full * mss:]
+        rows[full, hlen + rem:] = 0
+    # Sequence numbers: one column of big-endian 32-bit words, wrapping as uint32 does.
+    rows.view(">u4")[:, (iph + 4) >> 2] = offsets + _np.uint32(seq0)
+    # FIN and PSH only on the last segment, CWR only on the first.
+    if flags & (TCP_FIN | TCP_PSH | TCP_CWR):
+        col = rows[:, iph + 13]
+        col[:] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+        col[0] |= flags & TCP_CWR
+        col[-1] |= flags & (TCP_FIN | TCP_PSH)
     words = rows.view(">u2")
-    seg = _np.arange(nseg, dtype=_np.int64)
-    seq = (int.from_bytes(packet[iph + 4:iph + 8], "big") + seg * mss) & 0xFFFFFFFF
-    t = iph // 2
-    words[:, t + 2] = seq >> 16
-    words[:, t + 3] = seq & 0xFFFF
-    flags = packet[iph + 13]
-    col = rows[:, iph + 13]
-    col[:] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
-    if nseg == 1:
-        col[0] = flags
-    else:
-        col[0] = flags & ~(TCP_FIN | TCP_PSH)
-        col[-1] = flags & ~TCP_CWR
-    words[:, t + 8] = 0                   # TCP checksum
     if v4:
-        words[:, 1] = lengths
-        words[:, 2] = (((packet[4] << 8) | packet[5]) + seg) & 0xFFFF
-        words[:, 5] = 0
-        s = words[:, :t].sum(axis=1, dtype=_np.int64)
-        words[:, 5] = (0xFFFF - s % 0xFFFF) % 0xFFFF
-        addrs = packet[12:20]
+        # IDs count up; so the header checksum counts down: sum = constant part + ID.
+        ids = (seg + ip_id) & 0xFFFF
+        words[:, 2] = ids
+        s = (ids + ones_sum(head[:iph])) % 0xFFFF
+        if last != width:
+            words[-1, 1] = last
+            s[-1] = (s[-1] + last - width) % 0xFFFF
+        words[:, 5] = (0xFFFF - s) % 0xFFFF
+        pseudo = ones_sum(head[12:20]) + PROTO_TCP
     else:
-        words[:, 2] = lengths - 40
-        addrs = packet[8:40]
+        if last != width:
+            words[-1, 2] = last - 40
+        pseudo = ones_sum(head[8:40]) + PROTO_TCP
     # The TCP part summed as native little-endian 32-bit words (a third of the time of 16-bit
     # big-endian ones): 2**16 = 1 (mod 0xFFFF), so that is the sum of little-endian 16-bit
     # words, and a byte swap is a multiplication by 2**8 (mod 0xFFFF).
-    le = rows.view("<u4")[:, iph // 4:].sum(axis=1, dtype=_np.uint64) % 0xFFFF
-    s = ((le.astype(_np.int64) << 8) + lengths - iph
-         + (int.from_bytes(addrs, "big") + PROTO_TCP) % 0xFFFF)
-    words[:, t + 8] = (0xFFFF - s % 0xFFFF) % 0xFFFF
-    flat = memoryview(rows).cast("B")
-    out = [flat[o:o + width] for o in range(0, full * stride, stride)]
-    if nseg > full:
-        o = full * stride
-        out.append(flat[o:o + hlen + rem])
-    return out
+    le = rows.view("<u4")[:, iph >> 2:].sum(axis=1, dtype=_np.uint64)
+    le <<= _np.uint64(8)
+    le += _np.uint64(pseudo + width - iph)
+    if last != width:   # the last segment is shorter: + (0xFFFF - d) is - d (mod 0xFFFF), never below 0
+        le[-1] += _np.uint64(0xFFFF - (width - last))
+    le %= _np.uint64(0xFFFF)
+    words[:, (iph >> 1) + 8] = (_np.uint64(0xFFFF) - le) % _np.uint64(0xFFFF)
+    return list(map(memoryview(rows).cast("B").__getitem__, slices))
 
 
 def split_tso_python(packet, gso_type: int, gso_size: int, csum_start: int, mtu: int) -> list[bytes]:
