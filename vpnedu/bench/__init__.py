@@ -147,6 +147,8 @@ def machine() -> dict:
         except OSError:
             ver[tool] = "not installed"
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            # The daemons run on this interpreter (Lab.vpnedu): its build matters (scripts/setup.sh).
+            "python_executable": str(Path(sys.executable).resolve()),
             "versions": ver, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

@@ -25,6 +25,7 @@ A path is named by a spec (what ``--paths`` takes); :func:`make` turns one into 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,12 @@ def peak_rss_mib(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def interpreter() -> str:
+    """The Python that runs vpnedu's daemons (this one: :meth:`Lab.vpnedu`), e.g. "Python 3.11.2
+    (/usr/bin/python3.11)": how it was built changes their speed (scripts/setup.sh)."""
+    return f"Python {platform.python_version()} ({Path(sys.executable).resolve()})"
 
 
 def first_line(cmd: list[str]) -> str:
@@ -189,7 +196,7 @@ class Vpnedu(Tunnel):
         spec = self.extra[1] if self.extra[:1] == ("--datapath",) else "fast"
         what = {"fast": "the default datapath", "simple": "the same engine, every offload off"}.get(spec, "")
         return (f"vpnedu (this tree), suite {self.suite}, --datapath {spec}" + (f" ({what})" if what else "")
-                + f", AEAD calls through {aead_backend()}")
+                + f", AEAD calls through {aead_backend()}, on {interpreter()}")
 
     def command(self, *args: str) -> list[str]:
         """The command line that runs this path's vpnedu with ``args``."""
@@ -261,7 +268,7 @@ class VpneduTree(Vpnedu):
 
     def describe(self) -> str:
         return (f"vpnedu from {self.tree} (git describe {self.commit}), suite wireguard, its default datapath"
-                + (f", AEAD calls through {self.aead}" if self.aead else ""))
+                + (f", AEAD calls through {self.aead}" if self.aead else "") + f", on {interpreter()}")
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-P", "-m", "vpnedu", *args]
