@@ -55,7 +55,8 @@ vpnedu_setup() {
     echo "setup: checking vpnedu's Python packages in .venv (pip install -e '${spec}') ..."
     local made_from
     made_from="$(sed -n 's/^home = //p' .venv/pyvenv.cfg 2>/dev/null)"
-    if [ -n "$made_from" ] && [ "$(readlink -f "$made_from/python3")" != "$(readlink -f "$(command -v "$py")")" ]; then
+    if [ -n "$made_from" ] && [ "$(readlink -f "$made_from/python3")" != \
+         "$("$py" -c 'import os, sys; print(os.path.realpath(sys.executable))' 2>/dev/null)" ]; then
       echo "setup: note: .venv was made from $made_from/python3, not $py; remove .venv to make it again from $py"
     fi
   fi
