@@ -34,14 +34,13 @@ vpnedu_setup() {
   # (pyenv's default): measured side by side, 1.2-1.4x on the engine's receive loop, coalescing and
   # TSO split, and through a tunnel 1.07-1.12x the throughput, 12 % less CPU per GB and an idle RTT of
   # 0.88 against 1.06 ms (BENCHMARKS.md).  It is also the one a student's account can run.
+  _vpnedu_py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
   local py="${PYTHON:-}"
   if [ -z "$py" ]; then
     py=python3
-    if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      py=/usr/bin/python3
-    fi
+    [ -x /usr/bin/python3 ] && _vpnedu_py_ok /usr/bin/python3 && py=/usr/bin/python3
   fi
-  if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  if ! _vpnedu_py_ok "$py"; then
     echo "setup: vpnedu needs Python 3.11 or newer; $("$py" --version 2>&1) found" >&2
     exit 1
   fi
